@@ -1,0 +1,219 @@
+"""Read and write the HDF5 layout of the public ANI-1x / ANI-1ccx / COMP6 releases.
+
+Layout: groups (top-level, or nested as in COMP6 / pyanitools files), each holding the
+configurations of one formula or molecule:
+
+* ``atomic_numbers`` (n_atoms,) int, or ``species`` (n_atoms,) element symbols (bytes/str) or ints
+* ``coordinates`` (n_conf, n_atoms, 3), Angstrom
+* property arrays named by level of theory, e.g. ``ccsd(t)_cbs.energy`` (n_conf,) Hartree,
+  ``wb97x_dz.forces`` (n_conf, n_atoms, 3) Hartree/Angstrom. Missing values are NaN.
+
+This module only moves arrays between files and :class:`MoleculeGroup` objects, in the file's
+units; unit conversion and masking live in :mod:`ekd.data.dataset`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+from ase.data import atomic_numbers as _SYMBOL_TO_Z
+from ase.data import chemical_symbols
+
+SPECIES_KEYS = ("atomic_numbers", "species")
+COORDINATE_KEY = "coordinates"
+# Per-group arrays that are descriptions, not per-configuration properties.
+_NON_PROPERTY_KEYS = {*SPECIES_KEYS, COORDINATE_KEY, "smiles", "name"}
+
+
+class DataFileError(ValueError):
+    """A data file that cannot be used; the message names the file, group and key."""
+
+
+@dataclass
+class MoleculeGroup:
+    """The configurations of one molecule (or formula) as stored in the file.
+
+    name: group path in the file, e.g. ``"C2H6O"`` or ``"gdb11_s10/gdb11_s10-3"``; it is the
+        molecule identity used for conformer energy differences.
+    species: (n_atoms,) int64 atomic numbers.
+    coordinates: (n_conf, n_atoms, 3) float64, Angstrom.
+    properties: file key -> (n_conf,) or (n_conf, n_atoms, 3) array, in the file's units.
+    attrs: free-form metadata (e.g. SMILES), written as HDF5 attributes.
+    """
+
+    name: str
+    species: np.ndarray
+    coordinates: np.ndarray
+    properties: dict[str, np.ndarray] = field(default_factory=dict)
+    attrs: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def n_conf(self) -> int:
+        return int(self.coordinates.shape[0])
+
+    @property
+    def n_atoms(self) -> int:
+        return int(self.species.shape[0])
+
+
+def _species_to_z(raw: np.ndarray, where: str) -> np.ndarray:
+    raw = np.asarray(raw)
+    if raw.ndim != 1:
+        raise DataFileError(f"{where}: species must be a 1-d array (one entry per atom), got shape {raw.shape}")
+    if raw.dtype.kind in "SUO":
+        out = []
+        for s in raw:
+            sym = s.decode() if isinstance(s, bytes) else str(s)
+            sym = sym.strip()
+            if sym not in _SYMBOL_TO_Z or sym == "X":
+                raise DataFileError(f"{where}: unknown element symbol {sym!r}")
+            out.append(_SYMBOL_TO_Z[sym])
+        return np.asarray(out, dtype=np.int64)
+    if raw.dtype.kind not in "iu":
+        raise DataFileError(f"{where}: species must be integers or element symbols, got dtype {raw.dtype}")
+    z = raw.astype(np.int64)
+    bad = z[(z < 1) | (z >= len(chemical_symbols))]
+    if bad.size:
+        raise DataFileError(f"{where}: unknown atomic number {int(bad[0])} (expected 1..{len(chemical_symbols) - 1})")
+    return z
+
+
+def _iter_h5_groups(h5: h5py.Group, prefix: str = "") -> Iterator[tuple[str, h5py.Group]]:
+    """Groups that hold configurations (have a ``coordinates`` dataset), depth first, sorted."""
+    for key in sorted(h5.keys()):
+        item = h5[key]
+        if not isinstance(item, h5py.Group):
+            continue
+        path = f"{prefix}/{key}" if prefix else key
+        if COORDINATE_KEY in item:
+            yield path, item
+        else:
+            yield from _iter_h5_groups(item, path)
+
+
+def _open(path: str | os.PathLike) -> h5py.File:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"data file {path} does not exist")
+    if path.is_dir():
+        raise DataFileError(f"{path}: is a directory, expected an HDF5 file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise DataFileError(f"{path}: not a readable HDF5 file ({e})") from e
+
+
+def read_ani(path: str | os.PathLike, keys: Iterable[str] | None = None) -> list[MoleculeGroup]:
+    """Read every configuration group of an ANI-layout HDF5 file.
+
+    keys: property keys to load (others are skipped, which keeps large files cheap); None loads
+    every per-configuration array. A key missing from one group is NaN-filled for that group;
+    a key absent from *every* group is an error (a typo in the configuration, most likely).
+    """
+    wanted = None if keys is None else list(dict.fromkeys(keys))
+    groups: list[MoleculeGroup] = []
+    found: set[str] = set()
+    with _open(path) as h5:
+        for name, g in _iter_h5_groups(h5):
+            where = f"{path}: group {name!r}"
+            skey = next((k for k in SPECIES_KEYS if k in g), None)
+            if skey is None:
+                raise DataFileError(f"{where}: has 'coordinates' but no 'atomic_numbers' or 'species' dataset")
+            species = _species_to_z(g[skey][()], f"{where}, key {skey!r}")
+            coords = np.asarray(g[COORDINATE_KEY][()], dtype=np.float64)
+            if coords.ndim == 2 and coords.shape[1] == 3 and coords.shape[0] == species.shape[0]:
+                coords = coords[None]  # a single configuration stored without the conformer axis
+            if coords.ndim != 3 or coords.shape[1:] != (species.shape[0], 3):
+                raise DataFileError(
+                    f"{where}, key 'coordinates': expected shape (n_conf, {species.shape[0]}, 3) "
+                    f"for {species.shape[0]} atoms, got {coords.shape}"
+                )
+            bad = ~np.isfinite(coords).all(axis=(1, 2))
+            if bad.any():
+                raise DataFileError(
+                    f"{where}, key 'coordinates': configuration {int(np.flatnonzero(bad)[0])} has NaN or "
+                    "infinite coordinates"
+                )
+            props: dict[str, np.ndarray] = {}
+            names = wanted if wanted is not None else [k for k in g if k not in _NON_PROPERTY_KEYS]
+            for key in names:
+                if key not in g or not isinstance(g[key], h5py.Dataset):
+                    continue
+                arr = g[key][()]
+                if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
+                    continue  # strings and scalars (e.g. SMILES) are not properties
+                arr = np.asarray(arr, dtype=np.float64)
+                if arr.shape[:1] != (coords.shape[0],):
+                    raise DataFileError(
+                        f"{where}, key {key!r}: expected {coords.shape[0]} configurations (first axis), "
+                        f"got shape {arr.shape}"
+                    )
+                if arr.ndim > 1 and arr.shape[1:] not in {(species.shape[0], 3), (species.shape[0],)}:
+                    raise DataFileError(
+                        f"{where}, key {key!r}: per-atom arrays must be (n_conf, {species.shape[0]}[, 3]), "
+                        f"got {arr.shape}"
+                    )
+                props[key] = arr
+                found.add(key)
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in g.attrs.items()}
+            groups.append(MoleculeGroup(name, species, coords, props, attrs))
+    if not groups:
+        raise DataFileError(f"{path}: no group with a 'coordinates' dataset; not an ANI-layout file")
+    if wanted is not None:
+        missing = [k for k in wanted if k not in found]
+        if missing:
+            example = sorted({k for g in groups[:50] for k in _peek_keys(path, g.name)})
+            raise DataFileError(
+                f"{path}: key(s) {missing} found in no group; keys present include {example}"
+            )
+    return groups
+
+
+def _peek_keys(path, name) -> list[str]:
+    with h5py.File(path, "r") as h5:
+        return [k for k in h5[name].keys() if k not in _NON_PROPERTY_KEYS]
+
+
+def read_file_attrs(path: str | os.PathLike) -> dict[str, object]:
+    """Top-level HDF5 attributes (ekd writes its units and provenance there)."""
+    with _open(path) as h5:
+        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in h5.attrs.items()}
+
+
+def write_ani(path: str | os.PathLike, groups: Iterable[MoleculeGroup], attrs: dict | None = None) -> Path:
+    """Write groups in the ANI layout (``atomic_numbers``, ``coordinates``, properties).
+
+    Atomic: the file is written next to its destination and renamed into place, so an
+    interrupted write never leaves a truncated file under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as h5:
+            for k, v in (attrs or {}).items():
+                h5.attrs[k] = v
+            seen = set()
+            for g in groups:
+                if g.name in seen:
+                    raise ValueError(f"write_ani: group name {g.name!r} used twice")
+                seen.add(g.name)
+                grp = h5.create_group(g.name)
+                grp.create_dataset("atomic_numbers", data=np.asarray(g.species, dtype=np.int64))
+                grp.create_dataset("coordinates", data=np.asarray(g.coordinates, dtype=np.float64))
+                for key, arr in g.properties.items():
+                    grp.create_dataset(key, data=np.asarray(arr, dtype=np.float64))
+                for k, v in g.attrs.items():
+                    grp.attrs[k] = v
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
