@@ -1,0 +1,352 @@
+"""Configuration: frozen dataclasses, loaded from YAML and validated on load.
+
+Every error names the field by its dotted path (``train.lr: expected a number, got 'fast'``).
+Unknown keys are errors too: a misspelt option must not silently fall back to a default.
+
+The embedded default (:data:`DEFAULT_YAML`) is small enough to run the whole workflow on a
+2-core CPU in minutes; ``configs/paper.yaml`` holds the paper's hyper-parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the field."""
+
+
+# ------------------------------------------------------------------------------------------
+# sections
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """HIPNN architecture (hippynn's Hipnn / HipnnVec / HipnnQuad for l_max 0 / 1 / 2)."""
+
+    l_max: int = 2
+    n_interactions: int = 2
+    n_atom_layers: int = 4
+    width: int = 128
+    n_sensitivities: int = 20
+    cutoff_soft_min: float = 0.75  # Angstrom
+    cutoff_soft_max: float = 5.5
+    cutoff_hard: float = 6.5
+
+    def __post_init__(self):
+        _check(self.l_max in (0, 1, 2), "l_max", "must be 0, 1 or 2", self.l_max)
+        _check(self.n_interactions in (1, 2, 3), "n_interactions", "must be 1, 2 or 3", self.n_interactions)
+        _check(self.n_atom_layers >= 1, "n_atom_layers", "must be >= 1", self.n_atom_layers)
+        _check(self.width >= 1, "width", "must be >= 1", self.width)
+        _check(self.n_sensitivities >= 1, "n_sensitivities", "must be >= 1", self.n_sensitivities)
+        _check(
+            0 < self.cutoff_soft_min < self.cutoff_soft_max <= self.cutoff_hard,
+            "cutoff_soft_min",
+            "cutoffs must satisfy 0 < cutoff_soft_min < cutoff_soft_max <= cutoff_hard",
+            (self.cutoff_soft_min, self.cutoff_soft_max, self.cutoff_hard),
+        )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training routine for every role; roles differ by the targets they use."""
+
+    lr: float = 1e-3
+    lr_factor: float = 0.5  # multiply the learning rate by this ...
+    lr_patience: int = 15  # ... after this many epochs without improvement
+    termination_patience: int = 30  # stop after this many epochs without improvement
+    max_epochs: int = 400
+    batch_size: int = 64
+    w_energy: float = 1.0
+    w_l2: float = 1e-4
+    w_hierarchicality: float = 0.1
+    # (first epoch, force weight) steps; the paper's: 10 at epoch 1, -1 every 20 epochs, 0.5 from 200
+    force_schedule: tuple[tuple[int, float], ...] = (
+        (1, 10.0), (20, 9.0), (40, 8.0), (60, 7.0), (80, 6.0), (100, 5.0),
+        (120, 4.0), (140, 3.0), (160, 2.0), (180, 1.0), (200, 0.5),
+    )  # fmt: skip
+    kernels: Literal["ekd", "hippynn-numba", "pytorch"] = "ekd"
+    dtype: Literal["float32", "float64"] = "float32"
+    threads: int = 1  # torch intra-op threads per training process
+
+    def __post_init__(self):
+        _check(self.lr > 0, "lr", "must be > 0", self.lr)
+        _check(0 < self.lr_factor < 1, "lr_factor", "must be between 0 and 1", self.lr_factor)
+        _check(self.lr_patience >= 1, "lr_patience", "must be >= 1", self.lr_patience)
+        _check(self.termination_patience >= 1, "termination_patience", "must be >= 1", self.termination_patience)
+        _check(self.max_epochs >= 1, "max_epochs", "must be >= 1", self.max_epochs)
+        _check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
+        for name in ("w_energy", "w_l2", "w_hierarchicality"):
+            _check(getattr(self, name) >= 0, name, "must be >= 0", getattr(self, name))
+        s = self.force_schedule
+        _check(len(s) >= 1, "force_schedule", "needs at least one (epoch, weight) entry", s)
+        _check(s[0][0] == 1, "force_schedule", "must start at epoch 1", s)
+        _check(
+            all(b[0] > a[0] for a, b in zip(s, s[1:], strict=False)),
+            "force_schedule",
+            "epochs must be strictly increasing",
+            s,
+        )
+        _check(all(w >= 0 for _, w in s), "force_schedule", "weights must be >= 0", s)
+        _check(self.threads >= 1, "threads", "must be >= 1", self.threads)
+
+    def force_weight(self, epoch: int) -> float:
+        """The force weight in force at ``epoch`` (1-based): the last step at or before it."""
+        w = self.force_schedule[0][1]
+        for start, value in self.force_schedule:
+            if epoch >= start:
+                w = value
+        return w
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data comes from and which file key plays which role.
+
+    ``train`` / ``test``: an ANI-layout HDF5 file, or ``generate`` to make GFN2-xTB data with
+    :mod:`ekd.data.generate` (options in ``generate``). ``test`` is the out-of-sample pool
+    (e.g. COMP6 GDB 10-13); ``null`` evaluates in distribution only.
+    """
+
+    train: str = "generate"
+    test: str | None = "generate"
+    energy_key: str = "gfn2_xtb.energy"
+    # the dataset's own forces: hidden from teachers/students, used by the baseline and to score
+    reference_forces_key: str | None = "gfn2_xtb.forces"
+    energy_unit: Literal["hartree", "ev", "kcal/mol"] = "hartree"
+    length_unit: Literal["angstrom", "bohr"] = "angstrom"
+    # the out-of-sample file may name its keys differently (COMP6: `energies`, `forces`)
+    test_energy_key: str | None = None  # None: energy_key
+    test_reference_forces_key: str | None = None  # None: reference_forces_key
+    test_energy_unit: Literal["hartree", "ev", "kcal/mol"] | None = None  # None: energy_unit
+    test_fraction: float = 0.1  # in-distribution test split, common to all members
+    valid_fraction: float = 0.1  # of the rest, per member
+    generate: dict[str, Any] = field(default_factory=dict)  # ekd.data.generate.GenerateOptions fields
+
+    def __post_init__(self):
+        _check(0 < self.test_fraction < 0.5, "test_fraction", "must be in (0, 0.5)", self.test_fraction)
+        _check(0 < self.valid_fraction < 0.5, "valid_fraction", "must be in (0, 0.5)", self.valid_fraction)
+        _check(bool(self.energy_key), "energy_key", "must name a dataset key", self.energy_key)
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """Who is trained: k teachers, then per generation k students, plus controls and baseline."""
+
+    n_teachers: int = 8
+    n_students: int = 8
+    generations: int = 2
+    controls: bool = True  # student architecture, energies only
+    baseline: bool = True  # student architecture, the dataset's own forces (needs reference_forces_key)
+    student_model: ModelConfig | None = None  # None: the teachers' architecture
+
+    def __post_init__(self):
+        _check(self.n_teachers >= 1, "n_teachers", "must be >= 1", self.n_teachers)
+        _check(self.n_students >= 1, "n_students", "must be >= 1", self.n_students)
+        _check(self.generations >= 0, "generations", "must be >= 0", self.generations)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    conformer_window: float = 100.0  # kcal/mol above a molecule's lowest: excluded from ΔE
+
+    def __post_init__(self):
+        _check(self.conformer_window > 0, "conformer_window", "must be > 0", self.conformer_window)
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "default"
+    seed: int = 0
+    run_dir: str = "runs/default"
+    workers: int = 2  # independent jobs (members) run in parallel processes
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def __post_init__(self):
+        _check(self.workers >= 1, "workers", "must be >= 1", self.workers)
+
+    @property
+    def student_model(self) -> ModelConfig:
+        return self.ensemble.student_model or self.model
+
+    def to_dict(self) -> dict:
+        return _to_plain(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+
+    def digest(self, *sections: str) -> str:
+        """Content hash of the named sections (all if none): what a cached result depends on."""
+        d = self.to_dict()
+        if sections:
+            d = {s: d[s] for s in sections}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------
+# the embedded default: the full workflow on a 2-core CPU in minutes
+
+DEFAULT_YAML = """\
+# ekd embedded default: a deliberately small run of the whole EKD workflow on a 2-core CPU.
+# Differences from the paper (configs/paper.yaml): 4 teachers/students instead of 8, a small
+# HIPNN (width 32, 2 atom layers, 8 sensitivities), at most 120 epochs with shorter patience and
+# a force-weight schedule compressed to fit, and GFN2-xTB stand-in data generated on the fly.
+name: default
+seed: 0
+run_dir: runs/default
+workers: 2
+data:
+  train: generate
+  test: generate
+  energy_key: gfn2_xtb.energy
+  reference_forces_key: gfn2_xtb.forces
+model:
+  l_max: 2
+  n_interactions: 2
+  n_atom_layers: 2
+  width: 32
+  n_sensitivities: 8
+train:
+  max_epochs: 120
+  lr_patience: 8
+  termination_patience: 16
+  batch_size: 32
+  force_schedule: [[1, 10.0], [6, 9.0], [12, 8.0], [18, 7.0], [24, 6.0], [30, 5.0], [36, 4.0],
+                   [42, 3.0], [48, 2.0], [54, 1.0], [60, 0.5]]
+ensemble:
+  n_teachers: 4
+  n_students: 4
+  generations: 2
+"""
+
+
+def default_config() -> Config:
+    return loads(DEFAULT_YAML)
+
+
+# ------------------------------------------------------------------------------------------
+# loading and validation
+
+
+def load(path: str | Path) -> Config:
+    """Read a YAML file; keys missing from it take the dataclass defaults (the paper's)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        return loads(path.read_text(), source=str(path))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+
+
+def loads(text: str, source: str = "<config>") -> Config:
+    raw = yaml.safe_load(text) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    return build(Config, raw, "")
+
+
+def _check(ok: bool, name: str, expectation: str, got) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: {expectation}, got {got!r}")
+
+
+def build(cls, raw: Any, path: str):
+    """Construct dataclass ``cls`` from plain data, checking keys and types recursively."""
+    where = path or "config"
+    if isinstance(raw, cls):
+        return raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__} {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+    kwargs = {name: _convert(hints[name], value, f"{path}.{name}" if path else name) for name, value in raw.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{path + '.' if path else ''}{e}") from None
+
+
+def _convert(tp, value, path: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for a in options:
+            try:
+                return _convert(a, value, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: no accepted form matched ({'; '.join(errors)})")
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, path)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{path}: expected a list of {len(args)} items, got {value!r}")
+        return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            # YAML 1.1 reads 1e-3 (no dot) as a string: accept it
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise ConfigError(f"{path}: unsupported type {tp}")  # pragma: no cover - programming error
+
+
+def _to_plain(obj):
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [_to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    return obj

@@ -1,0 +1,527 @@
+"""The EKD workflow: data -> teachers -> ensemble forces -> students (generation 1..g) ->
+controls and baseline -> evaluation -> report, in one resumable run directory.
+
+Layout of a run directory::
+
+    config.yaml                 the effective configuration of the run
+    data/train.h5, data/test.h5 generated (or the configured files are used in place)
+    splits.npz                  common test split + each member's train/valid split
+    gen0/teacher/member_00/     one directory per trained member (see ekd.train)
+    labels/gen1.h5              augmented dataset: energies + ensemble forces of generation 0
+    gen1/student/member_00/ ... students of generation 1 (taught by gen0), gen2 by gen1, ...
+    control/member_00/          student architecture, energies only
+    baseline/member_00/         student architecture, the dataset's own forces
+    metrics.json, report.md, figures/
+
+Resuming: every stage output records a digest of exactly what it was computed from (the
+relevant config sections and, for students, the labels they learned from). A rerun reuses
+outputs whose digest matches, continues interrupted members from their checkpoints, and refuses
+to mix in an output made from a different configuration (it says which and what to do).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import Config
+from .data import Dataset, Units, load_dataset, random_split
+
+
+class RunDirError(RuntimeError):
+    """A run directory holds results of a different configuration."""
+
+
+def _log(msg: str) -> None:
+    print(f"[ekd {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _atomic_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _claim(directory: Path, digest: str, what: str) -> None:
+    """Bind ``directory`` to ``digest``; refuse if it already belongs to another digest."""
+    stamp = directory / "inputs.json"
+    if stamp.exists():
+        old = json.loads(stamp.read_text()).get("digest")
+        if old != digest:
+            raise RunDirError(
+                f"{what} in {directory} was computed from a different configuration or data "
+                f"(digest {old}, now {digest}); use a new --run-dir, or delete {directory} to recompute it"
+            )
+        return
+    _atomic_json(stamp, {"digest": digest, "what": what})
+
+
+# ------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    train: Path
+    test: Path | None
+
+
+def prepare_data(cfg: Config, run_dir: Path, progress: bool = True) -> DataPaths:
+    """Generate the reference data if configured (resumable), else check the given files."""
+    d = cfg.data
+    generated = d.train == "generate" or d.test == "generate"
+    train = test = None
+    if generated:
+        from .data.generate import GenerateOptions, generate
+
+        opts = GenerateOptions(**{"seed": cfg.seed, **d.generate})
+        out = run_dir / "data"
+        _claim(out, _digest(asdict(opts)), "generated data")
+        if (out / "done.json").exists():
+            train, test = out / "train.h5", out / "test.h5"
+        else:
+            _log(f"generating GFN2-xTB reference data into {out}")
+            train, test = generate(opts, out, progress=progress)
+            _atomic_json(out / "done.json", {"train": str(train), "test": str(test)})
+        train, test = Path(train), Path(test)
+    if d.train != "generate":
+        train = Path(d.train)
+    if d.test != "generate":
+        test = None if d.test is None else Path(d.test)
+    for label, p in (("data.train", train), ("data.test", test)):
+        if p is not None and not p.exists():
+            raise FileNotFoundError(f"{label}: data file {p} does not exist")
+    return DataPaths(train, test)
+
+
+def _units(cfg: Config) -> Units:
+    return Units(cfg.data.energy_unit, cfg.data.length_unit)
+
+
+def train_keys(cfg: Config) -> dict[str, str]:
+    keys = {"energy": cfg.data.energy_key}
+    if cfg.data.reference_forces_key:
+        keys["reference_forces"] = cfg.data.reference_forces_key
+    return keys
+
+
+def load_train(cfg: Config, paths: DataPaths) -> Dataset:
+    """The training pool: every configuration with a known energy."""
+    return load_dataset(paths.train, train_keys(cfg), _units(cfg) if cfg.data.train != "generate" else None).require(
+        "energy"
+    )
+
+
+def load_test_pool(cfg: Config, paths: DataPaths) -> Dataset | None:
+    """The out-of-sample pool, read with the test file's own key names and units."""
+    if paths.test is None:
+        return None
+    d = cfg.data
+    keys = {"energy": d.test_energy_key or d.energy_key}
+    forces = d.test_reference_forces_key or d.reference_forces_key
+    if forces:
+        keys["reference_forces"] = forces
+    units = None if d.test == "generate" else Units(d.test_energy_unit or d.energy_unit, d.length_unit)
+    return load_dataset(paths.test, keys, units).require("energy")
+
+
+# ------------------------------------------------------------------------------------------
+# splits
+
+
+def make_splits(cfg: Config, n: int) -> dict[str, np.ndarray]:
+    """The common test split and one (train, valid) split per member seed slot.
+
+    Member m of any role uses split slot m: teacher m and student m see the same training
+    configurations, while different members see different ones.
+    """
+    all_idx = np.arange(n)
+    pool, test = random_split(all_idx, cfg.data.test_fraction, seed=cfg.seed)
+    out = {"test": test, "pool": pool}
+    k = max(cfg.ensemble.n_teachers, cfg.ensemble.n_students)
+    for m in range(k):
+        train, valid = random_split(pool, cfg.data.valid_fraction, seed=cfg.seed * 7919 + 1000 + m)
+        out[f"train_{m}"] = train
+        out[f"valid_{m}"] = valid
+    return out
+
+
+def member_splits(splits: dict[str, np.ndarray], member: int) -> dict[str, np.ndarray]:
+    return {"train": splits[f"train_{member}"], "valid": splits[f"valid_{member}"], "test": splits["test"]}
+
+
+# ------------------------------------------------------------------------------------------
+# roles
+
+
+@dataclass(frozen=True)
+class Group:
+    """A set of members trained the same way (one row of the report)."""
+
+    label: str  # e.g. teacher, student_gen1, control, baseline
+    role: str
+    generation: int
+    n_members: int
+    forces: str | None  # dataset property used as force target
+    directory: str  # relative to the run dir
+    labels_from: str | None = None  # label of the group whose ensemble made the force labels
+
+
+def plan(cfg: Config) -> list[Group]:
+    """Every group of members of a run, in training order."""
+    e = cfg.ensemble
+    groups = [Group("teacher", "teacher", 0, e.n_teachers, None, "gen0/teacher")]
+    previous = "teacher"
+    for g in range(1, e.generations + 1):
+        label = f"student_gen{g}"
+        groups.append(Group(label, "student", g, e.n_students, "ensemble_forces", f"gen{g}/student", previous))
+        previous = label
+    if e.controls:
+        groups.append(Group("control", "control", 1, e.n_students, None, "control"))
+    if e.baseline and cfg.data.reference_forces_key:
+        groups.append(Group("baseline", "baseline", 1, e.n_students, "reference_forces", "baseline"))
+    return groups
+
+
+def _seed(cfg: Config, group: Group, member: int) -> int:
+    # distinct and reproducible per (role, generation, member)
+    return int(_digest([cfg.seed, group.label, member]), 16) % (2**31)
+
+
+# ------------------------------------------------------------------------------------------
+# training jobs (run in worker processes)
+
+
+def _train_job(args: dict) -> dict:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from . import config as config_mod
+    from .train import MemberSpec, train_member
+
+    cfg = config_mod.loads(args["config"])
+    dataset = load_dataset(args["data"], args["keys"]).require(*args["keys"])
+    splits = {k: np.asarray(v) for k, v in args["splits"].items()}
+    spec = MemberSpec(**args["spec"])
+    return train_member(spec, cfg, dataset, splits, Path(args["out_dir"]), progress=False)
+
+
+def _run_jobs(jobs: list[dict], workers: int, desc: str) -> list[dict]:
+    if not jobs:
+        return []
+    results: list[dict | None] = [None] * len(jobs)
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    bar = tqdm(total=len(jobs), desc=desc, unit="member") if tqdm else None
+    if workers <= 1 or len(jobs) == 1:
+        for i, job in enumerate(jobs):
+            results[i] = _train_job(job)
+            if bar:
+                bar.update()
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
+            futures = {pool.submit(_train_job, job): i for i, job in enumerate(jobs)}
+            try:
+                for fut in cf.as_completed(futures):
+                    results[futures[fut]] = fut.result()
+                    if bar:
+                        bar.update()
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    if bar:
+        bar.close()
+    return results  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------------------
+# the workflow
+
+
+@dataclass
+class Run:
+    """A run directory and its configuration; each stage is a method."""
+
+    cfg: Config
+    run_dir: Path
+    progress: bool = True
+
+    def __post_init__(self):
+        self.run_dir = Path(self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # keep what the run was started with; a different config later is caught per stage
+        stamp = self.run_dir / "config.yaml"
+        text = self.cfg.to_yaml()
+        if not stamp.exists() or stamp.read_text() != text:
+            tmp = stamp.with_name(".config.yaml.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, stamp)
+        self._paths: DataPaths | None = None
+        self._train: Dataset | None = None
+        self._splits: dict[str, np.ndarray] | None = None
+
+    # --- data and splits
+    @property
+    def paths(self) -> DataPaths:
+        if self._paths is None:
+            self._paths = prepare_data(self.cfg, self.run_dir, self.progress)
+        return self._paths
+
+    @property
+    def train_data(self) -> Dataset:
+        if self._train is None:
+            self._train = load_train(self.cfg, self.paths)
+        return self._train
+
+    @property
+    def splits(self) -> dict[str, np.ndarray]:
+        if self._splits is None:
+            self._splits = make_splits(self.cfg, len(self.train_data))
+            path = self.run_dir / "splits.npz"
+            if not path.exists():
+                tmp = self.run_dir / ".splits.tmp.npz"
+                np.savez(tmp, **self._splits)
+                os.replace(tmp, path)
+        return self._splits
+
+    def group_dir(self, group: Group) -> Path:
+        return self.run_dir / group.directory
+
+    def member_dir(self, group: Group, m: int) -> Path:
+        return self.group_dir(group) / f"member_{m:02d}"
+
+    def groups(self) -> list[Group]:
+        return plan(self.cfg)
+
+    def group(self, label: str) -> Group:
+        for g in self.groups():
+            if g.label == label:
+                return g
+        raise KeyError(f"no group {label!r} in this run; groups: {[g.label for g in self.groups()]}")
+
+    # --- labels
+    def labels_path(self, group: Group) -> Path:
+        return self.run_dir / "labels" / f"gen{group.generation}.h5"
+
+    def make_labels(self, group: Group) -> Path:
+        """Ensemble forces of the teaching group, written as an augmented ANI-layout file."""
+        from .distill import label_dataset, write_augmented
+        from .train import load_member
+
+        teacher = self.group(group.labels_from)
+        path = self.labels_path(group)
+        done = path.with_suffix(".json")
+        teacher_digests = [self.member_digest(teacher, m) for m in range(teacher.n_members)]
+        digest = _digest({"teachers": teacher_digests, "data": self.data_digest()})
+        if done.exists() and json.loads(done.read_text()).get("digest") == digest and path.exists():
+            return path
+        _log(
+            f"labelling {len(self.train_data)} configurations with the ensemble of {teacher.n_members} "
+            f"{teacher.label} members -> {path}"
+        )
+        members = [load_member(self.member_dir(teacher, m)) for m in range(teacher.n_members)]
+        labelled = label_dataset(members, self.train_data)
+        write_augmented(labelled, path, self.cfg.data.energy_key, self._file_units())
+        _atomic_json(done, {"digest": digest, "teachers": teacher.label, "n_members": teacher.n_members})
+        return path
+
+    def _file_units(self) -> Units:
+        return _units(self.cfg) if self.cfg.data.train != "generate" else Units()
+
+    def data_digest(self) -> str:
+        return _file_digest(self.paths.train)
+
+    # --- members
+    def member_digest(self, group: Group, m: int) -> str:
+        arch = self.cfg.model if group.role == "teacher" else self.cfg.student_model
+        return _digest(
+            {
+                "data": self.data_digest(),
+                "data_cfg": asdict(self.cfg.data),
+                "model": asdict(arch),
+                "train": asdict(self.cfg.train),
+                "group": asdict(group),
+                "member": m,
+                "seed": self.cfg.seed,
+                "labels": (
+                    json.loads(self.labels_path(group).with_suffix(".json").read_text())["digest"]
+                    if group.labels_from
+                    else None
+                ),
+            }
+        )
+
+    def train_group(self, group: Group) -> list[dict]:
+        """Train (or reuse) every member of ``group``; independent jobs run in parallel."""
+        if group.labels_from:
+            data_path = self.make_labels(group)
+            keys = {"energy": self.cfg.data.energy_key, "ensemble_forces": "ekd_ensemble.forces"}
+        else:
+            data_path = self.paths.train
+            keys = {"energy": self.cfg.data.energy_key}
+            if group.forces == "reference_forces":
+                keys["reference_forces"] = self.cfg.data.reference_forces_key
+        jobs, results = [], {}
+        for m in range(group.n_members):
+            out = self.member_dir(group, m)
+            _claim(out, self.member_digest(group, m), f"{group.label} member {m}")
+            if (out / "done.json").exists():
+                results[m] = json.loads((out / "done.json").read_text())
+                continue
+            spec = {
+                "role": group.role,
+                "generation": group.generation,
+                "member": m,
+                "seed": _seed(self.cfg, group, m),
+                "energy": "energy",
+                "forces": group.forces,
+            }
+            jobs.append(
+                {
+                    "config": self.cfg.to_yaml(),
+                    "data": str(data_path),
+                    "keys": keys,
+                    "splits": {k: v.tolist() for k, v in member_splits(self.splits, m).items()},
+                    "spec": spec,
+                    "out_dir": str(out),
+                    "member": m,
+                }
+            )
+        if results:
+            _log(f"{group.label}: reusing {len(results)} finished member(s)")
+        if jobs:
+            _log(f"{group.label}: training {len(jobs)} member(s) on {self.cfg.workers} worker(s)")
+            for job, res in zip(jobs, _run_jobs(jobs, self.cfg.workers, group.label), strict=True):
+                results[job["member"]] = res
+        return [results[m] for m in range(group.n_members)]
+
+    # --- evaluation
+    def test_sets(self) -> dict[str, tuple[Dataset, str]]:
+        sets = {
+            "test_split": (
+                self.train_data.subset(self.splits["test"]),
+                "in-distribution test split of the training pool (never trained on)",
+            )
+        }
+        pool = load_test_pool(self.cfg, self.paths)
+        if pool is not None:
+            sets["test_pool"] = (pool, f"out-of-sample pool ({self.paths.test.name})")
+        return sets
+
+    def predictions(self, group: Group, m: int, name: str, data: Dataset) -> dict[str, np.ndarray]:
+        """A member's predictions on a test set, cached next to the member."""
+        from .train import load_member
+
+        path = self.member_dir(group, m) / f"predictions_{name}.npz"
+        content = hashlib.sha256(data.coordinates.tobytes() + data.species.tobytes()).hexdigest()[:16]
+        digest = _digest([self.member_digest(group, m), name, content])
+        if path.exists():
+            with np.load(path) as z:
+                if str(z["digest"]) == digest:
+                    return {"energy": z["energy"], "forces": z["forces"]}
+        energy, forces = load_member(self.member_dir(group, m)).predict(data, forces=True)
+        tmp = path.with_name(f".{path.stem}.tmp.npz")
+        np.savez(tmp, energy=energy, forces=forces, digest=np.array(digest))
+        os.replace(tmp, path)
+        return {"energy": energy, "forces": forces}
+
+    def evaluate(self) -> dict:
+        from .evaluate import evaluate_role, write_metrics
+
+        sets = self.test_sets()
+        metrics: dict = {"config": self.cfg.to_dict(), "sets": {}, "roles": {}}
+        for name, (data, description) in sets.items():
+            metrics["sets"][name] = {
+                "description": description,
+                "n_configurations": len(data),
+                "n_molecules": int(len(np.unique(data.molecule))),
+            }
+        for group in self.groups():
+            entry = {"role": group.role, "generation": group.generation, "n_members": group.n_members}
+            for name, (data, _) in sets.items():
+                preds = [self.predictions(group, m, name, data) for m in range(group.n_members)]
+                reference = {
+                    "energy": data.properties["energy"],
+                    "forces": data.properties.get("reference_forces"),
+                    "molecule": data.molecule,
+                    "species": data.species,
+                }
+                entry[name] = evaluate_role(
+                    {
+                        "energy": np.stack([p["energy"] for p in preds]),
+                        "forces": np.stack([p["forces"] for p in preds]),
+                    },
+                    reference,
+                    self.cfg.evaluate.conformer_window,
+                )
+            metrics["roles"][group.label] = entry
+        write_metrics(self.run_dir / "metrics.json", metrics)
+        return metrics
+
+    def report(self, metrics: dict) -> Path:
+        from .report import write_report
+
+        return write_report(metrics, self.run_dir, notes=describe(self.cfg))
+
+    # --- everything
+    def run_all(self, stop_after: str | None = None, on_stage: Callable[[str], None] | None = None) -> dict:
+        t0 = time.time()
+        _ = self.paths
+        _log(f"training pool: {len(self.train_data)} configurations; test split {len(self.splits['test'])}")
+        for group in self.groups():
+            self.train_group(group)
+            if on_stage:
+                on_stage(group.label)
+            if stop_after == group.label:
+                return {}
+        metrics = self.evaluate()
+        path = self.report(metrics)
+        _log(f"report: {path} ({time.time() - t0:.0f} s)")
+        return metrics
+
+
+def describe(cfg: Config) -> str:
+    m, s, t, e = cfg.model, cfg.student_model, cfg.train, cfg.ensemble
+    return (
+        f"config `{cfg.name}`: {e.n_teachers} teachers, {e.n_students} students per generation, "
+        f"{e.generations} generation(s), controls {'on' if e.controls else 'off'}, "
+        f"baseline {'on' if e.baseline else 'off'}; teacher HIPNN l_max={m.l_max}, "
+        f"{m.n_interactions} interaction layers, {m.n_atom_layers}x{m.width} atom layers, "
+        f"{m.n_sensitivities} sensitivities, cutoffs {m.cutoff_soft_min}/{m.cutoff_soft_max}/{m.cutoff_hard} A; "
+        f"student l_max={s.l_max}, {s.n_interactions} interactions, {s.n_atom_layers}x{s.width}; "
+        f"at most {t.max_epochs} epochs (lr {t.lr}, x{t.lr_factor} after {t.lr_patience}, stop after "
+        f"{t.termination_patience}); force-weight schedule {list(map(list, t.force_schedule))}; "
+        f"data: train `{cfg.data.train}`, test `{cfg.data.test}`, energy key `{cfg.data.energy_key}`."
+    )
+
+
+def run(cfg: Config, run_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """``ekd run``: the whole workflow, resumable."""
+    return Run(cfg, Path(run_dir or cfg.run_dir), progress).run_all()
+
+
+__all__: Sequence[str] = ["Run", "RunDirError", "describe", "make_splits", "plan", "run"]

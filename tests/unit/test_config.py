@@ -1,0 +1,69 @@
+"""Configuration loading: defaults, the force-weight schedule, and field-named errors."""
+
+import pytest
+
+from ekd import config
+
+
+def test_embedded_default_is_small_and_complete():
+    cfg = config.default_config()
+    assert cfg.ensemble.n_teachers >= 2 and cfg.model.width < 128
+    # round trip through YAML is lossless
+    assert config.loads(cfg.to_yaml()) == cfg
+    assert cfg.digest() == config.loads(cfg.to_yaml()).digest()
+
+
+def test_dataclass_defaults_are_the_paper_hyper_parameters():
+    cfg = config.loads("{}")
+    m, t = cfg.model, cfg.train
+    assert (m.l_max, m.n_interactions, m.n_atom_layers, m.width, m.n_sensitivities) == (2, 2, 4, 128, 20)
+    assert (m.cutoff_soft_min, m.cutoff_soft_max, m.cutoff_hard) == (0.75, 5.5, 6.5)
+    assert (t.lr, t.lr_factor, t.lr_patience, t.termination_patience, t.max_epochs) == (1e-3, 0.5, 15, 30, 400)
+    assert (t.w_energy, t.w_l2, t.w_hierarchicality) == (1.0, 1e-4, 0.1)
+    assert cfg.ensemble.n_teachers == 8
+
+
+def test_paper_force_schedule():
+    t = config.loads("{}").train
+    # 10 at epoch 1, 9 at 20, ... 1 at 180, 0.5 from 200 on
+    expected = {1: 10, 19: 10, 20: 9, 40: 8, 100: 5, 179: 2, 180: 1, 199: 1, 200: 0.5, 400: 0.5}
+    assert {e: t.force_weight(e) for e in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("train: {lrr: 0.1}", r"train: unknown key\(s\) \['lrr'\]"),
+        ("modle: {}", r"config: unknown key\(s\) \['modle'\]"),
+        ("train: {lr: fast}", "train.lr: expected a number, got 'fast'"),
+        ("train: {max_epochs: 1.5}", "train.max_epochs: expected an integer"),
+        ("train: {lr: -1}", "train.lr: must be > 0"),
+        ("train: {kernels: cuda}", r"train.kernels: must be one of \['ekd', 'hippynn-numba', 'pytorch'\]"),
+        ("train: {force_schedule: [[1, 2.0], [1, 1.0]]}", "train.force_schedule: epochs must be strictly increasing"),
+        ("model: {l_max: 3}", "model.l_max: must be 0, 1 or 2"),
+        ("model: {cutoff_soft_max: 9.0}", "model.cutoff_soft_min: cutoffs must satisfy"),
+        ("ensemble: {student_model: {width: 0}}", "ensemble.student_model.width: must be >= 1"),
+        ("ensemble: {controls: yes please}", "ensemble.controls: expected true or false"),
+        ("data: {test_fraction: 0.9}", r"data.test_fraction: must be in \(0, 0.5\)"),
+        ("- 1\n- 2", "the top level must be a mapping"),
+    ],
+)
+def test_bad_configs_name_the_field(text, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.loads(text)
+
+
+def test_load_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(config.ConfigError, match="does not exist"):
+        config.load(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed")
+    with pytest.raises(config.ConfigError, match="not valid YAML"):
+        config.load(bad)
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).parents[2] / "configs").glob("*.yaml")):
+        config.load(path)

@@ -1,0 +1,185 @@
+"""ANI-layout reading/writing, unit conversion, masking, splits and the hippynn database."""
+
+import h5py
+import numpy as np
+import pytest
+
+from ekd.data import DataFileError, MoleculeGroup, Units, load_dataset, random_split, read_ani, write_ani
+from ekd.units import BOHR_TO_ANGSTROM, HARTREE_TO_KCALMOL
+
+RNG = np.random.default_rng(7)
+
+
+def _groups():
+    water = MoleculeGroup(
+        "H2O",
+        np.array([8, 1, 1]),
+        RNG.normal(size=(4, 3, 3)),
+        {
+            "wb97x_dz.energy": -76.0 + 0.01 * RNG.normal(size=4),
+            "wb97x_dz.forces": 0.05 * RNG.normal(size=(4, 3, 3)),
+            "ccsd(t)_cbs.energy": np.array([-76.3, np.nan, -76.31, -76.29]),
+        },
+    )
+    methane = MoleculeGroup(
+        "CH4",
+        np.array([6, 1, 1, 1, 1]),
+        RNG.normal(size=(3, 5, 3)),
+        {
+            "wb97x_dz.energy": -40.5 + 0.01 * RNG.normal(size=3),
+            "wb97x_dz.forces": np.full((3, 5, 3), np.nan),
+            "ccsd(t)_cbs.energy": np.array([-40.4, -40.41, -40.42]),
+        },
+    )
+    return [water, methane]
+
+
+KEYS = {"energy": "ccsd(t)_cbs.energy", "dft_energy": "wb97x_dz.energy", "forces": "wb97x_dz.forces"}
+
+
+def test_round_trip_converts_units_and_masks_per_key(tmp_path):
+    groups = _groups()
+    path = write_ani(tmp_path / "ani.h5", groups)
+    ds = load_dataset(path, KEYS)
+    assert len(ds) == 7
+    assert ds.molecule_names == ("CH4", "H2O")  # groups are read in sorted order
+    water = ds.molecule == ds.molecule_names.index("H2O")
+    # Hartree -> kcal/mol, per configuration, NaN kept as "unknown" for that key only
+    np.testing.assert_allclose(
+        ds.properties["energy"][water], groups[0].properties["ccsd(t)_cbs.energy"] * HARTREE_TO_KCALMOL
+    )
+    assert ds.mask("energy").sum() == 6 and ds.mask("dft_energy").all()
+    # forces: Hartree/A -> kcal/mol/A; methane has none
+    assert ds.mask("forces").tolist() == [False] * 3 + [True] * 4
+    np.testing.assert_allclose(
+        ds.properties["forces"][water][:, :3], groups[0].properties["wb97x_dz.forces"] * HARTREE_TO_KCALMOL
+    )
+    # padding: water is padded to methane's 5 atoms with species 0
+    assert ds.species.shape == (7, 5) and (ds.species[water][:, 3:] == 0).all()
+    assert ds.require("energy", "forces").n_atoms.tolist() == [3, 3, 3]
+    # conformer identity survives
+    assert ds.conformer[water].tolist() == [0, 1, 2, 3]
+
+
+def test_save_and_reload_are_identical(tmp_path):
+    ds = load_dataset(write_ani(tmp_path / "a.h5", _groups()), KEYS)
+    out = ds.save(tmp_path / "b.h5", {"energy": "x.energy", "forces": "x.forces"}, Units("ev", "bohr"))
+    again = load_dataset(out, {"energy": "x.energy", "forces": "x.forces"})  # units from the file attrs
+    np.testing.assert_allclose(again.coordinates, ds.coordinates, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(again.properties["energy"], ds.properties["energy"], rtol=1e-12)
+    np.testing.assert_allclose(again.properties["forces"], ds.properties["forces"], rtol=1e-12)
+    with h5py.File(out) as f:  # really stored in Bohr
+        np.testing.assert_allclose(f["H2O/coordinates"][()] * BOHR_TO_ANGSTROM, ds.coordinates[3:, :3])
+
+
+def test_comp6_style_nested_groups_with_symbol_species(tmp_path):
+    path = tmp_path / "comp6.h5"
+    with h5py.File(path, "w") as f:
+        g = f.create_group("gdb11_s10/gdb11_s10-0")
+        g["species"] = np.array([b"C", b"O", b"H", b"H"])
+        g["coordinates"] = RNG.normal(size=(2, 4, 3))
+        g["energies"] = np.array([-114.1, -114.0])
+        g["smiles"] = np.array([b"C=O"])
+    ds = load_dataset(path, {"energy": "energies"})
+    assert ds.molecule_names == ("gdb11_s10/gdb11_s10-0",)
+    assert ds.species[0].tolist() == [6, 8, 1, 1]
+    np.testing.assert_allclose(ds.properties["energy"], np.array([-114.1, -114.0]) * HARTREE_TO_KCALMOL)
+
+
+def _write(path, **datasets):
+    with h5py.File(path, "w") as f:
+        g = f.create_group("mol")
+        for k, v in datasets.items():
+            g[k] = v
+    return path
+
+
+@pytest.mark.parametrize(
+    ("arrays", "keys", "message"),
+    [
+        ({"coordinates": np.zeros((1, 2, 3)), "x.energy": [1.0]}, {"energy": "x.energy"}, "no 'atomic_numbers'"),
+        (
+            {"atomic_numbers": [1, 1], "coordinates": np.zeros((1, 3, 3)), "x.energy": [1.0]},
+            {"energy": "x.energy"},
+            r"expected shape \(n_conf, 2, 3\)",
+        ),
+        (
+            {"atomic_numbers": [1, 0], "coordinates": np.zeros((1, 2, 3)), "x.energy": [1.0]},
+            {"energy": "x.energy"},
+            "unknown atomic number 0",
+        ),
+        (
+            {"species": [b"H", b"Qq"], "coordinates": np.zeros((1, 2, 3)), "x.energy": [1.0]},
+            {"energy": "x.energy"},
+            "unknown element symbol 'Qq'",
+        ),
+        (
+            {"atomic_numbers": [1, 1], "coordinates": np.array([[[0, 0, 0], [np.nan, 0, 0]]]), "x.energy": [1.0]},
+            {"energy": "x.energy"},
+            "configuration 0 has NaN",
+        ),
+        (
+            {"atomic_numbers": [1, 1], "coordinates": np.zeros((2, 2, 3)), "x.energy": [1.0]},
+            {"energy": "x.energy"},
+            "expected 2 configurations",
+        ),
+        (
+            {"atomic_numbers": [1, 1], "coordinates": np.zeros((1, 2, 3)), "x.energy": [1.0]},
+            {"energy": "ccsd(t)_cbs.energy"},
+            r"\['ccsd\(t\)_cbs.energy'\] found in no group",
+        ),
+    ],
+)
+def test_bad_files_name_group_and_key(tmp_path, arrays, keys, message):
+    path = _write(tmp_path / "bad.h5", **arrays)
+    with pytest.raises(DataFileError, match=message) as err:
+        load_dataset(path, keys)
+    assert str(path) in str(err.value)
+
+
+def test_missing_and_non_hdf5_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_ani(tmp_path / "nope.h5")
+    (tmp_path / "text.h5").write_text("not hdf5")
+    with pytest.raises(DataFileError, match="not a readable HDF5 file"):
+        read_ani(tmp_path / "text.h5")
+    with h5py.File(tmp_path / "empty.h5", "w"):
+        pass
+    with pytest.raises(DataFileError, match="no group with a 'coordinates'"):
+        read_ani(tmp_path / "empty.h5")
+
+
+def test_empty_after_masking(tmp_path):
+    path = _write(
+        tmp_path / "nan.h5", atomic_numbers=[1, 1], coordinates=np.zeros((2, 2, 3)), **{"x.energy": [np.nan, np.nan]}
+    )
+    ds = load_dataset(path, {"energy": "x.energy"})
+    with pytest.raises(DataFileError, match=r"no configuration has all of \['energy'\]"):
+        ds.require("energy")
+
+
+def test_random_split_is_deterministic_disjoint_and_complete():
+    idx = np.arange(100)
+    rest, part = random_split(idx, 0.1, seed=3)
+    assert len(part) == 10 and len(rest) == 90
+    assert set(rest) | set(part) == set(idx) and not set(rest) & set(part)
+    again = random_split(idx, 0.1, seed=3)
+    assert (again[1] == part).all()
+    assert not (random_split(idx, 0.1, seed=4)[1] == part).all()
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        random_split(idx, 1.5, seed=0)
+
+
+def test_hippynn_database_has_exactly_the_given_splits(tmp_path):
+    from ekd.data.database import to_database
+
+    ds = load_dataset(write_ani(tmp_path / "a.h5", _groups()), KEYS).require("energy")
+    splits = {"train": np.array([0, 2, 3]), "valid": np.array([1, 4]), "test": np.array([5])}
+    db = to_database(ds, ["energy"], splits)
+    for name, idx in splits.items():
+        assert sorted(db.splits[name]["indices"].tolist()) == idx.tolist()
+        np.testing.assert_allclose(db.splits[name]["energy"][:, 0].numpy(), ds.properties["energy"][idx], rtol=1e-6)
+    with pytest.raises(ValueError, match="missing \\(NaN\\) for 3 of 6"):
+        to_database(ds, ["forces"], splits)
+    with pytest.raises(ValueError, match="more than one split"):
+        to_database(ds, ["energy"], {"train": [0, 1], "valid": [1], "test": [2]})
