@@ -169,9 +169,7 @@ def read_ani(path: str | os.PathLike, keys: Iterable[str] | None = None) -> list
         missing = [k for k in wanted if k not in found]
         if missing:
             example = sorted({k for g in groups[:50] for k in _peek_keys(path, g.name)})
-            raise DataFileError(
-                f"{path}: key(s) {missing} found in no group; keys present include {example}"
-            )
+            raise DataFileError(f"{path}: key(s) {missing} found in no group; keys present include {example}")
     return groups
 
 

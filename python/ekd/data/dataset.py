@@ -89,8 +89,7 @@ class Dataset:
             return self.properties[name]
         except KeyError:
             raise KeyError(
-                f"dataset {self.source or '(in memory)'} has no property {name!r}; "
-                f"it has {sorted(self.properties)}"
+                f"dataset {self.source or '(in memory)'} has no property {name!r}; it has {sorted(self.properties)}"
             ) from None
 
     def subset(self, index: np.ndarray | Sequence[int]) -> Dataset:
@@ -167,7 +166,7 @@ class Dataset:
 
     def summary(self) -> str:
         n_at = self.n_atoms
-        heavy = ((self.species > 1)).sum(axis=1)
+        heavy = (self.species > 1).sum(axis=1)
         lines = [
             f"{self.source or 'dataset'}: {len(self)} configurations of {len(np.unique(self.molecule))} molecules",
             f"  atoms per configuration: {n_at.min()}..{n_at.max()} (heavy {heavy.min()}..{heavy.max()})",
@@ -218,8 +217,7 @@ def from_groups(
             kind = 1 if arr.ndim == 1 else 3
             if kinds.setdefault(name, kind) != kind:
                 raise DataFileError(
-                    f"{source}: group {g.name!r}, key {key!r}: per-configuration in some groups and "
-                    "per-atom in others"
+                    f"{source}: group {g.name!r}, key {key!r}: per-configuration in some groups and per-atom in others"
                 )
             if name not in props:
                 props[name] = np.full((n,) if kind == 1 else (n, a, 3), np.nan)
