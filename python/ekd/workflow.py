@@ -345,7 +345,13 @@ class Run:
         )
         members = [load_member(self.member_dir(teacher, m)) for m in range(teacher.n_members)]
         labelled = label_dataset(members, self.train_data)
-        write_augmented(labelled, path, self.cfg.data.energy_key, self._file_units())
+        write_augmented(
+            labelled,
+            path,
+            self.cfg.data.energy_key,
+            self._file_units(),
+            reference_forces_key=self.cfg.data.reference_forces_key,
+        )
         _atomic_json(done, {"digest": digest, "teachers": teacher.label, "n_members": teacher.n_members})
         return path
 

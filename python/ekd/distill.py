@@ -1,0 +1,120 @@
+"""Ensemble knowledge distillation: label configurations with an ensemble's forces.
+
+Every member predicts forces -dE/dR by autograd; their mean over members (Eq. 3 of the paper)
+becomes the students' force target and the per-atom, per-component standard deviation over
+members records the ensemble's disagreement. Both go into an augmented dataset in the same ANI
+layout, next to the original energies. Generations are a loop in the caller: the students of
+generation g are the members of the ensemble that labels generation g + 1.
+
+The force-weight schedule of the students lives in :meth:`ekd.config.TrainConfig.force_weight`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from .data import Dataset, Units
+
+#: file keys of the augmented dataset
+ENSEMBLE_FORCES_KEY = "ekd_ensemble.forces"
+ENSEMBLE_FORCES_STD_KEY = "ekd_ensemble.forces_std"
+
+
+def ensemble_predict(members: Sequence, dataset: Dataset, forces: bool = True) -> dict[str, np.ndarray]:
+    """Predictions of every member and their ensemble statistics (float64).
+
+    members: objects with ``predict(dataset, forces)`` (see :class:`ekd.train.Member`).
+    Returns "energy" (k, n) kcal/mol, "energy_mean" (n,) and, if ``forces``, "forces"
+    (k, n, A, 3) kcal/mol/Angstrom, "forces_mean" (n, A, 3) (the mean over members, Eq. 3) and
+    "forces_std" (n, A, 3) (population standard deviation over members, per atom and component;
+    0 for a single member). Padding entries are 0.
+
+    Raises ValueError naming the member and configuration if a member predicts NaN or inf.
+    """
+    if len(members) == 0:
+        raise ValueError("ensemble_predict: no members given")
+    energies, all_forces = [], []
+    for k, member in enumerate(members):
+        e, f = member.predict(dataset, forces=forces)
+        e = np.asarray(e, dtype=np.float64)
+        if e.shape != (len(dataset),):
+            raise ValueError(f"member {k}: expected energies of shape ({len(dataset)},), got {e.shape}")
+        bad = ~np.isfinite(e)
+        if forces:
+            f = np.asarray(f, dtype=np.float64)
+            if f.shape != dataset.coordinates.shape:
+                raise ValueError(f"member {k}: expected forces of shape {dataset.coordinates.shape}, got {f.shape}")
+            bad |= ~np.isfinite(f).all(axis=(1, 2))
+            all_forces.append(f)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"member {k} ({_describe(member)}) predicted a non-finite value for configuration {i} "
+                f"(molecule {dataset.molecule_names[dataset.molecule[i]]!r}, "
+                f"conformer {dataset.conformer[i]}) "
+                f"of {dataset.source or 'the dataset'}; {int(bad.sum())} configuration(s) affected"
+            )
+        energies.append(e)
+    out = {"energy": np.stack(energies), "energy_mean": np.mean(energies, axis=0)}
+    if forces:
+        stacked = np.stack(all_forces)
+        out["forces"] = stacked
+        out["forces_mean"] = stacked.mean(axis=0)
+        out["forces_std"] = stacked.std(axis=0)
+    return out
+
+
+def _describe(member) -> str:
+    directory = getattr(member, "directory", None)
+    return str(directory) if directory is not None else type(member).__name__
+
+
+def label_dataset(members: Sequence, dataset: Dataset) -> Dataset:
+    """``dataset`` with properties "ensemble_forces" (mean over members) and
+    "ensemble_forces_std" (their spread), both (n, A, 3) kcal/mol/Angstrom."""
+    pred = ensemble_predict(members, dataset, forces=True)
+    return dataset.with_properties(ensemble_forces=pred["forces_mean"], ensemble_forces_std=pred["forces_std"])
+
+
+def write_augmented(
+    dataset: Dataset,
+    path: str | os.PathLike,
+    energy_key: str,
+    units: Units | None = None,
+    reference_forces_key: str | None = None,
+):
+    """Write a labelled dataset in the ANI layout (atomically, via :meth:`Dataset.save`).
+
+    Keys written: the original energies ("energy" property) under ``energy_key``; the ensemble
+    forces and their spread under ``ekd_ensemble.forces`` / ``ekd_ensemble.forces_std``; and the
+    dataset's "reference_forces", if it has them, under ``reference_forces_key`` (default: the
+    energy key with ``.energy`` replaced by ``.forces``, as in the ANI releases and ekd's
+    generated data; not written if the energy key does not end in ``.energy``).
+    units: the file's units (default Hartree and Angstrom, as in the ANI releases); energies and
+        forces are converted from ekd's internal ones.
+    """
+    units = Units() if units is None else units
+    for name in ("energy", "ensemble_forces", "ensemble_forces_std"):
+        if name not in dataset.properties:
+            raise ValueError(
+                f"write_augmented: the dataset has no {name!r} property (has {sorted(dataset.properties)}); "
+                "label it with label_dataset first"
+            )
+        if name != "energy" and not dataset.mask(name).all():
+            raise ValueError(f"write_augmented: {name!r} has NaN values; refusing to write them")
+    keys = {
+        "energy": energy_key,
+        "ensemble_forces": ENSEMBLE_FORCES_KEY,
+        "ensemble_forces_std": ENSEMBLE_FORCES_STD_KEY,
+    }
+    if "reference_forces" in dataset.properties:
+        if reference_forces_key is None and energy_key.endswith(".energy"):
+            reference_forces_key = energy_key[: -len(".energy")] + ".forces"
+        if reference_forces_key is not None:
+            keys["reference_forces"] = reference_forces_key
+    if len(set(keys.values())) != len(keys):
+        raise ValueError(f"write_augmented: file keys must be distinct, got {keys}")
+    return dataset.save(path, keys, units)

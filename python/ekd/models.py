@@ -1,0 +1,276 @@
+"""HIPNN models built as hippynn graphs, from a :class:`~ekd.config.ModelConfig`.
+
+A :class:`Model` holds the graph nodes one training routine needs: inputs (species, positions),
+the network, the energy head with its hierarchicality, the forces F = -dE/dR and an L2 term.
+Units are ekd's: positions in Angstrom, energies in kcal/mol, forces in kcal/mol/Angstrom.
+
+Inputs are padded batches, as in :class:`~ekd.data.Dataset`:
+
+* species (n, A) int64 atomic numbers, 0 = no atom, padding after the real atoms of each row
+  (hippynn's pair finder trims frames to the largest atom count of the batch, so an empty slot
+  between real atoms would silently drop atoms: :func:`check_padding`);
+* positions (n, A, 3) Angstrom (anything in padding; it does not contribute).
+
+Interaction kernels: ekd's own op library is selected through :func:`use_kernels`; until
+``ekd.kernels`` exists it falls back to hippynn's kernels without warnings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .config import ModelConfig
+from .data import Dataset
+
+# hippynn reads its settings once, at import: no progress bars unless asked for; "False" would
+# break its import (see the project notes), "none" is the accepted spelling.
+os.environ.setdefault("HIPPYNN_PROGRESS", "none")
+# hippynn prints and warns for every batch holding a pair closer than its innermost sensitivity
+# function; rattled training geometries do that routinely, and it is the data layer's business.
+os.environ.setdefault("HIPPYNN_WARN_LOW_DISTANCES", "false")
+
+#: names of the graph's inputs and outputs (also the hippynn db_names)
+SPECIES, POSITIONS, ENERGY, FORCES = "species", "coordinates", "energy", "forces"
+
+# hippynn network module per tensor-sensitivity order l_max
+_NETWORKS = {0: "Hipnn", 1: "HipnnVec", 2: "HipnnQuad"}
+
+# the kernels chosen in this process through use_kernels (None: not yet; build_model picks "ekd")
+_active_kernels: str | None = None
+
+
+def _import_hippynn():
+    """``import hippynn`` without its import-time warnings, which are not actionable here: it
+    builds a sparse tensor (torch warns about invariant checks) and calls torch.jit.script
+    (deprecated in torch 2.13)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse invariant checks", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*torch.jit.*", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*TorchScript.*", category=DeprecationWarning)
+        import hippynn
+    return hippynn
+
+
+def check_padding(species: np.ndarray | torch.Tensor, where: str = "species") -> None:
+    """Raise ValueError unless every row of ``species`` (n, A) is real atoms (> 0) then padding (0)."""
+    z = np.asarray(species)
+    if z.ndim != 2:
+        raise ValueError(f"{where}: expected an (n, A) array of atomic numbers, got shape {z.shape}")
+    if (z < 0).any():
+        raise ValueError(f"{where}: atomic numbers must be >= 0 (0 = padding), got {int(z.min())}")
+    real = z > 0
+    # after the first empty slot of a row, every slot must be empty
+    bad = (np.cumsum(~real, axis=1) > 0) & real
+    if bad.any():
+        i = int(np.flatnonzero(bad.any(axis=1))[0])
+        raise ValueError(
+            f"{where}: configuration {i} has padding (0) before a real atom ({z[i].tolist()}); "
+            "padding must come after the real atoms"
+        )
+
+
+def use_kernels(name: str) -> str:
+    """Select the interaction kernels (envsum / sensesum / featsum) for every model.
+
+    name: "ekd" (ekd's op library), "hippynn-numba" or "pytorch" (a pure-torch implementation).
+    Returns the implementation in use. While ``ekd.kernels`` does not exist yet, hippynn's own
+    kernels stand in: numba for "hippynn-numba"; hippynn's uncompiled pure-torch kernels for
+    "ekd" and "pytorch". Why not numba for "ekd": its JIT compilation costs ~18 s in every new
+    process (each ensemble member trains in its own), which a 2-core run of small models does not
+    win back (numba was ~1.4x faster per epoch here). hippynn's own "pytorch" choice is
+    torch.compile'd, which needs a compiler at run time and is slow for the first batches.
+    """
+    global _active_kernels
+    if name not in ("ekd", "hippynn-numba", "pytorch"):
+        raise ValueError(f"kernels: expected 'ekd', 'hippynn-numba' or 'pytorch', got {name!r}")
+    _import_hippynn()
+    try:
+        from . import kernels  # type: ignore[attr-defined]
+    except ImportError:
+        kernels = None
+    if kernels is not None and hasattr(kernels, "use_kernels"):
+        _active_kernels = kernels.use_kernels(name)
+    else:
+        _active_kernels = _hippynn_kernels(name)
+    return _active_kernels
+
+
+def _hippynn_kernels(name: str) -> str:
+    import hippynn.custom_kernels as ck
+    from hippynn.custom_kernels.registry import MessagePassingKernels
+
+    available = ck.populate_custom_kernel_availability()
+    if name == "hippynn-numba" and "numba" not in available:
+        raise RuntimeError("kernels: 'hippynn-numba' needs numba installed (pip install numba)")
+    impl = "numba" if name == "hippynn-numba" else "_pytorch_raw_wrapped"
+    if ck.CUSTOM_KERNELS_ACTIVE != impl:
+        # Same effect as hippynn.set_custom_kernels, which warns for the hidden (uncompiled,
+        # autograd-wrapped so that double backward works) pure-torch implementation.
+        k = MessagePassingKernels.get_implementation(impl)
+        ck.envsum, ck.sensesum, ck.featsum = k.envsum, k.sensesum, k.featsum
+        ck.CUSTOM_KERNELS_ACTIVE = impl
+    return "hippynn-numba" if impl == "numba" else "hippynn-pytorch-uncompiled"
+
+
+@dataclass
+class Model:
+    """A HIPNN energy model and the hippynn nodes around it.
+
+    Graph (hippynn nodes): ``species`` (n, A) and ``positions`` (n, A, 3) Angstrom ->
+    ``network`` -> ``henergy`` (HEnergyNode) -> ``energy`` (n, 1) kcal/mol,
+    ``hierarchicality`` (n, 1); ``forces`` = -dE/dR (n, A, 3) kcal/mol/Angstrom (zero in padding);
+    ``l2``: scalar, sum of squared weights of the network and of the energy head's interacting
+    layers (not biases, not the per-element offsets, which are fitted to the data and frozen).
+    """
+
+    config: ModelConfig
+    species: tuple[int, ...]
+    species_node: object
+    positions: object
+    network: object
+    henergy: object
+    energy: object
+    forces: object
+    hierarchicality: object
+    l2: object
+
+    def modules(self) -> torch.nn.ModuleDict:
+        """Every trainable torch module; its state dict is what :func:`ekd.train.load_member` needs."""
+        return torch.nn.ModuleDict({"network": self.network.torch_module, "energy": self.henergy.torch_module})
+
+    def graph_module(self, forces: bool = True, training: bool = False):
+        """A hippynn GraphModule: (species, positions) -> (energy, [forces], [hierarchicality, l2]).
+
+        forces: include F = -dE/dR (double backward when trained on).
+        training: also return the hierarchicality (n, 1) and the L2 term (scalar).
+        """
+        from hippynn.graphs import GraphModule
+
+        outputs = [self.energy] + ([self.forces] if forces else [])
+        if training:
+            outputs += [self.hierarchicality, self.l2]
+        return GraphModule([self.species_node, self.positions], outputs)
+
+    @property
+    def energy_offsets(self) -> dict[int, float]:
+        """Per-element energy offsets (kcal/mol) of the energy head's non-interacting layer."""
+        w = self.henergy.torch_module.layers[0].weight.detach().reshape(-1)
+        return {z: float(v) for z, v in zip(self.species, w.tolist(), strict=True)}
+
+
+class _WeightsL2(torch.nn.Module):
+    """Sum of squared weights: the network's regularisation parameters and the energy head's
+    interacting layers. hippynn's ``l2reg(network)`` covers the network only."""
+
+    def __init__(self, network: torch.nn.Module, energy: torch.nn.Module):
+        super().__init__()
+        # kept out of the module tree (plain attributes in a tuple) so that the state dict of a
+        # graph holding this term does not list the network's parameters twice
+        self._targets = (network, energy)
+
+    def forward(self, *_ignored):
+        network, energy = self._targets
+        params = list(network.regularization_params())
+        params += [lay.weight for lay in energy.layers[1:]]
+        return sum(torch.sum(p * p) for p in params)
+
+
+def build_model(
+    model: ModelConfig,
+    species: Sequence[int],
+    dataset: Dataset | None = None,
+    train_index: np.ndarray | Sequence[int] | None = None,
+    energy: str = "energy",
+) -> Model:
+    """Build a HIPNN model (random weights; seed torch first for reproducibility).
+
+    Selects the "ekd" interaction kernels unless :func:`use_kernels` was called before.
+
+    model: the architecture. species: atomic numbers the model handles (sorted and de-duplicated
+    here; padding 0 is added). dataset, train_index: if given, the per-element energy offsets
+    are fitted to ``dataset.properties[energy]`` over ``train_index`` (all configurations if None)
+    by hippynn's hierarchical energy initialisation (least squares on the composition, offsets
+    then frozen; higher energy layers scaled down). Without data, offsets keep their random
+    initialisation (for models whose state is loaded afterwards).
+    """
+    hippynn = _import_hippynn()
+    if _active_kernels is None:
+        # hippynn's own default on import would be numba (JIT-compiled in every process)
+        use_kernels("ekd")
+    from hippynn.graphs import inputs, networks, physics, targets
+    from hippynn.graphs.nodes.loss import _LPReg
+    from hippynn.pretraining import hierarchical_energy_initialization
+
+    hippynn.settings.WARN_LOW_DISTANCES = False  # see the top of this module
+    zs = tuple(sorted({int(z) for z in species}))
+    if not zs or zs[0] <= 0:
+        raise ValueError(f"species: expected positive atomic numbers, got {list(species)}")
+    species_node = inputs.SpeciesNode(db_name=SPECIES)
+    positions = inputs.PositionsNode(db_name=POSITIONS)
+    net_cls = getattr(networks, _NETWORKS[model.l_max])
+    network_params = {
+        "possible_species": [0, *zs],
+        "n_features": model.width,
+        "n_sensitivities": model.n_sensitivities,
+        "dist_soft_min": model.cutoff_soft_min,
+        "dist_soft_max": model.cutoff_soft_max,
+        "dist_hard_max": model.cutoff_hard,
+        "n_interaction_layers": model.n_interactions,
+        "n_atom_layers": model.n_atom_layers,
+    }
+    network = net_cls("HIPNN", (species_node, positions), module_kwargs=network_params)
+    henergy = targets.HEnergyNode("HEnergy", network)
+    henergy.mol_energy.db_name = ENERGY
+    forces = physics.GradientNode("forces", (henergy, positions), sign=-1)
+    forces.db_name = FORCES
+    l2 = _LPReg(network, p=2, module=_WeightsL2(network.torch_module, henergy.torch_module))
+
+    if dataset is not None:
+        idx = np.arange(len(dataset)) if train_index is None else np.asarray(train_index)
+        sub = dataset.subset(idx).require(energy)
+        unknown = sorted(set(sub.elements) - set(zs))
+        if unknown:
+            raise ValueError(f"dataset has elements {unknown} that the model's species {list(zs)} do not include")
+        shim = _TrainSplit(
+            {
+                SPECIES: torch.as_tensor(sub.species),
+                ENERGY: torch.as_tensor(sub.properties[energy][:, None], dtype=torch.float64),
+            }
+        )
+        with contextlib.redirect_stdout(io.StringIO()):  # hippynn prints the offsets
+            hierarchical_energy_initialization(
+                henergy, shim, trainable_after=False, energy_name=ENERGY, species_name=SPECIES
+            )
+        # the fit runs in float64 and leaves its result in that dtype: back to the model's
+        e0 = henergy.torch_module.layers[0]
+        e0.weight.data = e0.weight.data.to(henergy.torch_module.layers[-1].weight.dtype)
+    else:
+        henergy.torch_module.layers[0].weight.requires_grad_(False)
+
+    return Model(
+        config=model,
+        species=zs,
+        species_node=species_node,
+        positions=positions,
+        network=network,
+        henergy=henergy,
+        energy=henergy.mol_energy,
+        forces=forces,
+        hierarchicality=henergy.hierarchicality,
+        l2=l2,
+    )
+
+
+class _TrainSplit:
+    """The part of a hippynn Database that the hierarchical energy initialisation reads."""
+
+    def __init__(self, arrays: dict[str, torch.Tensor]):
+        self.splits = {"train": arrays}

@@ -1,0 +1,480 @@
+"""One training routine for every role: teacher, student, control, baseline.
+
+Roles differ by configuration only (:class:`MemberSpec`): the architecture (``cfg.model`` for
+teachers, ``cfg.student_model`` otherwise) and whether a force target is trained on (students:
+the previous generation's ensemble forces; baselines: the dataset's reference forces).
+
+Loss per batch (energies in kcal/mol, forces in kcal/mol/Angstrom, over real atoms only)::
+
+    w_E (RMSE + MAE)(E) + w_F(epoch) (RMSE + MAE)(F) + w_L2 L2(weights) + w_R mean(hierarchicality)
+
+Early stopping, the learning-rate schedule and "best" all use the validation ENERGY RMSE: the
+total loss jumps whenever the force-weight schedule steps, so it cannot tell a better model from
+a lighter weight.
+
+Output directory of a member::
+
+    checkpoint.pt     after every epoch (atomic); a killed run continues from it; removed when done
+    train_log.jsonl   one JSON line per epoch (force weight in force, lr, train/valid RMSEs, time)
+    model.pt          the best-on-validation model: architecture, species, state dict, offsets
+    done.json         summary, written last (atomically): its presence means "finished"
+
+The training loop is ekd's own (hippynn builds the graph, ekd runs it): hippynn's
+``train_model`` swallows KeyboardInterrupt, writes files into the working directory and checkpoints
+the best epoch only, none of which suits resumable jobs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import json
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import Config, ModelConfig
+from .data import Dataset
+from .data.database import database_arrays
+from .models import Model, build_model, check_padding, use_kernels
+
+ROLES = ("teacher", "student", "control", "baseline")
+MODEL_FORMAT = "ekd-member/1"
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """Who is trained: role, generation, member index, seed and targets.
+
+    energy: dataset property used as energy target (kcal/mol).
+    forces: dataset property used as force target (kcal/mol/Angstrom), e.g. "ensemble_forces"
+        (students) or "reference_forces" (baseline); None trains on energies only.
+    """
+
+    role: str
+    generation: int
+    member: int
+    seed: int
+    energy: str = "energy"
+    forces: str | None = None
+
+    def __post_init__(self):
+        if self.role not in ROLES:
+            raise ValueError(f"MemberSpec.role: must be one of {list(ROLES)}, got {self.role!r}")
+        if self.generation < 0 or self.member < 0:
+            raise ValueError(f"MemberSpec: generation and member must be >= 0, got {self.generation}, {self.member}")
+
+
+# ------------------------------------------------------------------------------------------
+# training
+
+
+def train_member(
+    spec: MemberSpec,
+    cfg: Config,
+    dataset: Dataset,
+    splits: Mapping[str, np.ndarray],
+    out_dir: Path,
+    progress: bool = False,
+    *,
+    epoch_callbacks: Sequence[Callable[[int, dict], None]] = (),
+) -> dict:
+    """Train one ensemble member (or continue its interrupted run); returns the done.json summary.
+
+    dataset: every configuration the member may see; ``splits["train"]`` / ``splits["valid"]``
+        index into it (a "test" split, if given, is checked for overlap and otherwise ignored).
+        The energy target (and the force target, if any) must be known for every configuration
+        of both splits.
+    out_dir: the member's directory (see the module docstring). If ``done.json`` exists, its
+        content is returned without training.
+    progress: print one line per epoch and let hippynn talk; otherwise silent.
+    epoch_callbacks: called as ``cb(epoch, log_entry)`` after each epoch has been checkpointed
+        (e.g. to interrupt a run in tests).
+    """
+    out_dir = Path(out_dir)
+    done_path = out_dir / "done.json"
+    if done_path.exists():
+        return json.loads(done_path.read_text())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    quiet = contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO())
+    with quiet:
+        return _train(spec, cfg, dataset, splits, out_dir, progress, tuple(epoch_callbacks))
+
+
+def _train(spec, cfg: Config, dataset: Dataset, splits, out_dir: Path, progress: bool, callbacks) -> dict:
+    started = time.perf_counter()
+    tc = cfg.train
+    arch = cfg.model if spec.role == "teacher" else cfg.student_model
+    dtype = getattr(torch, tc.dtype)
+    torch.set_num_threads(tc.threads)
+    kernels = use_kernels(tc.kernels)
+    train_idx, valid_idx = _check_splits(splits, len(dataset))
+    check_padding(dataset.species, f"{dataset.source or 'dataset'}: species")
+    targets = [spec.energy] + ([spec.forces] if spec.forces else [])
+    train = _Batches(database_arrays(dataset.subset(train_idx), targets, dtype), spec)
+    valid = _Batches(database_arrays(dataset.subset(valid_idx), targets, dtype), spec)
+
+    _seed_everything(spec.seed)
+    model = build_model(arch, dataset.elements, dataset, train_idx, energy=spec.energy)
+    net = model.modules().to(dtype)
+    step_module = model.graph_module(forces=spec.forces is not None, training=True)
+    energy_module = model.graph_module(forces=False)
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=tc.lr)
+
+    fingerprint = _fingerprint(spec, arch, tc, train_idx, valid_idx, dataset)
+    state = {
+        "epoch": 0,
+        "best_epoch": 0,
+        "best_rmse": float("inf"),
+        "since_best": 0,
+        "lr_bad": 0,
+        "elapsed": 0.0,
+    }
+    best_state = copy.deepcopy(net.state_dict())
+    ckpt_path = out_dir / "checkpoint.pt"
+    log_path = out_dir / "train_log.jsonl"
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, weights_only=True)
+        if ckpt["fingerprint"] != fingerprint:
+            raise RuntimeError(
+                f"{ckpt_path} was written by a run with different inputs (spec, config, splits or data); "
+                f"delete {out_dir} to train this member from scratch"
+            )
+        net.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        best_state = ckpt["best_model"]
+        state = ckpt["state"]
+        _truncate_log(log_path, state["epoch"])
+    elif log_path.exists():
+        log_path.unlink()  # a log without a checkpoint belongs to a run that never finished an epoch
+
+    while state["epoch"] < tc.max_epochs and state["since_best"] < tc.termination_patience:
+        epoch = state["epoch"] + 1
+        t0 = time.perf_counter()
+        w_f = tc.force_weight(epoch) if spec.forces else None
+        lr = optimizer.param_groups[0]["lr"]
+        loss = _train_epoch(step_module, optimizer, train, tc, w_f, _epoch_generator(spec.seed, epoch))
+        train_metrics = _evaluate(energy_module, train, forces=False)
+        valid_metrics = _evaluate(energy_module, valid, forces=spec.forces is not None)
+        if not np.isfinite(loss) or not np.isfinite(valid_metrics["energy_rmse"]):
+            raise FloatingPointError(
+                f"{spec.role} member {spec.member} (generation {spec.generation}): non-finite loss at epoch "
+                f"{epoch} (loss {loss}, valid energy RMSE {valid_metrics['energy_rmse']}); lower train.lr?"
+            )
+
+        rmse = valid_metrics["energy_rmse"]
+        better = rmse < state["best_rmse"]
+        if better:
+            state.update(best_rmse=rmse, best_epoch=epoch, since_best=0, lr_bad=0)
+            best_state = copy.deepcopy(net.state_dict())
+        else:
+            state["since_best"] += 1
+            state["lr_bad"] += 1
+            if state["lr_bad"] >= tc.lr_patience:
+                for group in optimizer.param_groups:
+                    group["lr"] *= tc.lr_factor
+                state["lr_bad"] = 0
+        state["epoch"] = epoch
+        seconds = time.perf_counter() - t0
+        state["elapsed"] += seconds
+        entry = {
+            "epoch": epoch,
+            "force_weight": w_f,
+            "lr": lr,
+            "loss": loss,
+            "train_energy_rmse": train_metrics["energy_rmse"],
+            "valid_energy_rmse": rmse,
+            "valid_energy_mae": valid_metrics["energy_mae"],
+            **({"valid_force_rmse": valid_metrics["force_rmse"]} if spec.forces else {}),
+            "best": better,
+            "seconds": round(seconds, 3),
+        }
+        # log first, checkpoint second: a run killed in between repeats the epoch, and the log
+        # is truncated to the checkpoint's epoch on resume
+        with open(log_path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        _atomic_save(
+            {
+                "fingerprint": fingerprint,
+                "model": net.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "best_model": best_state,
+                "state": state,
+            },
+            ckpt_path,
+        )
+        if progress:
+            print(_format_entry(spec, entry), file=sys.stderr, flush=True)
+        for cb in callbacks:
+            cb(epoch, entry)
+
+    net.load_state_dict(best_state)
+    _atomic_save(_member_payload(model, arch, spec, tc), out_dir / "model.pt")
+    summary = {
+        "role": spec.role,
+        "generation": spec.generation,
+        "member": spec.member,
+        "seed": spec.seed,
+        "energy": spec.energy,
+        "forces": spec.forces,
+        "epochs": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "best_valid_energy_rmse": state["best_rmse"],
+        "stopped": "patience" if state["since_best"] >= tc.termination_patience else "max_epochs",
+        "n_train": len(train_idx),
+        "n_valid": len(valid_idx),
+        "kernels": kernels,
+        "training_seconds": round(state["elapsed"], 2),
+        "wall_time": round(time.perf_counter() - started, 2),
+    }
+    _atomic_write_text(out_dir / "done.json", json.dumps(summary, indent=1))
+    ckpt_path.unlink(missing_ok=True)
+    return summary
+
+
+class _Batches:
+    """Training arrays of one split as tensors: species (n, A), coordinates (n, A, 3), energy (n, 1),
+    forces (n, A, 3) if trained on."""
+
+    def __init__(self, arrays: dict[str, torch.Tensor], spec: MemberSpec):
+        self.species = arrays["species"]
+        self.coordinates = arrays["coordinates"]
+        self.energy = arrays[spec.energy]
+        self.forces = arrays[spec.forces] if spec.forces else None
+
+    def __len__(self) -> int:
+        return int(self.species.shape[0])
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None):
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        for start in range(0, n, batch_size):
+            i = order[start : start + batch_size]
+            yield (
+                self.species[i],
+                self.coordinates[i],
+                self.energy[i],
+                None if self.forces is None else self.forces[i],
+            )
+
+
+def _train_epoch(step_module, optimizer, data: _Batches, tc, w_f: float | None, generator) -> float:
+    """One pass over the training batches; returns the mean total loss."""
+    step_module.train()
+    total, count = 0.0, 0
+    for species, coords, e_true, f_true in data.batches(tc.batch_size, generator):
+        outputs = step_module(species, coords.clone())
+        e_pred = outputs[0]
+        loss = tc.w_energy * _rmse_mae(e_pred - e_true)
+        if f_true is not None:
+            real = species > 0
+            loss = loss + w_f * _rmse_mae((outputs[1] - f_true)[real])
+        hier, l2 = outputs[-2], outputs[-1]
+        loss = loss + tc.w_l2 * l2 + tc.w_hierarchicality * hier.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(species)
+        count += len(species)
+    return total / count
+
+
+def _rmse_mae(err: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt(torch.mean(err * err)) + torch.mean(torch.abs(err))
+
+
+def _evaluate(energy_module, data: _Batches, forces: bool, batch_size: int = 256) -> dict[str, float]:
+    """Energy RMSE/MAE (kcal/mol) and, if ``forces``, force RMSE over real atoms (kcal/mol/Angstrom)."""
+    energy_module.eval()
+    e_err, f_sq, f_n = [], 0.0, 0
+    for species, coords, e_true, f_true in data.batches(batch_size):
+        if forces:
+            coords = coords.clone().requires_grad_(True)
+            e_pred = energy_module(species, coords)[0]
+            f_pred = -torch.autograd.grad(e_pred.sum(), coords)[0]
+            real = species > 0
+            d = (f_pred - f_true)[real].detach().double()
+            f_sq += float((d * d).sum())
+            f_n += d.numel()
+        else:
+            with torch.no_grad():
+                e_pred = energy_module(species, coords)[0]
+        e_err.append((e_pred.detach() - e_true).double().reshape(-1))
+    e = torch.cat(e_err)
+    out = {"energy_rmse": float(torch.sqrt(torch.mean(e * e))), "energy_mae": float(torch.mean(e.abs()))}
+    if forces:
+        out["force_rmse"] = (f_sq / max(f_n, 1)) ** 0.5
+    return out
+
+
+def _check_splits(splits: Mapping[str, np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+    out = []
+    for name in ("train", "valid"):
+        if name not in splits or len(splits[name]) == 0:
+            raise ValueError(f"splits[{name!r}]: must be given and non-empty")
+        idx = np.asarray(splits[name], dtype=np.int64)
+        if idx.min() < 0 or idx.max() >= n:
+            raise ValueError(f"splits[{name!r}]: indices must lie in [0, {n}), got {idx.min()}..{idx.max()}")
+        out.append(np.sort(idx))
+    train, valid = out
+    test = np.asarray(splits.get("test", []), dtype=np.int64)
+    for a, b, what in (
+        (train, valid, "train and valid"),
+        (train, test, "train and test"),
+        (valid, test, "valid and test"),
+    ):
+        common = np.intersect1d(a, b)
+        if len(common):
+            raise ValueError(f"splits: {what} share {len(common)} configuration(s), e.g. index {common[0]}")
+    return train, valid
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002  (the legacy global RNG is what libraries draw from)
+    torch.manual_seed(seed)
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    # batch order depends on (seed, epoch) only: a resumed run sees the batches it would have seen
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
+
+
+def _fingerprint(spec, arch: ModelConfig, tc, train_idx, valid_idx, dataset: Dataset) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([asdict(spec), asdict(arch), asdict(tc)], sort_keys=True).encode())
+    for arr in (train_idx, valid_idx, dataset.species, dataset.coordinates):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _truncate_log(path: Path, last_epoch: int) -> None:
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    keep = []
+    for ln in lines:
+        try:
+            if json.loads(ln)["epoch"] <= last_epoch:
+                keep.append(ln)
+        except (json.JSONDecodeError, KeyError):
+            break  # a line cut short by a kill: everything after it is stale too
+    _atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+
+def _format_entry(spec: MemberSpec, e: dict) -> str:
+    s = (
+        f"{spec.role} g{spec.generation} m{spec.member} epoch {e['epoch']:4d}  lr {e['lr']:.2e}  "
+        f"E rmse train {e['train_energy_rmse']:.3f} valid {e['valid_energy_rmse']:.3f}"
+    )
+    if "valid_force_rmse" in e:
+        s += f"  F rmse valid {e['valid_force_rmse']:.3f}  w_F {e['force_weight']:g}"
+    return s + ("  *" if e["best"] else "")
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------
+# saved members
+
+
+def _member_payload(model: Model, arch: ModelConfig, spec: MemberSpec, tc) -> dict:
+    # plain types and tensors only, so that it loads with torch.load(weights_only=True)
+    return {
+        "format": MODEL_FORMAT,
+        "model_config": asdict(arch),
+        "species": list(model.species),
+        "state_dict": model.modules().state_dict(),
+        "energy_offsets": {str(z): v for z, v in model.energy_offsets.items()},
+        "units": {"energy": "kcal/mol", "length": "angstrom", "forces": "kcal/mol/angstrom"},
+        "spec": asdict(spec),
+        "train_dtype": tc.dtype,
+    }
+
+
+class Member:
+    """A trained member, loaded from its directory, predicting in float64."""
+
+    def __init__(self, model: Model, directory: Path, payload: dict):
+        self.model = model
+        self.directory = directory
+        self.spec = payload.get("spec", {})
+        self.dtype = torch.float64
+        self._net = model.modules().to(self.dtype).eval()
+        self._energy_module = model.graph_module(forces=False).eval()
+
+    @property
+    def species(self) -> tuple[int, ...]:
+        """Atomic numbers the model handles (sorted)."""
+        return self.model.species
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return self.model.config
+
+    def predict(
+        self, dataset: Dataset, forces: bool = True, batch_size: int = 256
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Energies (n,) kcal/mol and, if ``forces``, forces -dE/dR (n, A, 3) kcal/mol/Angstrom
+        (0 in padding) by autograd; float64 numpy arrays."""
+        check_padding(dataset.species, f"{dataset.source or 'dataset'}: species")
+        unknown = sorted(set(dataset.elements) - set(self.species))
+        if unknown:
+            raise ValueError(
+                f"{dataset.source or 'dataset'} has elements {unknown} that the model in {self.directory} "
+                f"was not built for (it knows {list(self.species)})"
+            )
+        n = len(dataset)
+        energies = np.empty(n)
+        out_forces = np.zeros(dataset.coordinates.shape) if forces else None
+        species_all = torch.as_tensor(dataset.species, dtype=torch.int64)
+        coords_all = torch.as_tensor(dataset.coordinates, dtype=self.dtype)
+        for start in range(0, n, batch_size):
+            sl = slice(start, start + batch_size)
+            species, coords = species_all[sl], coords_all[sl].clone()
+            if forces:
+                coords.requires_grad_(True)
+                e = self._energy_module(species, coords)[0]
+                f = -torch.autograd.grad(e.sum(), coords)[0]
+                f = f * (species > 0).unsqueeze(-1)
+                out_forces[sl] = f.detach().numpy()
+            else:
+                with torch.no_grad():
+                    e = self._energy_module(species, coords)[0]
+            energies[sl] = e.detach().reshape(-1).numpy()
+        return energies, out_forces
+
+
+def load_member(out_dir: Path) -> Member:
+    """Rebuild and load a member saved by :func:`train_member` (its ``model.pt``)."""
+    out_dir = Path(out_dir)
+    path = out_dir / "model.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no trained model here (has train_member finished? look for done.json)")
+    payload = torch.load(path, weights_only=True)
+    if payload.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path}: expected a model of format {MODEL_FORMAT!r}, got {payload.get('format')!r}")
+    arch = ModelConfig(**payload["model_config"])
+    model = build_model(arch, payload["species"])
+    model.modules().load_state_dict(payload["state_dict"])
+    return Member(model, out_dir, payload)

@@ -1,0 +1,65 @@
+"""Shared fixtures: a small real dataset labelled with GFN2-xTB.
+
+Geometries: ASE's G2 structures of a few small molecules, rattled (Gaussian, 0.06 Angstrom per
+coordinate, fixed seed). Labels: GFN2-xTB energy and gradient from tblite's Python interface
+(tblite 0.8.0 on the machines this was written on; positions in Bohr, energy in Hartree,
+gradient in Hartree/Bohr), stored like an ANI file (Hartree, Hartree/Angstrom) and converted by
+ekd's data layer. Takes well under a second.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+MOLECULES = ("H2O", "CH4", "CH3OH", "NH3", "H2CO")
+KEYS = {"energy": "gfn2_xtb.energy", "reference_forces": "gfn2_xtb.forces"}
+
+
+def xtb_groups(molecules=MOLECULES, n_conf: int = 24, rattle: float = 0.06, seed: int = 0):
+    """MoleculeGroups (ANI file units) of rattled G2 molecules labelled with GFN2-xTB."""
+    from ase.build import molecule
+    from tblite.interface import Calculator
+
+    from ekd.data import MoleculeGroup
+    from ekd.units import BOHR_TO_ANGSTROM
+
+    rng = np.random.default_rng(seed)
+    groups = []
+    for name in molecules:
+        atoms = molecule(name)
+        z = atoms.numbers.astype(np.int64)
+        xyz = atoms.positions[None] + rattle * rng.normal(size=(n_conf, len(z), 3))
+        energy = np.empty(n_conf)
+        forces = np.empty((n_conf, len(z), 3))
+        for i in range(n_conf):
+            calc = Calculator("GFN2-xTB", z, xyz[i] / BOHR_TO_ANGSTROM)
+            calc.set("verbosity", 0)
+            res = calc.singlepoint()
+            energy[i] = res.get("energy")  # Hartree
+            forces[i] = -res.get("gradient") / BOHR_TO_ANGSTROM  # Hartree/Bohr -> Hartree/Angstrom
+        groups.append(MoleculeGroup(name, z, xyz, {KEYS["energy"]: energy, KEYS["reference_forces"]: forces}))
+    return groups
+
+
+@pytest.fixture(scope="session")
+def xtb_dataset():
+    """120 configurations of 5 molecules (H, C, N, O; 3-6 atoms): energy and reference_forces."""
+    pytest.importorskip("tblite.interface")
+    from ekd.data import Units, from_groups
+
+    return from_groups(xtb_groups(), KEYS, Units("hartree", "angstrom"), source="xtb-fixture")
+
+
+@pytest.fixture(scope="session")
+def xtb_splits(xtb_dataset):
+    """A common test split and one train/valid split of the rest (dataset indices)."""
+    from ekd.data import random_split
+
+    rest, test = random_split(np.arange(len(xtb_dataset)), 0.1, seed=0)
+    train, valid = random_split(rest, 0.15, seed=1)
+    return {"train": train, "valid": valid, "test": test}
