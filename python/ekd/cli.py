@@ -44,10 +44,10 @@ def _config_show(args) -> int:
 
 
 def _data_generate(args) -> int:
-    from .data.generate import GenerateOptions, generate, summarize
+    from .data.generate import generate, summarize
 
     cfg = _config(args)
-    opts = GenerateOptions(**{"seed": cfg.seed, **cfg.data.generate})
+    opts = cfg.data.generate_options(cfg.seed)
     out = Path(args.out or Path(cfg.run_dir) / "data")
     train, test = generate(opts, out, progress=not args.quiet)
     print(summarize(train))

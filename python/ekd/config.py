@@ -136,6 +136,24 @@ class DataConfig:
         _check(0 < self.test_fraction < 0.5, "test_fraction", "must be in (0, 0.5)", self.test_fraction)
         _check(0 < self.valid_fraction < 0.5, "valid_fraction", "must be in (0, 0.5)", self.valid_fraction)
         _check(bool(self.energy_key), "energy_key", "must name a dataset key", self.energy_key)
+        if self.generate:
+            # validated by the generator's own options class, so the two never drift apart
+            from .data.generate import GenerateOptions
+
+            known = {f.name for f in dataclasses.fields(GenerateOptions)}
+            unknown = sorted(set(self.generate) - known)
+            _check(not unknown, "generate", f"unknown key(s) {unknown}; known keys are {sorted(known)}", self.generate)
+            try:
+                self.generate_options(seed=0)
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"generate: {e}") from None
+
+    def generate_options(self, seed: int):
+        """The generator's options: ``generate`` over the run's seed (``generate.seed`` wins)."""
+        from .data.generate import GenerateOptions
+
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in self.generate.items()}
+        return GenerateOptions(**{"seed": seed, **values})
 
 
 @dataclass(frozen=True)

@@ -94,9 +94,9 @@ def prepare_data(cfg: Config, run_dir: Path, progress: bool = True) -> DataPaths
     generated = d.train == "generate" or d.test == "generate"
     train = test = None
     if generated:
-        from .data.generate import GenerateOptions, generate
+        from .data.generate import generate
 
-        opts = GenerateOptions(**{"seed": cfg.seed, **d.generate})
+        opts = d.generate_options(cfg.seed)
         out = run_dir / "data"
         _claim(out, _digest(asdict(opts)), "generated data")
         if (out / "done.json").exists():

@@ -67,3 +67,13 @@ def test_shipped_configs_load():
 
     for path in sorted((Path(__file__).parents[2] / "configs").glob("*.yaml")):
         config.load(path)
+
+
+def test_generate_options_are_validated_by_the_generator():
+    cfg = config.loads("data: {generate: {n_train_molecules: 3, levels: [gfn2_xtb]}}")
+    assert cfg.data.generate_options(seed=5).n_train_molecules == 3
+    assert cfg.data.generate_options(seed=5).seed == 5
+    with pytest.raises(config.ConfigError, match=r"data.generate: unknown key\(s\) \['n_train_mols'\]"):
+        config.loads("data: {generate: {n_train_mols: 3}}")
+    with pytest.raises(config.ConfigError, match="data.generate: .*n_train_molecules"):
+        config.loads("data: {generate: {n_train_molecules: -1}}")
