@@ -63,3 +63,13 @@ def xtb_splits(xtb_dataset):
     rest, test = random_split(np.arange(len(xtb_dataset)), 0.1, seed=0)
     train, valid = random_split(rest, 0.15, seed=1)
     return {"train": train, "valid": valid, "test": test}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` (long experiments) run only when asked for with ``-m slow``."""
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

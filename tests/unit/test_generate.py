@@ -318,11 +318,9 @@ def test_normal_modes_count_and_orthogonal_to_rigid_motion():
 
 
 @pytest.mark.slow
-def test_pyscf_labels_on_formaldehyde(request):
+def test_pyscf_labels_on_formaldehyde():
     """wB97X/6-31G* forces equal -dE/dx; frozen-core CCSD(T)/cc-pVDZ energy below RHF's; both
     written next to GFN2-xTB by the generator for a tiny molecule. pyscf 2.14; ~1 min on one core."""
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("slow (pyscf): run with -m slow")
     pytest.importorskip("pyscf")
     from ekd.data.labels import ccsd_t_ccpvdz, wb97x_631gd
 
