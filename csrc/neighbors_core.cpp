@@ -17,6 +17,10 @@
 #include <limits>
 #include <sstream>
 
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+
 namespace ekd {
 namespace {
 
@@ -35,8 +39,12 @@ int64_t floor_div(int64_t a, int64_t b) {
     return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
 }
 
-// The cell used for the search. Non-periodic directions whose vector is zero (a common way to
-// write a slab or wire) get a unit vector orthogonal to the others: it only shapes the bins.
+// The cell used for the search. Only the periodic lattice vectors matter for the pairs: no shift
+// is ever taken along a non-periodic direction, whose vector may be zero (a slab written with
+// c = 0), or anything else. Each non-periodic row is therefore replaced by a unit vector
+// orthogonal to the rows kept before it: the matrix stays invertible and the row only shapes the
+// bins. (Projecting a coordinate axis out of the other rows one after the other is not enough:
+// they are not orthogonal to each other, and the result can stay in their plane.)
 Mat3 effective_cell(const double* cell, const bool* pbc) {
     Mat3 h{};
     const bool any_pbc = pbc[0] || pbc[1] || pbc[2];
@@ -50,28 +58,50 @@ Mat3 effective_cell(const double* cell, const bool* pbc) {
     double scale = 0.0;
     for (int k = 0; k < 3; ++k) scale = std::max(scale, norm3(h[k]));
     for (int k = 0; k < 3; ++k) {
-        if (norm3(h[k]) > 1e-12 * std::max(scale, 1.0)) continue;
-        if (pbc[k]) {
+        if (pbc[k] && !(norm3(h[k]) > 1e-12 * std::max(scale, 1.0))) {
             std::ostringstream msg;
             msg << "cell: lattice vector " << k << " is zero but the structure is periodic along it";
             throw InputError(msg.str());
         }
-        // Gram-Schmidt a coordinate axis against the non-zero vectors.
+    }
+    for (int k = 0; k < 3; ++k) {
+        if (pbc[k]) continue;
+        // Orthonormal basis (Gram-Schmidt) of the rows kept so far: the periodic ones and the
+        // non-periodic ones already replaced. Dependent periodic rows are skipped here and
+        // reported by the volume check of make_geometry.
+        std::array<std::array<double, 3>, 2> basis{};
+        int n_basis = 0;
+        for (int o = 0; o < 3; ++o) {
+            if (o == k || (!pbc[o] && o > k)) continue;
+            std::array<double, 3> v = h[o];
+            const double n0 = norm3(v);
+            for (int q = 0; q < n_basis; ++q) {
+                double p = dot3(v.data(), basis[q].data());
+                for (int d = 0; d < 3; ++d) v[d] -= p * basis[q][d];
+            }
+            const double n = norm3(v);
+            if (n > 1e-9 * n0 && n_basis < 2) {
+                for (int d = 0; d < 3; ++d) basis[n_basis][d] = v[d] / n;
+                ++n_basis;
+            }
+        }
+        // The coordinate axis with the largest part orthogonal to that basis (>= 1/sqrt(3)).
+        std::array<double, 3> best{};
+        double best_norm = -1.0;
         for (int axis = 0; axis < 3; ++axis) {
             std::array<double, 3> v{0.0, 0.0, 0.0};
             v[axis] = 1.0;
-            for (int o = 0; o < 3; ++o) {
-                double n = norm3(h[o]);
-                if (o == k || n <= 1e-12 * std::max(scale, 1.0)) continue;
-                double p = dot3(v.data(), h[o].data()) / (n * n);
-                for (int d = 0; d < 3; ++d) v[d] -= p * h[o][d];
+            for (int q = 0; q < n_basis; ++q) {
+                double p = dot3(v.data(), basis[q].data());
+                for (int d = 0; d < 3; ++d) v[d] -= p * basis[q][d];
             }
-            if (norm3(v) > 0.1) {
-                double n = norm3(v);
-                for (int d = 0; d < 3; ++d) h[k][d] = v[d] / n;
-                break;
+            const double n = norm3(v);
+            if (n > best_norm) {
+                best_norm = n;
+                for (int d = 0; d < 3; ++d) best[d] = v[d] / n;
             }
         }
+        h[k] = best;
     }
     return h;
 }
@@ -80,6 +110,7 @@ struct Geometry {
     Mat3 h;       // rows: lattice vectors
     Mat3 inv;     // inverse of h: fractional = cartesian @ inv
     double height[3];
+    double volume;  // |det h|
 };
 
 Geometry make_geometry(const double* cell, const bool* pbc) {
@@ -103,24 +134,29 @@ Geometry make_geometry(const double* cell, const bool* pbc) {
     g.height[0] = std::abs(det) / norm3(bc);
     g.height[1] = std::abs(det) / norm3(ca);
     g.height[2] = std::abs(det) / norm3(ab);
+    g.volume = std::abs(det);
     return g;
 }
 
 // Atoms sorted into bins, with their positions wrapped into the cell along periodic directions.
+// Everything the inner loop reads about atom j (wrapped position, index, wrap shift) is stored in
+// bin order, so the atoms of one bin are contiguous in memory.
 struct Bins {
-    int64_t n[3];            // bins per direction
-    int64_t reach[3];        // bins searched on each side
-    std::vector<int64_t> start;   // CSR offsets, size n0*n1*n2 + 1
-    std::vector<int64_t> atom;    // atom index in bin order
-    std::vector<double> wrapped;  // wrapped cartesian positions, in bin order (3 per atom)
-    std::vector<int64_t> bin_of;  // bin coordinates of each atom (3 per atom, original order)
-    std::vector<int64_t> wrap_shift;  // image shift removed from each atom (3 per atom)
+    int64_t n[3];                     // bins per direction
+    int64_t reach[3];                 // bins searched on each side
+    std::vector<int64_t> start;       // CSR offsets, size n0*n1*n2 + 1
+    std::vector<int64_t> atom;        // atom index in bin order
+    std::vector<double> wx, wy, wz;   // wrapped cartesian positions, in bin order
+    std::vector<int64_t> slot_shift;  // image shift removed from each atom, in bin order (3 per atom)
+    std::vector<int64_t> slot_of;     // position of each atom in bin order (original order)
+    std::vector<int64_t> bin_of;      // bin coordinates of each atom (3 per atom, original order)
+    double pairs_per_atom = 0.0;      // expected neighbors of an atom at uniform density
 };
 
 Bins make_bins(const double* x, int64_t n_atoms, const Geometry& g, const bool* pbc, double cutoff) {
     Bins b;
     std::vector<double> frac(3 * n_atoms);
-    b.wrap_shift.assign(3 * n_atoms, 0);
+    std::vector<int64_t> wrap_shift(3 * n_atoms, 0);
     double lo[3], hi[3];
     for (int k = 0; k < 3; ++k) {
         lo[k] = std::numeric_limits<double>::infinity();
@@ -140,7 +176,7 @@ Bins make_bins(const double* x, int64_t n_atoms, const Geometry& g, const bool* 
                     f -= 1.0;
                     s += 1.0;
                 }
-                b.wrap_shift[3 * i + k] = static_cast<int64_t>(s);
+                wrap_shift[3 * i + k] = static_cast<int64_t>(s);
             }
             frac[3 * i + k] = f;
             lo[k] = std::min(lo[k], f);
@@ -150,6 +186,7 @@ Bins make_bins(const double* x, int64_t n_atoms, const Geometry& g, const bool* 
 
     // Bin widths: at least cutoff / height (one bin of reach) where the cell allows it.
     double width[3];  // fractional width of a bin
+    double volume = g.volume;  // of the region the atoms occupy (+ the cutoff along open directions)
     for (int k = 0; k < 3; ++k) {
         if (pbc[k]) {
             lo[k] = 0.0;
@@ -158,6 +195,7 @@ Bins make_bins(const double* x, int64_t n_atoms, const Geometry& g, const bool* 
         double extent = hi[k] - lo[k];
         double extent_cart = extent * g.height[k];
         b.n[k] = std::max<int64_t>(1, static_cast<int64_t>(std::floor(extent_cart / cutoff)));
+        if (!pbc[k]) volume *= extent + cutoff / g.height[k];
     }
     // A sparse non-periodic structure would ask for more bins than atoms: coarsen.
     const double max_bins = 8.0 * static_cast<double>(n_atoms) + 27.0;
@@ -179,6 +217,10 @@ Bins make_bins(const double* x, int64_t n_atoms, const Geometry& g, const bool* 
             if (!pbc[k]) b.reach[k] = std::min(b.reach[k], b.n[k] - 1);
         }
     }
+    // Only a capacity hint for the output arrays.
+    const double sphere = 4.0 / 3.0 * 3.141592653589793 * cutoff * cutoff * cutoff;
+    b.pairs_per_atom = static_cast<double>(n_atoms) / volume * sphere;
+    if (!(pbc[0] || pbc[1] || pbc[2])) b.pairs_per_atom = std::min(b.pairs_per_atom, n_atoms - 1.0);
 
     const int64_t n_bins = b.n[0] * b.n[1] * b.n[2];
     b.bin_of.resize(3 * n_atoms);
@@ -198,31 +240,37 @@ Bins make_bins(const double* x, int64_t n_atoms, const Geometry& g, const bool* 
     for (int64_t c = 0; c < n_bins; ++c) b.start[c + 1] += b.start[c];
     std::vector<int64_t> fill(b.start.begin(), b.start.end() - 1);
     b.atom.resize(n_atoms);
-    b.wrapped.resize(3 * n_atoms);
+    b.slot_of.resize(n_atoms);
+    b.wx.resize(n_atoms);
+    b.wy.resize(n_atoms);
+    b.wz.resize(n_atoms);
+    b.slot_shift.resize(3 * n_atoms);
     for (int64_t i = 0; i < n_atoms; ++i) {
         int64_t slot = fill[flat[i]]++;
         b.atom[slot] = i;
+        b.slot_of[i] = slot;
         for (int d = 0; d < 3; ++d) {
             double w = x[3 * i + d];
-            for (int k = 0; k < 3; ++k) w -= static_cast<double>(b.wrap_shift[3 * i + k]) * g.h[k][d];
-            b.wrapped[3 * slot + d] = w;
+            for (int k = 0; k < 3; ++k) w -= static_cast<double>(wrap_shift[3 * i + k]) * g.h[k][d];
+            (d == 0 ? b.wx : d == 1 ? b.wy : b.wz)[slot] = w;
+            b.slot_shift[3 * slot + d] = wrap_shift[3 * i + d];
         }
     }
     return b;
 }
 
-// Pairs of atoms [begin, end) of one structure, appended to `out` in atom order.
-// `visit(i, j, shift_int, r, d2)` is called for each pair.
+constexpr int kBlock = 64;  // candidates whose distances are computed together
+
+// Pairs of atoms [begin, end) of one structure, in atom order.
+// `visit(i, j, shift, d2)` is called for each pair.
 template <typename Visit>
-void search_atoms(const double* x, int64_t begin, int64_t end, const Geometry& g, const bool* pbc,
-                  const Bins& b, double cutoff, Visit&& visit) {
+void search_atoms(int64_t begin, int64_t end, const Geometry& g, const bool* pbc, const Bins& b,
+                  double cutoff, Visit&& visit) {
     const double cutoff2 = cutoff * cutoff;
     for (int64_t i = begin; i < end; ++i) {
-        double xi[3];
-        for (int d = 0; d < 3; ++d) {
-            xi[d] = x[3 * i + d];
-            for (int k = 0; k < 3; ++k) xi[d] -= static_cast<double>(b.wrap_shift[3 * i + k]) * g.h[k][d];
-        }
+        const int64_t slot_i = b.slot_of[i];
+        const double xi[3] = {b.wx[slot_i], b.wy[slot_i], b.wz[slot_i]};
+        const int64_t* wi = &b.slot_shift[3 * slot_i];
         const int64_t* bi = &b.bin_of[3 * i];
         for (int64_t dx = -b.reach[0]; dx <= b.reach[0]; ++dx) {
             int64_t tx = bi[0] + dx, ix = 0;
@@ -248,23 +296,40 @@ void search_atoms(const double* x, int64_t begin, int64_t end, const Geometry& g
                     } else if (tz < 0 || tz >= b.n[2]) {
                         continue;
                     }
-                    double image[3];
+                    // r = w_j + image @ h - w_i; shift relative to the unwrapped inputs:
+                    // x_j - x_i + shift @ h with shift = image + W_i - W_j.
+                    double origin[3];
                     for (int d = 0; d < 3; ++d)
-                        image[d] = ix * g.h[0][d] + iy * g.h[1][d] + iz * g.h[2][d] - xi[d];
+                        origin[d] = ix * g.h[0][d] + iy * g.h[1][d] + iz * g.h[2][d] - xi[d];
+                    const int64_t base[3] = {ix + wi[0], iy + wi[1], iz + wi[2]};
                     const bool same_image = (ix == 0 && iy == 0 && iz == 0);
                     const int64_t bin = (tx * b.n[1] + ty) * b.n[2] + tz;
-                    for (int64_t s = b.start[bin]; s < b.start[bin + 1]; ++s) {
-                        const int64_t j = b.atom[s];
-                        if (same_image && j == i) continue;
-                        const double* wj = &b.wrapped[3 * s];
-                        double r[3] = {wj[0] + image[0], wj[1] + image[1], wj[2] + image[2]};
-                        double d2 = r[0] * r[0] + r[1] * r[1] + r[2] * r[2];
-                        if (d2 >= cutoff2) continue;
-                        // shift relative to the unwrapped input positions
-                        int64_t shift[3] = {ix - b.wrap_shift[3 * j] + b.wrap_shift[3 * i],
-                                            iy - b.wrap_shift[3 * j + 1] + b.wrap_shift[3 * i + 1],
-                                            iz - b.wrap_shift[3 * j + 2] + b.wrap_shift[3 * i + 2]};
-                        visit(i, j, shift, d2);
+                    // Distances of a block of the bin's atoms first, then the pairs: only ~15% of
+                    // the candidates are within the cutoff, and a branch per candidate mispredicts.
+                    for (int64_t s0 = b.start[bin]; s0 < b.start[bin + 1]; s0 += kBlock) {
+                        const int m = static_cast<int>(std::min<int64_t>(kBlock, b.start[bin + 1] - s0));
+                        const double* wx = &b.wx[s0];
+                        const double* wy = &b.wy[s0];
+                        const double* wz = &b.wz[s0];
+                        double d2[kBlock];
+                        for (int t = 0; t < m; ++t) {
+                            const double r0 = wx[t] + origin[0], r1 = wy[t] + origin[1], r2 = wz[t] + origin[2];
+                            d2[t] = r0 * r0 + r1 * r1 + r2 * r2;
+                        }
+                        int hits[kBlock];
+                        int n_hits = 0;
+                        for (int t = 0; t < m; ++t) {
+                            hits[n_hits] = t;
+                            n_hits += d2[t] < cutoff2;
+                        }
+                        for (int h = 0; h < n_hits; ++h) {
+                            const int64_t s = s0 + hits[h];
+                            if (same_image && s == slot_i) continue;
+                            const int64_t* wj_shift = &b.slot_shift[3 * s];
+                            const int64_t shift[3] = {base[0] - wj_shift[0], base[1] - wj_shift[1],
+                                                      base[2] - wj_shift[2]};
+                            visit(i, b.atom[s], shift, d2[hits[h]]);
+                        }
                     }
                 }
             }
@@ -279,6 +344,44 @@ void check_common(int64_t n_atoms, double cutoff) {
     }
 }
 
+// Large output arrays are written once into fresh memory; with 4 KiB pages the kernel's page
+// faults (zeroing and mapping ~25,000 pages per 100 MB) cost more than the search. Ask for
+// transparent huge pages on the unused capacity (a hint: ignored where THP is off or absent).
+void advise_huge_pages(std::vector<int64_t>& v) {
+#ifdef __linux__
+    constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+    const size_t unused = (v.capacity() - v.size()) * sizeof(int64_t);
+    if (unused < 4 * kHuge) return;
+    const uintptr_t lo = (reinterpret_cast<uintptr_t>(v.data() + v.size()) + kHuge - 1) & ~(kHuge - 1);
+    const uintptr_t hi = reinterpret_cast<uintptr_t>(v.data() + v.capacity()) & ~(kHuge - 1);
+    if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+#else
+    (void)v;
+#endif
+}
+
+// Pairs of atoms [begin, end) appended to `out`, with `expected` pairs reserved up front: growing
+// the three arrays by doubling copies them and touches fresh pages several times, which costs
+// more than the search itself for large lists.
+void search_into(int64_t begin, int64_t end, const Geometry& g, const bool* pbc, const Bins& b,
+                 double cutoff, int64_t atom_offset, PairList& out) {
+    const double expected = 1.1 * b.pairs_per_atom * static_cast<double>(end - begin) + 64.0;
+    const size_t capacity = out.size() + static_cast<size_t>(std::min(expected, 1e10));
+    out.first.reserve(capacity);
+    out.second.reserve(capacity);
+    out.shifts.reserve(3 * capacity);
+    advise_huge_pages(out.first);
+    advise_huge_pages(out.second);
+    advise_huge_pages(out.shifts);
+    search_atoms(begin, end, g, pbc, b, cutoff, [&](int64_t i, int64_t j, const int64_t* s, double) {
+        out.first.push_back(i + atom_offset);
+        out.second.push_back(j + atom_offset);
+        out.shifts.push_back(s[0]);
+        out.shifts.push_back(s[1]);
+        out.shifts.push_back(s[2]);
+    });
+}
+
 }  // namespace
 
 void neighbor_search(const double* positions, int64_t n_atoms, const double* cell, const bool* pbc,
@@ -288,32 +391,32 @@ void neighbor_search(const double* positions, int64_t n_atoms, const double* cel
     const Geometry g = make_geometry(cell, pbc);
     const Bins b = make_bins(positions, n_atoms, g, pbc, cutoff);
 
-    // Fixed chunks (independent of the thread count) concatenated in order: the output is the
-    // same however many threads ran.
-    const int64_t chunk = parallel ? 256 : n_atoms;
-    const int64_t n_chunks = (n_atoms + chunk - 1) / chunk;
-    std::vector<PairList> parts(n_chunks);
-    auto work = [&](int64_t c0, int64_t c1) {
-        for (int64_t c = c0; c < c1; ++c) {
-            PairList& p = parts[c];
-            search_atoms(positions, c * chunk, std::min(n_atoms, (c + 1) * chunk), g, pbc, b, cutoff,
-                         [&](int64_t i, int64_t j, const int64_t* s, double) {
-                             p.first.push_back(i + atom_offset);
-                             p.second.push_back(j + atom_offset);
-                             p.shifts.insert(p.shifts.end(), s, s + 3);
-                         });
-        }
-    };
-    if (parallel && n_chunks > 1) {
-        at::parallel_for(0, n_chunks, 1, work);
-    } else {
-        work(0, n_chunks);
+    // Chunks of consecutive atoms, concatenated in order: the output (pairs sorted by first atom,
+    // then by the search order) is the same whatever the number of chunks or threads. One
+    // thread writes straight into `out`; several get a few chunks each for load balance.
+    constexpr int64_t kMinChunk = 256;
+    const int64_t threads = parallel ? at::get_num_threads() : 1;
+    const int64_t n_chunks = std::min((n_atoms + kMinChunk - 1) / kMinChunk, 4 * threads);
+    if (threads <= 1 || n_chunks <= 1) {
+        search_into(0, n_atoms, g, pbc, b, cutoff, atom_offset, out);
+        return;
     }
+    const int64_t chunk = (n_atoms + n_chunks - 1) / n_chunks;
+    std::vector<PairList> parts(n_chunks);
+    at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+            search_into(std::min(n_atoms, c * chunk), std::min(n_atoms, (c + 1) * chunk), g, pbc, b, cutoff,
+                        atom_offset, parts[c]);
+        }
+    });
     size_t total = out.size();
     for (const auto& p : parts) total += p.size();
     out.first.reserve(total);
     out.second.reserve(total);
     out.shifts.reserve(3 * total);
+    advise_huge_pages(out.first);
+    advise_huge_pages(out.second);
+    advise_huge_pages(out.shifts);
     for (const auto& p : parts) {
         out.first.insert(out.first.end(), p.first.begin(), p.first.end());
         out.second.insert(out.second.end(), p.second.begin(), p.second.end());
@@ -329,14 +432,13 @@ double min_pair_distance(const double* positions, int64_t n_atoms, const double*
     if (n_atoms > 0) {
         const Geometry g = make_geometry(cell, pbc);
         const Bins b = make_bins(positions, n_atoms, g, pbc, cutoff);
-        search_atoms(positions, 0, n_atoms, g, pbc, b, cutoff,
-                     [&](int64_t i, int64_t j, const int64_t*, double d2) {
-                         if (d2 < best) {
-                             best = d2;
-                             bi = i;
-                             bj = j;
-                         }
-                     });
+        search_atoms(0, n_atoms, g, pbc, b, cutoff, [&](int64_t i, int64_t j, const int64_t*, double d2) {
+            if (d2 < best) {
+                best = d2;
+                bi = i;
+                bj = j;
+            }
+        });
         best = std::sqrt(best);
     }
     if (i_out) *i_out = bi;
