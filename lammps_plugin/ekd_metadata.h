@@ -1,0 +1,37 @@
+// metadata.json of a deployed ekd model (format ekd-model-1, written by ekd.export.save_model)
+// and the checks the plugin applies before running a model. Mirrors ekd.export.check_metadata:
+// every message names the file, the problem and what to do.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace ekd_lammps {
+
+constexpr const char *MODEL_FORMAT = "ekd-model-1";
+// 1 eV in kcal/mol (CODATA 2018, as ekd.units.EV_TO_KCALMOL and ASE 3.23+)
+constexpr double EV_TO_KCALMOL = 23.060547830619;
+
+struct ModelInfo {
+    std::string path;
+    double cutoff = 0.0;     // Angstrom
+    int n_interactions = 0;  // message-passing depth
+    std::vector<std::string> species;
+    std::string dtype;        // "float32" or "float64"
+    std::string ops_library;  // empty: none
+    std::string role, description, ekd_version, torch_version;
+
+    // How far out (Angstrom) atoms influence an owned atom's energy: n_interactions * cutoff
+    // (a model without interactions still needs its pairs' partners).
+    double receptive_field() const { return (n_interactions > 0 ? n_interactions : 1) * cutoff; }
+};
+
+// Parses and checks `json` read from `path` against this plugin's ekd and torch versions.
+// Throws ekd_lammps::ModelError.
+ModelInfo parse_metadata(const std::string &json, const std::string &path, const std::string &ekd_version,
+                         const std::string &torch_version);
+
+// Atomic number of an element symbol ("C" -> 6), 0 if it is not one.
+int atomic_number(const std::string &symbol);
+
+}  // namespace ekd_lammps

@@ -1,0 +1,61 @@
+// One deployed ekd model (TorchScript file, format ekd-model-1; see python/ekd/export.py) as the
+// LAMMPS plugin runs it. This header has no torch and no LAMMPS types on purpose: torch's and
+// LAMMPS's headers bundle different releases of {fmt}, so the torch code lives in its own
+// translation unit (ekd_model.cpp) and everything else talks to it through plain C++.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace ekd_lammps {
+
+// A model file that cannot be used; what() names the file, the problem and what to do.
+struct ModelError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// The raw metadata.json of a model file (checked by ekd_metadata.cpp before the TorchScript
+// code is loaded, because the op library a model names must be loaded first).
+std::string read_metadata_json(const std::string &path);
+
+// Model inputs in ekd's units (Angstrom): atomic numbers of local + ghost atoms, a full pair
+// list, and pair vectors r_p = x[second[p]] - x[first[p]] (3 doubles per pair).
+struct PairInputs {
+    const int64_t *species = nullptr;
+    int64_t n_atoms = 0;
+    const int64_t *first = nullptr;
+    const int64_t *second = nullptr;
+    const double *r = nullptr;
+    int64_t n_pairs = 0;
+};
+
+class Model {
+public:
+    // Loads the TorchScript code of `path`; `ops_library` (may be empty) is the file name of the
+    // op library the code calls, looked up next to this plugin and loaded first.
+    Model(const std::string &path, const std::string &ops_library, bool float32);
+    ~Model();
+    Model(const Model &) = delete;
+    Model &operator=(const Model &) = delete;
+
+    // Runs the model: energies of the first n_local atoms (kcal/mol) into `local_energy`, and
+    // g = d(sum of those energies)/d r_p (kcal/mol/Angstrom, 3 per pair) into `grad`.
+    void evaluate(const PairInputs &in, int64_t n_local, std::vector<double> &local_energy,
+                  std::vector<double> &grad);
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+// torch's intra-op thread count for this process (LAMMPS runs one thread per rank otherwise).
+void set_torch_threads(int n);
+
+// torch version the plugin was compiled against ("2.13.0") and this plugin's ekd version.
+std::string torch_version();
+std::string ekd_version();
+
+}  // namespace ekd_lammps

@@ -1,0 +1,130 @@
+#include "ekd_system.h"
+
+#include "atom.h"
+#include "neigh_list.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+namespace ekd_lammps {
+
+void EKDSystem::build(LAMMPS_NS::NeighList *list, double cutoff, bool fold_images) {
+    const double *const *x = atom->x;
+    const int *type = atom->type;
+    n_local_ = atom->nlocal;
+    n_all_ = atom->nlocal + atom->nghost;
+    n_model_ = fold_images ? n_local_ : n_all_;
+
+    if (fold_images) {
+        // owner of every atom: ghosts carry the ID (tag) of the owned atom they are an image of
+        const LAMMPS_NS::tagint *tag = atom->tag;
+        LAMMPS_NS::tagint max_tag = 0;
+        for (int i = 0; i < n_local_; ++i) max_tag = std::max(max_tag, tag[i]);
+        local_of_tag_.assign(static_cast<size_t>(max_tag) + 1, -1);
+        for (int i = 0; i < n_local_; ++i) local_of_tag_[tag[i]] = i;
+        owner_.resize(n_all_);
+        for (int i = 0; i < n_all_; ++i) {
+            owner_[i] = tag[i] <= max_tag ? local_of_tag_[tag[i]] : -1;
+            if (owner_[i] < 0)
+                throw std::runtime_error("ghost atom with ID " + std::to_string(tag[i]) +
+                                         " is not an image of an atom of this rank; use pair_style ekd mode ghosts");
+        }
+    }
+
+    species_.resize(n_model_);
+    for (int i = 0; i < n_model_; ++i) species_[i] = type_to_z_[type[i]];
+
+    first_.clear();
+    second_.clear();
+    r_.clear();
+    const double cutsq = cutoff * cutoff;
+    // ghosts mode: inum owned atoms, then gnum ghost atoms, whose neighbors deeper layers need
+    const int n_lists = fold_images ? list->inum : list->inum + list->gnum;
+    for (int ii = 0; ii < n_lists; ++ii) {
+        const int i = list->ilist[ii];
+        const int *jlist = list->firstneigh[i];
+        const int jnum = list->numneigh[i];
+        for (int jj = 0; jj < jnum; ++jj) {
+            const int j = jlist[jj] & NEIGHMASK;  // strip the special-bond bits
+            const double dx = x[j][0] - x[i][0];
+            const double dy = x[j][1] - x[i][1];
+            const double dz = x[j][2] - x[i][2];
+            if (dx * dx + dy * dy + dz * dz >= cutsq) continue;
+            first_.push_back(i);
+            second_.push_back(fold_images ? owner_[j] : j);
+            r_.push_back(dx);
+            r_.push_back(dy);
+            r_.push_back(dz);
+        }
+    }
+}
+
+void EKDSystem::select(double cutoff, PairSubset &out) const {
+    out.index.clear();
+    out.first.clear();
+    out.second.clear();
+    out.r.clear();
+    const double cutsq = cutoff * cutoff;
+    for (size_t p = 0; p < first_.size(); ++p) {
+        const double *d = &r_[3 * p];
+        if (d[0] * d[0] + d[1] * d[1] + d[2] * d[2] >= cutsq) continue;
+        out.index.push_back(static_cast<int64_t>(p));
+        out.first.push_back(first_[p]);
+        out.second.push_back(second_[p]);
+        out.r.insert(out.r.end(), d, d + 3);
+    }
+}
+
+PairInputs EKDSystem::inputs() const {
+    PairInputs in;
+    in.species = species_.data();
+    in.n_atoms = n_model_;
+    in.first = first_.data();
+    in.second = second_.data();
+    in.r = r_.data();
+    in.n_pairs = n_pairs();
+    return in;
+}
+
+PairInputs EKDSystem::inputs(const PairSubset &subset) const {
+    PairInputs in = inputs();
+    in.first = subset.first.data();
+    in.second = subset.second.data();
+    in.r = subset.r.data();
+    in.n_pairs = static_cast<int64_t>(subset.first.size());
+    return in;
+}
+
+void add_pair_forces(const PairInputs &pairs, const std::vector<double> &grad, double scale, double **f, int col) {
+    for (int64_t p = 0; p < pairs.n_pairs; ++p) {
+        double *fi = f[pairs.first[p]] + col;
+        double *fj = f[pairs.second[p]] + col;
+        for (int k = 0; k < 3; ++k) {
+            const double g = scale * grad[3 * p + k];
+            fi[k] += g;
+            fj[k] -= g;
+        }
+    }
+}
+
+void add_pair_virial(const PairInputs &pairs, const std::vector<double> &grad, double scale, double w[6],
+                     double **vatom) {
+    for (int64_t p = 0; p < pairs.n_pairs; ++p) {
+        const double *r = pairs.r + 3 * p;
+        const double *g = grad.data() + 3 * p;
+        const double v[6] = {-scale * r[0] * g[0], -scale * r[1] * g[1], -scale * r[2] * g[2],
+                             -scale * r[0] * g[1], -scale * r[0] * g[2], -scale * r[1] * g[2]};
+        for (int k = 0; k < 6; ++k) w[k] += v[k];
+        if (vatom) {
+            double *vi = vatom[pairs.first[p]];
+            double *vj = vatom[pairs.second[p]];
+            for (int k = 0; k < 6; ++k) {
+                vi[k] += 0.5 * v[k];
+                vj[k] += 0.5 * v[k];
+            }
+        }
+    }
+}
+
+}  // namespace ekd_lammps

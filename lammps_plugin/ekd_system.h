@@ -1,0 +1,85 @@
+// LAMMPS atoms, ghosts and neighbor lists -> inputs of a deployed ekd model, and the model's
+// pair gradients -> LAMMPS forces and virial. The pair style (pair_ekd.cpp) stays thin.
+//
+// Ghost atoms: a model with n interaction layers gives owned atom i an energy that depends on
+// every atom up to n * cutoff away, and on the pairs among them. Two correct ways (see build()):
+//  * "ghosts": LAMMPS supplies ghost atoms out to n * cutoff (+ skin) and a neighbor list that
+//    includes the ghosts' own neighbors (the pair style arranges both). The model runs on owned +
+//    ghost atoms and only the owned atoms' energies are summed: ghosts near the edge of the shell
+//    get wrong energies of their own, but those are never used, and the gradient of the owned
+//    energies with respect to every pair vector (ghost pairs included) gives forces on owned and
+//    ghost atoms; LAMMPS's reverse communication adds the ghosts' forces to their owners.
+//  * "images" (one rank): ghosts are periodic images of owned atoms; folding them onto their
+//    owners gives the periodic system itself, and the model needs no ghost shell at all.
+#pragma once
+
+#include "ekd_model.h"
+
+#include "pointers.h"
+
+#include <cstdint>
+#include <vector>
+
+namespace LAMMPS_NS {
+class NeighList;
+}  // namespace LAMMPS_NS
+
+namespace ekd_lammps {
+
+// Pairs of a shorter cutoff, for ensemble members with a smaller cutoff than the largest one.
+struct PairSubset {
+    std::vector<int64_t> index;  // position of each selected pair in the full list
+    std::vector<int64_t> first, second;
+    std::vector<double> r;
+};
+
+class EKDSystem : protected LAMMPS_NS::Pointers {
+public:
+    explicit EKDSystem(LAMMPS_NS::LAMMPS *lmp) : Pointers(lmp) {}
+
+    // atomic number of each LAMMPS atom type (index 1..ntypes; index 0 unused)
+    void set_type_map(const std::vector<int64_t> &type_to_z) { type_to_z_ = type_to_z; }
+
+    // Gathers the model's atoms and every pair closer than `cutoff` (Angstrom; LAMMPS real and
+    // metal units are both Angstrom); r_p = x_j - x_i from LAMMPS's (image) coordinates.
+    //  * fold_images = false ("ghosts" mode, any number of ranks): the model's atoms are owned +
+    //    ghost atoms (owned first, LAMMPS order); `list` is a full list that includes the ghost
+    //    atoms' neighbors.
+    //  * fold_images = true ("images" mode, one rank only): every ghost is a periodic image of an
+    //    owned atom, so each pair (i, ghost j) becomes (i, owner of j) with the image's r_p, and
+    //    the model runs on the owned atoms only, exactly like the ASE calculator: no ghost shell
+    //    of n_interactions x cutoff to evaluate. `list` is a full list of the owned atoms.
+    void build(LAMMPS_NS::NeighList *list, double cutoff, bool fold_images);
+
+    // The pairs of the last build() shorter than `cutoff`.
+    void select(double cutoff, PairSubset &out) const;
+
+    PairInputs inputs() const;
+    PairInputs inputs(const PairSubset &subset) const;
+
+    int n_local() const { return n_local_; }
+    int n_all() const { return n_all_; }        // owned + ghost atoms in LAMMPS
+    int n_model() const { return n_model_; }    // atoms the model sees
+    int64_t n_pairs() const { return static_cast<int64_t>(first_.size()); }
+    const std::vector<int64_t> &first() const { return first_; }
+    const std::vector<int64_t> &second() const { return second_; }
+    const std::vector<double> &r() const { return r_; }
+
+private:
+    std::vector<int64_t> type_to_z_;
+    int n_local_ = 0, n_all_ = 0, n_model_ = 0;
+    std::vector<int64_t> species_, first_, second_;
+    std::vector<int> local_of_tag_, owner_;
+    std::vector<double> r_;
+};
+
+// f[i][col..col+2] += scale * g_p and f[j][col..col+2] -= scale * g_p for every pair p = (i, j)
+// (g = dE/dr_ij, so these are the forces -dE/dx).
+void add_pair_forces(const PairInputs &pairs, const std::vector<double> &grad, double scale, double **f, int col = 0);
+
+// Virial W = -scale * sum_p r_p (x) g_p in LAMMPS's order xx, yy, zz, xy, xz, yz, added to `w`;
+// with `vatom` (owned + ghost rows) each pair's share is split evenly between its two atoms.
+void add_pair_virial(const PairInputs &pairs, const std::vector<double> &grad, double scale, double w[6],
+                     double **vatom);
+
+}  // namespace ekd_lammps

@@ -1,0 +1,104 @@
+"""ASE calculator running exported ekd models (the files LAMMPS's ``pair_style ekd`` runs).
+
+``EKDCalculator("model.pt")`` or ``EKDCalculator(["a.pt", "b.pt", "c.pt"])`` (an ensemble: mean
+energy, forces and stress, plus the spread). Results are in ASE units: eV, eV/Angstrom, eV/A^3.
+
+* ``energy``/``free_energy`` (eV), ``energies`` (per atom, eV), ``forces`` [N, 3] (eV/A),
+  ``stress`` (Voigt, eV/A^3; periodic cells only) — ensemble means;
+* ``forces_std`` [N]: per-atom spread of the members' forces, sqrt(mean_m |F_m - <F>|^2) (eV/A),
+  the quantity LAMMPS exposes as the per-atom ``force_std`` of ``pair_style ekd``;
+* ``energy_std``: standard deviation (population) of the members' energies, eV.
+
+Forces and stress come from the gradient of the energy with respect to the pair vectors
+r_ij = x_j - x_i + shift (see :mod:`ekd.export`), as in LAMMPS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+
+from . import _ops
+from .export import load_model
+from .units import EV_TO_KCALMOL
+
+
+class EKDCalculator(Calculator):
+    """ASE calculator for one exported model or an ensemble of them (see the module docstring).
+
+    model_path: a file or a list of files written by :func:`ekd.export.save_model`; the members
+    may differ in cutoff and depth but must cover the elements of the structures they see.
+    device: torch device string.
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "forces_std", "energy_std"]
+
+    def __init__(self, model_path: str | Path | Sequence[str | Path], device: str = "cpu", **kwargs):
+        super().__init__(**kwargs)
+        paths = [model_path] if isinstance(model_path, str | Path) else list(model_path)
+        if not paths:
+            raise ValueError("EKDCalculator: give at least one model file")
+        self.device = torch.device(device)
+        self.models = []
+        self.metadata = []
+        for p in paths:
+            module, meta = load_model(p, device=device)
+            self.models.append(module)
+            self.metadata.append(meta)
+        self.cutoff = max(m.cutoff for m in self.metadata)
+        self.atomic_numbers = set.intersection(*(set(m.atomic_numbers) for m in self.metadata))
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        numbers = atoms.numbers
+        missing = sorted(set(numbers.tolist()) - self.atomic_numbers)
+        if missing:
+            raise ValueError(
+                f"EKDCalculator: atomic numbers {missing} are not among the species of every model "
+                f"({[list(m.species) for m in self.metadata]})"
+            )
+        dev = self.device
+        positions = torch.tensor(atoms.positions, dtype=torch.float64, device=dev)
+        pbc = torch.tensor(atoms.pbc, dtype=torch.bool, device=dev)
+        cell = torch.tensor(np.asarray(atoms.cell), dtype=torch.float64, device=dev)
+        periodic = bool(pbc.any())
+        first, second, shifts = _ops.neighbor_list(
+            positions, self.cutoff, cell if periodic else None, pbc if periodic else False
+        )
+        r_ij = _ops.pair_vectors(positions, first, second, shifts, cell)
+        species = torch.tensor(numbers, dtype=torch.long, device=dev)
+        n = len(atoms)
+
+        energies, forces, virials = [], [], []
+        for module, meta in zip(self.models, self.metadata, strict=True):
+            r = r_ij.detach().to(getattr(torch, meta.dtype)).requires_grad_(True)
+            e_atoms = module(species, first, second, r)
+            (g,) = torch.autograd.grad(e_atoms.sum(), r)
+            g = g.to(torch.float64)
+            f = torch.zeros(n, 3, dtype=torch.float64, device=dev)
+            f.index_add_(0, first, g).index_add_(0, second, -g)
+            energies.append(e_atoms.detach().to(torch.float64))
+            forces.append(f)
+            virials.append(-(r_ij.detach().T @ g))  # W = -sum_p r_ij (x) dE/dr_ij, kcal/mol
+        e = torch.stack(energies)  # [M, N] kcal/mol
+        f = torch.stack(forces)  # [M, N, 3] kcal/mol/A
+        w = torch.stack(virials).mean(0)
+        to_ev = 1.0 / EV_TO_KCALMOL
+        f_mean = f.mean(0)
+        self.results["energies"] = (e.mean(0) * to_ev).cpu().numpy()
+        self.results["energy"] = self.results["free_energy"] = float(e.sum(1).mean() * to_ev)
+        self.results["energy_std"] = float(e.sum(1).std(unbiased=False) * to_ev)
+        self.results["forces"] = (f_mean * to_ev).cpu().numpy()
+        self.results["forces_std"] = (((f - f_mean) ** 2).sum(2).mean(0).sqrt() * to_ev).cpu().numpy()
+        if atoms.pbc.all():
+            # ASE's stress is dE/d(strain) / V = -W / V
+            sigma = -0.5 * (w + w.T) * to_ev / atoms.get_volume()
+            s = sigma.cpu().numpy()
+            self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+        # the virial is useful for comparisons with LAMMPS also without a periodic cell (eV)
+        self.results["virial"] = (w * to_ev).cpu().numpy()
