@@ -108,6 +108,29 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from .export import export_member
+
+    if args.member_dir:
+        source = Path(args.member_dir)
+    else:
+        from .workflow import Run
+
+        cfg = _config(args)
+        r = Run(cfg, Path(cfg.run_dir), progress=False)
+        label = args.role if args.role in ("teacher", "control", "baseline") else f"student_gen{args.generation}"
+        source = r.member_dir(r.group(label), args.member)
+    if not (source / "done.json").exists():
+        print(f"ekd export: {source} is not a finished member (no done.json)", file=sys.stderr)
+        return 2
+    meta = export_member(source, args.out, dtype=args.dtype)
+    print(
+        f"{args.out}: {meta.description} (cutoff {meta.cutoff} A, {meta.n_interactions} interactions, "
+        f"species {' '.join(meta.species)}, {meta.dtype})"
+    )
+    return 0
+
+
 def _info(args) -> int:
     import json
 
@@ -169,6 +192,16 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("evaluate", help="score every trained member and write metrics.json + report.md")
     common(sp)
     sp.set_defaults(func=_evaluate)
+
+    sp = sub.add_parser("export", help="a trained member -> self-describing TorchScript for LAMMPS / ASE")
+    common(sp)
+    sp.add_argument("member_dir", nargs="?", help="a member directory (or use --role/--generation/--member)")
+    sp.add_argument("--role", default="student", choices=["teacher", "student", "control", "baseline"])
+    sp.add_argument("--generation", type=int, default=1)
+    sp.add_argument("--member", type=int, default=0)
+    sp.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    sp.add_argument("-o", "--out", required=True, help="output file, e.g. student.pt")
+    sp.set_defaults(func=_export)
 
     sp = sub.add_parser("info", help="versions and the native build")
     sp.set_defaults(func=_info)
