@@ -25,6 +25,25 @@ TORCH_LIBRARY(ekd, m) {
     // (int64) with r_ij = positions[j] - positions[i] + shifts @ cells[batch[i]].
     m.def("neighbor_list(Tensor positions, Tensor batch, Tensor cells, Tensor pbc, float cutoff)"
           " -> (Tensor, Tensor, Tensor)");
+
+    // HIPNN interaction ops: exactly hippynn.custom_kernels.env_pytorch. With P pairs (i = pair_first[p],
+    // j = pair_second[p], int64 [P]), A atoms, N sensitivities, F features:
+    //   envsum:   sensitivities [P, N], features [A, F] -> env [A, N, F],
+    //             env[i, n, f] = sum_{p: first=i} sensitivities[p, n] * features[j, f]
+    m.def("envsum(Tensor sensitivities, Tensor features, Tensor pair_first, Tensor pair_second) -> Tensor");
+    //   sensesum: env [A, N, F], features [A, F] -> sense [P, N],  sense[p, n] = sum_f env[i, n, f] features[j, f]
+    m.def("sensesum(Tensor env, Tensor features, Tensor pair_first, Tensor pair_second) -> Tensor");
+    //   featsum:  env [A, N, F], sense [P, N] -> feat [A, F],
+    //             feat[j, f] = sum_{p: second=j} sum_n sense[p, n] env[i, n, f]
+    m.def("featsum(Tensor env, Tensor sense, Tensor pair_first, Tensor pair_second) -> Tensor");
+    // Factorised tensor interaction (HipnnVec/HipnnQuad with the weights applied before the pair
+    // sum; see python/ekd/kernels.py). With C tensor components, N sensitivities, O features:
+    //   tensor_envsum:   a [P, C], b [P, N], x [A, N, O] -> [A, C, O],
+    //                    out[i, c, o] = sum_{p: first=i} a[p, c] sum_n b[p, n] x[j, n, o]
+    m.def("tensor_envsum(Tensor a, Tensor b, Tensor x, Tensor pair_first, Tensor pair_second) -> Tensor");
+    //   tensor_sensesum: a [P, C], y [A, C, O], x [A, N, O] -> [P, N],
+    //                    out[p, n] = sum_o x[j, n, o] sum_c a[p, c] y[i, c, o]
+    m.def("tensor_sensesum(Tensor a, Tensor y, Tensor x, Tensor pair_first, Tensor pair_second) -> Tensor");
     m.def("version() -> str", &ekd_version);
     m.def("torch_version() -> str", &ekd_torch_version);
 }

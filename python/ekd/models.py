@@ -78,46 +78,17 @@ def check_padding(species: np.ndarray | torch.Tensor, where: str = "species") ->
 
 
 def use_kernels(name: str) -> str:
-    """Select the interaction kernels (envsum / sensesum / featsum) for every model.
+    """Select the interaction kernels (envsum / sensesum / featsum) for every model in this process.
 
-    name: "ekd" (ekd's op library), "hippynn-numba" or "pytorch" (a pure-torch implementation).
-    Returns the implementation in use. While ``ekd.kernels`` does not exist yet, hippynn's own
-    kernels stand in: numba for "hippynn-numba"; hippynn's uncompiled pure-torch kernels for
-    "ekd" and "pytorch". Why not numba for "ekd": its JIT compilation costs ~18 s in every new
-    process (each ensemble member trains in its own), which a 2-core run of small models does not
-    win back (numba was ~1.4x faster per epoch here). hippynn's own "pytorch" choice is
-    torch.compile'd, which needs a compiler at run time and is slow for the first batches.
+    name: "ekd" (ekd's op library, the default), "hippynn-numba" or "pytorch" (hippynn's
+    uncompiled pure-torch kernels); see :mod:`ekd.kernels`. Returns the implementation in use.
     """
     global _active_kernels
-    if name not in ("ekd", "hippynn-numba", "pytorch"):
-        raise ValueError(f"kernels: expected 'ekd', 'hippynn-numba' or 'pytorch', got {name!r}")
     _import_hippynn()
-    try:
-        from . import kernels  # type: ignore[attr-defined]
-    except ImportError:
-        kernels = None
-    if kernels is not None and hasattr(kernels, "use_kernels"):
-        _active_kernels = kernels.use_kernels(name)
-    else:
-        _active_kernels = _hippynn_kernels(name)
+    from .kernels import use_kernels as _use
+
+    _active_kernels = _use(name)
     return _active_kernels
-
-
-def _hippynn_kernels(name: str) -> str:
-    import hippynn.custom_kernels as ck
-    from hippynn.custom_kernels.registry import MessagePassingKernels
-
-    available = ck.populate_custom_kernel_availability()
-    if name == "hippynn-numba" and "numba" not in available:
-        raise RuntimeError("kernels: 'hippynn-numba' needs numba installed (pip install numba)")
-    impl = "numba" if name == "hippynn-numba" else "_pytorch_raw_wrapped"
-    if ck.CUSTOM_KERNELS_ACTIVE != impl:
-        # Same effect as hippynn.set_custom_kernels, which warns for the hidden (uncompiled,
-        # autograd-wrapped so that double backward works) pure-torch implementation.
-        k = MessagePassingKernels.get_implementation(impl)
-        ck.envsum, ck.sensesum, ck.featsum = k.envsum, k.sensesum, k.featsum
-        ck.CUSTOM_KERNELS_ACTIVE = impl
-    return "hippynn-numba" if impl == "numba" else "hippynn-pytorch-uncompiled"
 
 
 @dataclass

@@ -1,0 +1,173 @@
+// Autograd of the HIPNN interaction ops, in C++ so that it works from TorchScript and from the
+// LAMMPS plugin without Python.
+//
+// Each family of ops is the set of partial derivatives of one multilinear scalar:
+//   hippynn's ops:  Theta(s, z, E) = sum_p sum_{n,f} s[p,n] z[j_p,f] E[i_p,n,f]
+//                   envsum = dTheta/dE,  sensesum = dTheta/ds,  featsum = dTheta/dz
+//   tensor ops:     Phi(a, b, x, G) = sum_p sum_{c,n,o} a[p,c] b[p,n] x[j_p,n,o] G[i_p,c,o]
+//                   tensor_envsum(a, b, x, i, j) = dPhi/dG,   dPhi/dx = tensor_envsum(b, a, G, j, i)
+//                   tensor_sensesum(a, G, x, i, j) = dPhi/db, dPhi/da = tensor_sensesum(b, x, G, j, i)
+// so the backward of every op is made of its siblings, called through the dispatcher *with*
+// autograd: the backward graph is itself differentiable and double backward (force training:
+// the loss contains forces, i.e. first derivatives) works to any order.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+namespace ekd {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+using at::Tensor;
+
+using Op4 = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&);
+using Op5 = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&);
+
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> handle(const char* name) {
+    return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+// Dispatching entry points (go through Autograd again when called in a backward with create_graph).
+Tensor envsum(const Tensor& s, const Tensor& z, const Tensor& f, const Tensor& c) {
+    static auto op = handle<Op4>("ekd::envsum");
+    return op.call(s, z, f, c);
+}
+Tensor sensesum(const Tensor& e, const Tensor& z, const Tensor& f, const Tensor& c) {
+    static auto op = handle<Op4>("ekd::sensesum");
+    return op.call(e, z, f, c);
+}
+Tensor featsum(const Tensor& e, const Tensor& s, const Tensor& f, const Tensor& c) {
+    static auto op = handle<Op4>("ekd::featsum");
+    return op.call(e, s, f, c);
+}
+Tensor tensor_envsum(const Tensor& a, const Tensor& b, const Tensor& x, const Tensor& f, const Tensor& c) {
+    static auto op = handle<Op5>("ekd::tensor_envsum");
+    return op.call(a, b, x, f, c);
+}
+Tensor tensor_sensesum(const Tensor& a, const Tensor& y, const Tensor& x, const Tensor& f, const Tensor& c) {
+    static auto op = handle<Op5>("ekd::tensor_sensesum");
+    return op.call(a, y, x, f, c);
+}
+
+// Gradient slots for the two integer pair-index arguments.
+inline void no_index_grads(tensor_list& grads) {
+    grads.emplace_back();
+    grads.emplace_back();
+}
+
+struct EnvsumFn : torch::autograd::Function<EnvsumFn> {
+    static Tensor forward(AutogradContext* ctx, const Tensor& s, const Tensor& z, const Tensor& f, const Tensor& c) {
+        ctx->save_for_backward({s, z, f, c});
+        at::AutoDispatchBelowADInplaceOrView guard;
+        return envsum(s, z, f, c);
+    }
+    static tensor_list backward(AutogradContext* ctx, tensor_list g) {
+        auto v = ctx->get_saved_variables();
+        tensor_list out;
+        out.push_back(ctx->needs_input_grad(0) ? sensesum(g[0], v[1], v[2], v[3]) : Tensor());
+        out.push_back(ctx->needs_input_grad(1) ? featsum(g[0], v[0], v[2], v[3]) : Tensor());
+        no_index_grads(out);
+        return out;
+    }
+};
+
+struct SensesumFn : torch::autograd::Function<SensesumFn> {
+    static Tensor forward(AutogradContext* ctx, const Tensor& e, const Tensor& z, const Tensor& f, const Tensor& c) {
+        ctx->save_for_backward({e, z, f, c});
+        at::AutoDispatchBelowADInplaceOrView guard;
+        return sensesum(e, z, f, c);
+    }
+    static tensor_list backward(AutogradContext* ctx, tensor_list g) {
+        auto v = ctx->get_saved_variables();
+        tensor_list out;
+        out.push_back(ctx->needs_input_grad(0) ? envsum(g[0], v[1], v[2], v[3]) : Tensor());
+        out.push_back(ctx->needs_input_grad(1) ? featsum(v[0], g[0], v[2], v[3]) : Tensor());
+        no_index_grads(out);
+        return out;
+    }
+};
+
+struct FeatsumFn : torch::autograd::Function<FeatsumFn> {
+    static Tensor forward(AutogradContext* ctx, const Tensor& e, const Tensor& s, const Tensor& f, const Tensor& c) {
+        ctx->save_for_backward({e, s, f, c});
+        at::AutoDispatchBelowADInplaceOrView guard;
+        return featsum(e, s, f, c);
+    }
+    static tensor_list backward(AutogradContext* ctx, tensor_list g) {
+        auto v = ctx->get_saved_variables();
+        tensor_list out;
+        out.push_back(ctx->needs_input_grad(0) ? envsum(v[1], g[0], v[2], v[3]) : Tensor());
+        out.push_back(ctx->needs_input_grad(1) ? sensesum(v[0], g[0], v[2], v[3]) : Tensor());
+        no_index_grads(out);
+        return out;
+    }
+};
+
+// out = dPhi(a, b, x, G)/dG; the grad H plays the role of G.
+struct TensorEnvsumFn : torch::autograd::Function<TensorEnvsumFn> {
+    static Tensor forward(AutogradContext* ctx, const Tensor& a, const Tensor& b, const Tensor& x, const Tensor& f,
+                          const Tensor& c) {
+        ctx->save_for_backward({a, b, x, f, c});
+        at::AutoDispatchBelowADInplaceOrView guard;
+        return tensor_envsum(a, b, x, f, c);
+    }
+    static tensor_list backward(AutogradContext* ctx, tensor_list g) {
+        auto v = ctx->get_saved_variables();
+        const Tensor &a = v[0], &b = v[1], &x = v[2], &f = v[3], &c = v[4], &h = g[0];
+        tensor_list out;
+        out.push_back(ctx->needs_input_grad(0) ? tensor_sensesum(b, x, h, c, f) : Tensor());
+        out.push_back(ctx->needs_input_grad(1) ? tensor_sensesum(a, h, x, f, c) : Tensor());
+        out.push_back(ctx->needs_input_grad(2) ? tensor_envsum(b, a, h, c, f) : Tensor());
+        no_index_grads(out);
+        return out;
+    }
+};
+
+// out = dPhi(a, B, x, y)/dB; the grad H plays the role of B.
+struct TensorSensesumFn : torch::autograd::Function<TensorSensesumFn> {
+    static Tensor forward(AutogradContext* ctx, const Tensor& a, const Tensor& y, const Tensor& x, const Tensor& f,
+                          const Tensor& c) {
+        ctx->save_for_backward({a, y, x, f, c});
+        at::AutoDispatchBelowADInplaceOrView guard;
+        return tensor_sensesum(a, y, x, f, c);
+    }
+    static tensor_list backward(AutogradContext* ctx, tensor_list g) {
+        auto v = ctx->get_saved_variables();
+        const Tensor &a = v[0], &y = v[1], &x = v[2], &f = v[3], &c = v[4], &h = g[0];
+        tensor_list out;
+        out.push_back(ctx->needs_input_grad(0) ? tensor_sensesum(h, x, y, c, f) : Tensor());
+        out.push_back(ctx->needs_input_grad(1) ? tensor_envsum(a, h, x, f, c) : Tensor());
+        out.push_back(ctx->needs_input_grad(2) ? tensor_envsum(h, a, y, c, f) : Tensor());
+        no_index_grads(out);
+        return out;
+    }
+};
+
+Tensor envsum_ad(const Tensor& s, const Tensor& z, const Tensor& f, const Tensor& c) {
+    return EnvsumFn::apply(s, z, f, c);
+}
+Tensor sensesum_ad(const Tensor& e, const Tensor& z, const Tensor& f, const Tensor& c) {
+    return SensesumFn::apply(e, z, f, c);
+}
+Tensor featsum_ad(const Tensor& e, const Tensor& s, const Tensor& f, const Tensor& c) {
+    return FeatsumFn::apply(e, s, f, c);
+}
+Tensor tensor_envsum_ad(const Tensor& a, const Tensor& b, const Tensor& x, const Tensor& f, const Tensor& c) {
+    return TensorEnvsumFn::apply(a, b, x, f, c);
+}
+Tensor tensor_sensesum_ad(const Tensor& a, const Tensor& y, const Tensor& x, const Tensor& f, const Tensor& c) {
+    return TensorSensesumFn::apply(a, y, x, f, c);
+}
+
+}  // namespace
+}  // namespace ekd
+
+TORCH_LIBRARY_IMPL(ekd, Autograd, m) {
+    m.impl("envsum", &ekd::envsum_ad);
+    m.impl("sensesum", &ekd::sensesum_ad);
+    m.impl("featsum", &ekd::featsum_ad);
+    m.impl("tensor_envsum", &ekd::tensor_envsum_ad);
+    m.impl("tensor_sensesum", &ekd::tensor_sensesum_ad);
+}

@@ -1,0 +1,540 @@
+// CPU (and Meta) kernels of the HIPNN interaction ops: envsum, sensesum, featsum (hippynn's
+// semantics, see hippynn/custom_kernels/env_pytorch.py) and the factorised tensor pair
+// tensor_envsum / tensor_sensesum (csrc/register.cpp gives the formulas).
+//
+// Design:
+// * No races, no atomics, deterministic: every op that scatters onto atoms first groups the pairs
+//   by their destination atom with a stable counting sort (O(P + A)); each output row is then
+//   owned by one thread and accumulated in input pair order, so the result does not depend on the
+//   number of threads. Per-pair outputs (sensesum, tensor_sensesum) need no grouping.
+// * Threads split the destination atoms into chunks of equal *pair* count (not atom count), so
+//   a periodic box and a batch of small molecules load-balance alike.
+// * The inner loops are register-blocked (several output rows x one SIMD-wide column chunk kept
+//   in registers across the pair loop) and compiled twice (x86-64-v3, i.e. AVX2+FMA, and baseline x86-64, chosen at
+//   load time by GCC's target_clones), so the library runs on any x86-64 but uses AVX2 where there is.
+// * Never materialises pairs x sensitivities x features (hippynn's pure-torch kernels do): memory
+//   is the output plus O(P + A) indices.
+#include "ekd/sensitivity.hpp"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define EKD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define EKD_CLONES
+#endif
+#if defined(__GNUC__)
+#define EKD_INLINE inline __attribute__((always_inline))
+#else
+#define EKD_INLINE inline
+#endif
+
+namespace ekd {
+namespace {
+
+// ------------------------------------------------------------------------------------------------
+// Pair grouping
+
+// Pairs grouped by a destination atom: the pairs of atom a are order[ptr[a] .. ptr[a+1]), in
+// input order (stable), so sums over them are reproducible.
+struct Groups {
+    std::vector<int64_t> ptr;    // [A + 1]
+    std::vector<int64_t> order;  // [P]
+};
+
+Groups group_pairs(const char* op, const char* name, const int64_t* idx, int64_t n_pairs, int64_t n_atoms) {
+    Groups g;
+    g.ptr.assign(n_atoms + 1, 0);
+    for (int64_t p = 0; p < n_pairs; ++p) {
+        const int64_t a = idx[p];
+        TORCH_CHECK(a >= 0 && a < n_atoms, op, ": `", name, "` entries must lie in [0, ", n_atoms,
+                    ") (the number of atoms), got ", a, " at pair ", p);
+        g.ptr[a + 1] += 1;
+    }
+    for (int64_t a = 0; a < n_atoms; ++a) g.ptr[a + 1] += g.ptr[a];
+    g.order.resize(n_pairs);
+    std::vector<int64_t> next(g.ptr.begin(), g.ptr.end() - 1);
+    for (int64_t p = 0; p < n_pairs; ++p) g.order[next[idx[p]]++] = p;
+    return g;
+}
+
+void check_index_range(const char* op, const char* name, const int64_t* idx, int64_t n_pairs, int64_t n_atoms) {
+    for (int64_t p = 0; p < n_pairs; ++p) {
+        TORCH_CHECK(idx[p] >= 0 && idx[p] < n_atoms, op, ": `", name, "` entries must lie in [0, ", n_atoms,
+                    ") (the number of atoms), got ", idx[p], " at pair ", p);
+    }
+}
+
+// Splits the atoms into k consecutive ranges of roughly equal pair count: [bounds[c], bounds[c+1]).
+std::vector<int64_t> chunk_bounds(const Groups& g, int64_t k) {
+    const int64_t n_atoms = static_cast<int64_t>(g.ptr.size()) - 1;
+    const int64_t n_pairs = g.ptr.back();
+    std::vector<int64_t> bounds(k + 1, n_atoms);
+    bounds[0] = 0;
+    for (int64_t c = 1; c < k; ++c) {
+        const int64_t target = n_pairs * c / k;
+        bounds[c] = std::lower_bound(g.ptr.begin(), g.ptr.end(), target) - g.ptr.begin();
+        bounds[c] = std::min(n_atoms, std::max(bounds[c], bounds[c - 1]));
+    }
+    return bounds;
+}
+
+// Runs body(a0, a1) over the atoms (pairs grouped by atom) in chunks of roughly equal pair count.
+template <typename Body>
+void for_atom_chunks(const Groups& g, int64_t work_per_pair, const Body& body) {
+    const int64_t n_atoms = static_cast<int64_t>(g.ptr.size()) - 1;
+    const int64_t n_pairs = g.ptr.back();
+    const int64_t threads = at::get_num_threads();
+    // Below ~64k multiply-adds a thread team costs more than it saves.
+    if (n_pairs * work_per_pair < (1 << 16) || threads == 1 || n_atoms < 2) {
+        body(0, n_atoms);
+        return;
+    }
+    const std::vector<int64_t> bounds = chunk_bounds(g, std::min(n_atoms, 4 * threads));
+    at::parallel_for(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) body(bounds[c], bounds[c + 1]);
+    });
+}
+
+template <typename Body>
+void for_pairs(int64_t n_pairs, int64_t work_per_pair, const Body& body) {
+    const int64_t grain = std::max<int64_t>(64, (1 << 16) / std::max<int64_t>(1, work_per_pair));
+    at::parallel_for(0, n_pairs, grain, body);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Micro-kernels, written with GCC/Clang vector extensions: Vec<T> is 256 bits (one AVX register in
+// the haswell clone, two SSE registers in the baseline one). Left to itself the auto-vectoriser
+// vectorised the register blocks along the wrong axis (shuffles everywhere, ~1 GFLOP/s).
+
+template <typename T>
+struct VecOf;
+template <>
+struct VecOf<float> {
+    typedef float type __attribute__((vector_size(32)));
+    typedef float unaligned __attribute__((vector_size(32), aligned(4), may_alias));
+};
+template <>
+struct VecOf<double> {
+    typedef double type __attribute__((vector_size(32)));
+    typedef double unaligned __attribute__((vector_size(32), aligned(8), may_alias));
+};
+template <typename T>
+using Vec = typename VecOf<T>::type;
+template <typename T>
+constexpr int kL = 32 / sizeof(T);  // lanes per Vec
+
+template <typename T>
+EKD_INLINE Vec<T> vload(const T* p) {
+    return *reinterpret_cast<const typename VecOf<T>::unaligned*>(p);
+}
+template <typename T>
+EKD_INLINE void vstore(T* p, Vec<T> v) {
+    *reinterpret_cast<typename VecOf<T>::unaligned*>(p) = v;
+}
+template <typename T>
+EKD_INLINE Vec<T> vsplat(T s) {
+    return Vec<T>{} + s;
+}
+template <typename T>
+EKD_INLINE T vsum(Vec<T> v) {
+    T s = 0;
+    for (int l = 0; l < kL<T>; ++l) s += v[l];
+    return s;
+}
+
+// out[r, :] (r < R, row stride F) = sum over the listed pairs of s[p*N + r] * z[second[p]*F + :].
+// R rows x 2 vectors of accumulators stay in registers over the whole pair loop.
+template <typename T, int R>
+EKD_INLINE void outer_rows(const T* s, int64_t N, const T* z, int64_t F, const int64_t* second,
+                           const int64_t* pairs, int64_t np, T* out) {
+    constexpr int L = kL<T>;
+    int64_t f = 0;
+    for (; f + 2 * L <= F; f += 2 * L) {
+        Vec<T> acc[R][2];
+        for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = Vec<T>{};
+        for (int64_t q = 0; q < np; ++q) {
+            const int64_t p = pairs[q];
+            const T* zr = z + second[p] * F + f;
+            const Vec<T> z0 = vload(zr), z1 = vload(zr + L);
+            const T* sr = s + p * N;
+            for (int r = 0; r < R; ++r) {
+                const Vec<T> sv = vsplat(sr[r]);
+                acc[r][0] += sv * z0;
+                acc[r][1] += sv * z1;
+            }
+        }
+        for (int r = 0; r < R; ++r) {
+            vstore(out + r * F + f, acc[r][0]);
+            vstore(out + r * F + f + L, acc[r][1]);
+        }
+    }
+    for (; f < F; ++f) {
+        T acc[R] = {};
+        for (int64_t q = 0; q < np; ++q) {
+            const int64_t p = pairs[q];
+            const T zv = z[second[p] * F + f];
+            for (int r = 0; r < R; ++r) acc[r] += s[p * N + r] * zv;
+        }
+        for (int r = 0; r < R; ++r) out[r * F + f] = acc[r];
+    }
+}
+
+// out[r] = sum_f rows[r*F + f] * z[f] for r < R; lane-parallel partial sums, fixed summation order.
+template <typename T, int R>
+EKD_INLINE void dot_rows(const T* rows, int64_t F, const T* z, T* out) {
+    constexpr int L = kL<T>;
+    Vec<T> acc[R][2];
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = Vec<T>{};
+    int64_t f = 0;
+    for (; f + 2 * L <= F; f += 2 * L) {
+        const Vec<T> z0 = vload(z + f), z1 = vload(z + f + L);
+        for (int r = 0; r < R; ++r) {
+            acc[r][0] += vload(rows + r * F + f) * z0;
+            acc[r][1] += vload(rows + r * F + f + L) * z1;
+        }
+    }
+    for (int r = 0; r < R; ++r) {
+        T tail = 0;
+        for (int64_t g = f; g < F; ++g) tail += rows[r * F + g] * z[g];
+        out[r] = vsum<T>(acc[r][0] + acc[r][1]) + tail;
+    }
+}
+
+template <typename T>
+EKD_INLINE void dot_all_rows(const T* rows, int64_t N, int64_t F, const T* z, T* out) {
+    int64_t n = 0;
+    for (; n + 4 <= N; n += 4) dot_rows<T, 4>(rows + n * F, F, z, out + n);
+    for (; n < N; ++n) dot_rows<T, 1>(rows + n * F, F, z, out + n);
+}
+
+// y[0:F] = sum_n c[n] * rows[n*F + 0:F]   (4 vectors of columns kept in registers over n)
+template <typename T>
+EKD_INLINE void combine_rows(const T* c, const T* rows, int64_t N, int64_t F, T* y) {
+    constexpr int L = kL<T>;
+    int64_t f = 0;
+    for (; f + 4 * L <= F; f += 4 * L) {
+        Vec<T> acc[4] = {};
+        for (int64_t n = 0; n < N; ++n) {
+            const Vec<T> cv = vsplat(c[n]);
+            const T* r = rows + n * F + f;
+            for (int k = 0; k < 4; ++k) acc[k] += cv * vload(r + k * L);
+        }
+        for (int k = 0; k < 4; ++k) vstore(y + f + k * L, acc[k]);
+    }
+    for (; f + L <= F; f += L) {
+        Vec<T> acc{};
+        for (int64_t n = 0; n < N; ++n) acc += vsplat(c[n]) * vload(rows + n * F + f);
+        vstore(y + f, acc);
+    }
+    for (; f < F; ++f) {
+        T acc = 0;
+        for (int64_t n = 0; n < N; ++n) acc += c[n] * rows[n * F + f];
+        y[f] = acc;
+    }
+}
+
+// y[0:F] += c * x[0:F]
+template <typename T>
+EKD_INLINE void axpy(T c, const T* x, int64_t F, T* y) {
+    constexpr int L = kL<T>;
+    const Vec<T> cv = vsplat(c);
+    int64_t f = 0;
+    for (; f + L <= F; f += L) vstore(y + f, vload(y + f) + cv * vload(x + f));
+    for (; f < F; ++f) y[f] += c * x[f];
+}
+
+// ------------------------------------------------------------------------------------------------
+// Per-atom / per-pair bodies, instantiated for float and double with CPU-specific clones.
+
+template <typename T>
+EKD_INLINE void envsum_body(const T* sens, const T* feat, const int64_t* second, const Groups* g, int64_t N,
+                            int64_t F, T* out, int64_t a0, int64_t a1) {
+    for (int64_t a = a0; a < a1; ++a) {
+        const int64_t* pairs = g->order.data() + g->ptr[a];
+        const int64_t np = g->ptr[a + 1] - g->ptr[a];
+        T* o = out + a * N * F;
+        int64_t n = 0;
+        for (; n + 4 <= N; n += 4) outer_rows<T, 4>(sens + n, N, feat, F, second, pairs, np, o + n * F);
+        for (; n < N; ++n) outer_rows<T, 1>(sens + n, N, feat, F, second, pairs, np, o + n * F);
+    }
+}
+
+// For the pairs of source atoms a0..a1 (grouped by pair_first, so env[i] stays in cache):
+// out[second[p], :] += sense[p, :] @ env[i]   (out: this chunk's private [A, F] buffer)
+template <typename T>
+EKD_INLINE void featsum_body(const T* env, const T* sense, const int64_t* second, const Groups* g, int64_t N,
+                             int64_t F, T* out, T* tmp, int64_t a0, int64_t a1) {
+    for (int64_t a = a0; a < a1; ++a) {
+        const T* e = env + a * N * F;
+        for (int64_t q = g->ptr[a]; q < g->ptr[a + 1]; ++q) {
+            const int64_t p = g->order[q];
+            combine_rows<T>(sense + p * N, e, N, F, tmp);
+            axpy<T>(T(1), tmp, F, out + second[p] * F);
+        }
+    }
+}
+
+// sense[p, :] = env[first[p]] (N x F) @ feat[second[p]]
+// (pairs grouped by pair_first, so env[i] stays in cache)
+template <typename T>
+EKD_INLINE void sensesum_body(const T* env, const T* feat, const int64_t* second, const Groups* g, int64_t N,
+                              int64_t F, T* out, int64_t a0, int64_t a1) {
+    for (int64_t a = a0; a < a1; ++a) {
+        for (int64_t q = g->ptr[a]; q < g->ptr[a + 1]; ++q) {
+            const int64_t p = g->order[q];
+            dot_all_rows<T>(env + a * N * F, N, F, feat + second[p] * F, out + p * N);
+        }
+    }
+}
+
+// out[a, c, :] = sum_{p in group a} a_[p, c] * (b[p, :] @ x[second[p]])   (x[j]: N x O)
+template <typename T>
+EKD_INLINE void tensor_envsum_body(const T* av, const T* bv, const T* x, const int64_t* second, const Groups* g,
+                                   int64_t C, int64_t N, int64_t O, T* out, T* m, int64_t a0, int64_t a1) {
+    for (int64_t a = a0; a < a1; ++a) {
+        const int64_t* pairs = g->order.data() + g->ptr[a];
+        const int64_t np = g->ptr[a + 1] - g->ptr[a];
+        T* o = out + a * C * O;
+        std::fill(o, o + C * O, T(0));
+        for (int64_t q = 0; q < np; ++q) {
+            const int64_t p = pairs[q];
+            combine_rows<T>(bv + p * N, x + second[p] * N * O, N, O, m);
+            const T* ap = av + p * C;
+            for (int64_t c = 0; c < C; ++c) axpy<T>(ap[c], m, O, o + c * O);
+        }
+    }
+}
+
+// out[p, :] = x[second[p]] (N x O) @ (a_[p, :] @ y[first[p]])   (y[i]: C x O)
+template <typename T>
+EKD_INLINE void tensor_sensesum_body(const T* av, const T* y, const T* x, const int64_t* first, const int64_t* second,
+                                     int64_t C, int64_t N, int64_t O, T* out, T* gbuf, int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+        combine_rows<T>(av + p * C, y + first[p] * C * O, C, O, gbuf);
+        dot_all_rows<T>(x + second[p] * N * O, N, O, gbuf, out + p * N);
+    }
+}
+
+#define EKD_INSTANTIATE(T)                                                                                        \
+    EKD_CLONES void envsum_run(const T* s, const T* z, const int64_t* sec, const Groups* g, int64_t N, int64_t F, \
+                               T* out, int64_t a0, int64_t a1) {                                                  \
+        envsum_body<T>(s, z, sec, g, N, F, out, a0, a1);                                                          \
+    }                                                                                                             \
+    EKD_CLONES void featsum_run(const T* e, const T* s, const int64_t* sec, const Groups* g, int64_t N,           \
+                                int64_t F, T* out, T* tmp, int64_t a0, int64_t a1) {                              \
+        featsum_body<T>(e, s, sec, g, N, F, out, tmp, a0, a1);                                                    \
+    }                                                                                                             \
+    EKD_CLONES void sensesum_run(const T* e, const T* z, const int64_t* sec, const Groups* g, int64_t N,          \
+                                 int64_t F, T* out, int64_t a0, int64_t a1) {                                     \
+        sensesum_body<T>(e, z, sec, g, N, F, out, a0, a1);                                                        \
+    }                                                                                                             \
+    EKD_CLONES void tensor_envsum_run(const T* a, const T* b, const T* x, const int64_t* sec, const Groups* g,    \
+                                      int64_t C, int64_t N, int64_t O, T* out, T* m, int64_t a0, int64_t a1) {    \
+        tensor_envsum_body<T>(a, b, x, sec, g, C, N, O, out, m, a0, a1);                                          \
+    }                                                                                                             \
+    EKD_CLONES void tensor_sensesum_run(const T* a, const T* y, const T* x, const int64_t* fi, const int64_t* sec, \
+                                        int64_t C, int64_t N, int64_t O, T* out, T* gb, int64_t p0, int64_t p1) {  \
+        tensor_sensesum_body<T>(a, y, x, fi, sec, C, N, O, out, gb, p0, p1);                                      \
+    }
+
+EKD_INSTANTIATE(float)
+EKD_INSTANTIATE(double)
+#undef EKD_INSTANTIATE
+
+// ------------------------------------------------------------------------------------------------
+// Op entry points (CPU)
+
+at::IntArrayRef concrete(const std::vector<c10::SymInt>& s, std::vector<int64_t>& buf) {
+    buf.clear();
+    for (const auto& v : s) buf.push_back(v.expect_int());
+    return buf;
+}
+
+template <typename Fn>
+void dispatch_float(const at::Tensor& t, const Fn& fn) {
+    if (t.scalar_type() == at::kFloat) {
+        fn(float{});
+    } else {
+        fn(double{});
+    }
+}
+
+at::Tensor envsum_cpu(const at::Tensor& sens_, const at::Tensor& feat_, const at::Tensor& first_,
+                      const at::Tensor& second_) {
+    std::vector<int64_t> shape;
+    auto out = at::empty(concrete(envsum_shape(sens_, feat_, first_, second_), shape), sens_.options());
+    auto sens = sens_.contiguous(), feat = feat_.contiguous();
+    auto first = first_.contiguous(), second = second_.contiguous();
+    const int64_t P = sens.size(0), N = sens.size(1), A = feat.size(0), F = feat.size(1);
+    check_index_range("ekd::envsum", "pair_second", second.data_ptr<int64_t>(), P, A);
+    const Groups g = group_pairs("ekd::envsum", "pair_first", first.data_ptr<int64_t>(), P, A);
+    dispatch_float(sens, [&](auto tag) {
+        using T = decltype(tag);
+        const T* s = sens.data_ptr<T>();
+        const T* z = feat.data_ptr<T>();
+        const int64_t* sec = second.data_ptr<int64_t>();
+        T* o = out.data_ptr<T>();
+        for_atom_chunks(g, N * F, [&](int64_t a0, int64_t a1) { envsum_run(s, z, sec, &g, N, F, o, a0, a1); });
+    });
+    return out;
+}
+
+at::Tensor featsum_cpu(const at::Tensor& env_, const at::Tensor& sense_, const at::Tensor& first_,
+                       const at::Tensor& second_) {
+    std::vector<int64_t> shape;
+    auto out = at::empty(concrete(featsum_shape(env_, sense_, first_, second_), shape), env_.options());
+    auto env = env_.contiguous(), sense = sense_.contiguous();
+    auto first = first_.contiguous(), second = second_.contiguous();
+    const int64_t A = env.size(0), N = env.size(1), F = env.size(2), P = sense.size(0);
+    check_index_range("ekd::featsum", "pair_second", second.data_ptr<int64_t>(), P, A);
+    const Groups g = group_pairs("ekd::featsum", "pair_first", first.data_ptr<int64_t>(), P, A);
+    // Scatter onto pair_second without races: a fixed number K of pair chunks (chosen from the
+    // problem size, never from the thread count, so results do not depend on it) each sum into a
+    // private [A, F] buffer, reduced in chunk order. Reading env[i] once per source atom instead of
+    // once per pair is what makes this fast: env is N times larger than the output.
+    const int64_t K = (P * N * F < (1 << 20)) ? 1 : std::min<int64_t>(8, std::max<int64_t>(1, A));
+    const std::vector<int64_t> bounds = chunk_bounds(g, K);
+    dispatch_float(env, [&](auto tag) {
+        using T = decltype(tag);
+        const T* e = env.data_ptr<T>();
+        const T* s = sense.data_ptr<T>();
+        const int64_t* sec = second.data_ptr<int64_t>();
+        T* o = out.data_ptr<T>();
+        std::vector<T> bufs(static_cast<size_t>((K - 1) * A * F));
+        at::parallel_for(0, K, 1, [&](int64_t k0, int64_t k1) {
+            std::vector<T> tmp(F);
+            for (int64_t k = k0; k < k1; ++k) {
+                T* dst = k == 0 ? o : bufs.data() + (k - 1) * A * F;
+                std::fill(dst, dst + A * F, T(0));
+                featsum_run(e, s, sec, &g, N, F, dst, tmp.data(), bounds[k], bounds[k + 1]);
+            }
+        });
+        if (K > 1) {
+            at::parallel_for(0, A * F, 4096, [&](int64_t i0, int64_t i1) {
+                for (int64_t k = 1; k < K; ++k) {
+                    const T* src = bufs.data() + (k - 1) * A * F;
+                    for (int64_t i = i0; i < i1; ++i) o[i] += src[i];
+                }
+            });
+        }
+    });
+    return out;
+}
+
+at::Tensor sensesum_cpu(const at::Tensor& env_, const at::Tensor& feat_, const at::Tensor& first_,
+                        const at::Tensor& second_) {
+    std::vector<int64_t> shape;
+    auto out = at::empty(concrete(sensesum_shape(env_, feat_, first_, second_), shape), env_.options());
+    auto env = env_.contiguous(), feat = feat_.contiguous();
+    auto first = first_.contiguous(), second = second_.contiguous();
+    const int64_t A = env.size(0), N = env.size(1), F = env.size(2), P = first.size(0);
+    check_index_range("ekd::sensesum", "pair_second", second.data_ptr<int64_t>(), P, A);
+    const Groups g = group_pairs("ekd::sensesum", "pair_first", first.data_ptr<int64_t>(), P, A);
+    dispatch_float(env, [&](auto tag) {
+        using T = decltype(tag);
+        const T* e = env.data_ptr<T>();
+        const T* z = feat.data_ptr<T>();
+        const int64_t* sec = second.data_ptr<int64_t>();
+        T* o = out.data_ptr<T>();
+        for_atom_chunks(g, N * F, [&](int64_t a0, int64_t a1) { sensesum_run(e, z, sec, &g, N, F, o, a0, a1); });
+    });
+    return out;
+}
+
+at::Tensor tensor_envsum_cpu(const at::Tensor& a_, const at::Tensor& b_, const at::Tensor& x_,
+                             const at::Tensor& first_, const at::Tensor& second_) {
+    std::vector<int64_t> shape;
+    auto out = at::empty(concrete(tensor_envsum_shape(a_, b_, x_, first_, second_), shape), a_.options());
+    auto a = a_.contiguous(), b = b_.contiguous(), x = x_.contiguous();
+    auto first = first_.contiguous(), second = second_.contiguous();
+    const int64_t P = a.size(0), C = a.size(1), N = b.size(1), A = x.size(0), O = x.size(2);
+    check_index_range("ekd::tensor_envsum", "pair_second", second.data_ptr<int64_t>(), P, A);
+    const Groups g = group_pairs("ekd::tensor_envsum", "pair_first", first.data_ptr<int64_t>(), P, A);
+    dispatch_float(a, [&](auto tag) {
+        using T = decltype(tag);
+        const T* ap = a.data_ptr<T>();
+        const T* bp = b.data_ptr<T>();
+        const T* xp = x.data_ptr<T>();
+        const int64_t* sec = second.data_ptr<int64_t>();
+        T* o = out.data_ptr<T>();
+        for_atom_chunks(g, (N + C) * O, [&](int64_t a0, int64_t a1) {
+            std::vector<T> m(O);
+            tensor_envsum_run(ap, bp, xp, sec, &g, C, N, O, o, m.data(), a0, a1);
+        });
+    });
+    return out;
+}
+
+at::Tensor tensor_sensesum_cpu(const at::Tensor& a_, const at::Tensor& y_, const at::Tensor& x_,
+                               const at::Tensor& first_, const at::Tensor& second_) {
+    std::vector<int64_t> shape;
+    auto out = at::empty(concrete(tensor_sensesum_shape(a_, y_, x_, first_, second_), shape), a_.options());
+    auto a = a_.contiguous(), y = y_.contiguous(), x = x_.contiguous();
+    auto first = first_.contiguous(), second = second_.contiguous();
+    const int64_t P = a.size(0), C = a.size(1), A = y.size(0), N = x.size(1), O = x.size(2);
+    check_index_range("ekd::tensor_sensesum", "pair_first", first.data_ptr<int64_t>(), P, A);
+    check_index_range("ekd::tensor_sensesum", "pair_second", second.data_ptr<int64_t>(), P, A);
+    dispatch_float(a, [&](auto tag) {
+        using T = decltype(tag);
+        const T* ap = a.data_ptr<T>();
+        const T* yp = y.data_ptr<T>();
+        const T* xp = x.data_ptr<T>();
+        const int64_t* fi = first.data_ptr<int64_t>();
+        const int64_t* sec = second.data_ptr<int64_t>();
+        T* o = out.data_ptr<T>();
+        for_pairs(P, (N + C) * O, [&](int64_t p0, int64_t p1) {
+            std::vector<T> gbuf(O);
+            tensor_sensesum_run(ap, yp, xp, fi, sec, C, N, O, o, gbuf.data(), p0, p1);
+        });
+    });
+    return out;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Meta kernels: shapes only (same checks as the CPU entry points). They give FakeTensor /
+// torch.compile / opcheck the output shapes without a Python registration, so TorchScript and the
+// LAMMPS plugin see the very same library.
+
+at::Tensor envsum_meta(const at::Tensor& s, const at::Tensor& z, const at::Tensor& f, const at::Tensor& c) {
+    return at::empty_symint(envsum_shape(s, z, f, c), s.options());
+}
+at::Tensor sensesum_meta(const at::Tensor& e, const at::Tensor& z, const at::Tensor& f, const at::Tensor& c) {
+    return at::empty_symint(sensesum_shape(e, z, f, c), e.options());
+}
+at::Tensor featsum_meta(const at::Tensor& e, const at::Tensor& s, const at::Tensor& f, const at::Tensor& c) {
+    return at::empty_symint(featsum_shape(e, s, f, c), e.options());
+}
+at::Tensor tensor_envsum_meta(const at::Tensor& a, const at::Tensor& b, const at::Tensor& x, const at::Tensor& f,
+                              const at::Tensor& c) {
+    return at::empty_symint(tensor_envsum_shape(a, b, x, f, c), a.options());
+}
+at::Tensor tensor_sensesum_meta(const at::Tensor& a, const at::Tensor& y, const at::Tensor& x, const at::Tensor& f,
+                                const at::Tensor& c) {
+    return at::empty_symint(tensor_sensesum_shape(a, y, x, f, c), a.options());
+}
+
+}  // namespace
+}  // namespace ekd
+
+TORCH_LIBRARY_IMPL(ekd, CPU, m) {
+    m.impl("envsum", &ekd::envsum_cpu);
+    m.impl("sensesum", &ekd::sensesum_cpu);
+    m.impl("featsum", &ekd::featsum_cpu);
+    m.impl("tensor_envsum", &ekd::tensor_envsum_cpu);
+    m.impl("tensor_sensesum", &ekd::tensor_sensesum_cpu);
+}
+
+TORCH_LIBRARY_IMPL(ekd, Meta, m) {
+    m.impl("envsum", &ekd::envsum_meta);
+    m.impl("sensesum", &ekd::sensesum_meta);
+    m.impl("featsum", &ekd::featsum_meta);
+    m.impl("tensor_envsum", &ekd::tensor_envsum_meta);
+    m.impl("tensor_sensesum", &ekd::tensor_sensesum_meta);
+}

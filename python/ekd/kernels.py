@@ -1,0 +1,175 @@
+"""HIPNN interaction kernels: ekd's compiled ops as hippynn's message-passing backend.
+
+``use_kernels(name)`` selects what hippynn's interaction layers run on, process-wide:
+
+* ``"ekd"`` (default): ``torch.ops.ekd.envsum / sensesum / featsum`` (csrc/cpu/sensitivity.cpp,
+  autograd in C++, so double backward works without Python wrappers), registered with hippynn's
+  ``MessagePassingKernels`` under the name ``"ekd"`` (``wrap=False``). In addition the tensor
+  interaction layers of HipnnVec / HipnnQuad (``InteractLayerVec`` / ``InteractLayerQuad``) take
+  a factorised contraction order, see below.
+* ``"hippynn-numba"``: hippynn's numba kernels (``"numba"`` in hippynn).
+* ``"pytorch"``: hippynn's pure-torch kernels *without* torch.compile (hippynn's hidden
+  ``"_pytorch_raw"``). hippynn 0.1.3's own ``"pytorch"`` wraps the same functions in
+  ``torch.compile``, which needs a C++ compiler at run time and recompiles for every new pair
+  count; the uncompiled functions give the same numbers and need nothing. They materialise
+  pairs x sensitivities x features (25 GB for the paper's HipnnQuad on a 3,136-atom box): use
+  them as a reference on small inputs only.
+
+Factorised tensor interactions (``"ekd"`` only). hippynn's HipnnQuad layer forms, for every atom,
+the environment env[i, c, n, f] = sum_p t[p, c] s[p, n] z[j, f] for C = 9 tensor components
+(1 + 3 + 5) and only then contracts n, f with the interaction weights W[n, o, f]: C times the
+work of a scalar HIPNN layer, in the pair sum and in the matrix product. Applying the weights to
+the features first, Q[j, n, o] = sum_f z[j, f] W[n, o, f], the layer output is
+out[i, c, o] = sum_p t[p, c] sum_n s[p, n] Q[j, n, o] = ``ekd.tensor_envsum(t, s, Q, i, j)``,
+which costs one A x F x N x O product plus (N + C) x O per pair instead of C x N x (F per pair +
+F x O per atom). The layer picks whichever order a cost model says is cheaper for its sizes
+(``_factorised_is_cheaper``; for the paper's model the factorised order in every layer). The
+numbers are those of hippynn's layer up to floating-point rounding; parameters and state dicts
+are untouched, so a model trained with one backend loads and runs with any other.
+
+Mechanism: ``use_kernels`` replaces ``forward`` of the two hippynn layer classes once by a
+function that takes the factorised path while the active hippynn kernels are ekd's and calls
+hippynn's original ``forward`` otherwise.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from ekd._ops import ops
+
+KERNEL_NAMES = ("ekd", "hippynn-numba", "pytorch")
+_HIPPYNN_NAME = {"ekd": "ekd", "hippynn-numba": "numba", "pytorch": "_pytorch_raw"}
+
+_registered = False
+_patched = False
+
+
+def _register() -> None:
+    """Register ekd's ops with hippynn's kernel registry (once per process)."""
+    global _registered
+    if _registered:
+        return
+    from hippynn.custom_kernels.registry import MessagePassingKernels
+
+    if "ekd" not in MessagePassingKernels.get_available_implementations(hidden=True):
+        # Autograd lives in C++ (csrc/autograd.cpp): no Python autograd wrapper.
+        MessagePassingKernels("ekd", ops.envsum, ops.sensesum, ops.featsum, wrap=False)
+    _registered = True
+
+
+def use_kernels(name: str = "ekd") -> str:
+    """Make hippynn's interaction layers run on the named kernels (process-wide).
+
+    name: ``"ekd" | "hippynn-numba" | "pytorch"`` (see the module docstring). Returns the name of
+    the hippynn implementation that is now active.
+    """
+    if name not in _HIPPYNN_NAME:
+        raise ValueError(f"kernels: must be one of {', '.join(KERNEL_NAMES)}, got {name!r}")
+    import hippynn.custom_kernels as ck
+
+    _register()
+    _patch_tensor_layers()
+    with warnings.catch_warnings():
+        # hippynn warns about any implementation name outside its own list ("ekd", "_pytorch_raw").
+        warnings.filterwarnings("ignore", message="Using non-standard custom kernel implementation")
+        return ck.set_custom_kernels(_HIPPYNN_NAME[name])
+
+
+def active_kernels() -> str | None:
+    """The ekd name of the active hippynn kernels (None when it is none of ``KERNEL_NAMES``)."""
+    import hippynn.custom_kernels as ck
+
+    back = {v: k for k, v in _HIPPYNN_NAME.items()}
+    return back.get(ck.CUSTOM_KERNELS_ACTIVE)
+
+
+# ------------------------------------------------------------------------------------------------
+# Factorised HipnnVec / HipnnQuad interaction layers
+
+
+def tensor_components(coord_pairs: torch.Tensor, dist_pairs: torch.Tensor, l_max: int) -> torch.Tensor:
+    """Angular factors t[p, c] of hippynn's tensor sensitivities, [P, 1 + 3 (+ 5)].
+
+    Component order and normalisation are hippynn's (InteractLayerQuad): 1, r_hat (x, y, z), then
+    the traceless r_hat r_hat^T at flattened positions (0, 1, 2, 4, 5) (xx, xy, xz, yy, yz).
+    """
+    rhat = coord_pairs / dist_pairs.unsqueeze(1)
+    comps = [torch.ones_like(dist_pairs).unsqueeze(1), rhat]
+    if l_max >= 2:
+        quad = rhat.unsqueeze(1) * rhat.unsqueeze(2)
+        quad = (quad + quad.transpose(1, 2)) / 2
+        tr = torch.diagonal(quad, dim1=1, dim2=2).sum(dim=1) / 3.0
+        quad = quad - tr.unsqueeze(1).unsqueeze(2) * torch.eye(3, dtype=tr.dtype, device=tr.device).unsqueeze(0)
+        comps.append(quad.reshape(-1, 9)[:, [0, 1, 2, 4, 5]])
+    return torch.cat(comps, dim=1)
+
+
+def _factorised_is_cheaper(n_pairs: int, n_atoms: int, n_comp: int, n_sens: int, nf_in: int, nf_out: int) -> bool:
+    """Cost model of both contraction orders (forward; the backward scales alike).
+
+    Multiply-adds, with two corrections measured on the 3,136-atom box: hippynn's order writes the
+    stacked pairs x C x N sensitivities and their gradients (~8 passes over memory per element), and
+    the CPU kernels work on 16-wide feature chunks, so a few input features (the first layer's
+    one-hot species) cost as much as 16. With these the factorised order wins for every layer of
+    the paper's HipnnQuad (1.4x faster energy+forces than choosing hippynn's order for layer 1).
+    """
+    stock = n_pairs * n_comp * n_sens * (max(nf_in, 16) + 8) + n_atoms * n_comp * n_sens * nf_in * nf_out
+    factorised = n_atoms * nf_in * n_sens * nf_out + n_pairs * (n_sens + n_comp) * nf_out
+    return factorised < stock
+
+
+def tensor_interaction(layer, in_features, pair_first, pair_second, dist_pairs, coord_pairs, l_max: int):
+    """Output of hippynn's InteractLayerVec (l_max=1) / InteractLayerQuad (l_max=2), [A, nf_out].
+
+    Same parameters and numbers as hippynn's forward; the pair sum runs on ekd ops in the cheaper
+    contraction order (module docstring).
+    """
+    n_atoms, nf_in = in_features.shape
+    n_sens, nf_out = layer.n_dist, layer.nf_out
+    sense = layer.sensitivity(dist_pairs)  # [P, N]
+    t = tensor_components(coord_pairs, dist_pairs, l_max)  # [P, C]
+    n_comp = t.shape[1]
+    if _factorised_is_cheaper(t.shape[0], n_atoms, n_comp, n_sens, nf_in, nf_out):
+        # Q[j, n, o] = sum_f z[j, f] W[n, o, f]
+        q = torch.mm(in_features, layer.int_weights.permute(2, 0, 1).reshape(nf_in, n_sens * nf_out))
+        env = ops.tensor_envsum(t, sense, q.reshape(n_atoms, n_sens, nf_out), pair_first, pair_second)
+    else:
+        stacked = (t.unsqueeze(2) * sense.unsqueeze(1)).reshape(-1, n_comp * n_sens)
+        env = ops.envsum(stacked, in_features, pair_first, pair_second)  # [A, C * N, F]
+        weights_rs = layer.int_weights.permute(0, 2, 1).reshape(n_sens * nf_in, nf_out)
+        env = torch.mm(env.reshape(n_atoms * n_comp, n_sens * nf_in), weights_rs).reshape(n_atoms, n_comp, nf_out)
+
+    out = env[:, 0]
+    vec = torch.sqrt(torch.square(env[:, 1:4]).sum(dim=1) + layer.cusp_reg)
+    out = out + vec * layer.vecscales.unsqueeze(0)
+    if l_max >= 2:
+        quad = env[:, 4:9]
+        # norm of the traceless symmetric tensor from its 5 stored components (hippynn's formula)
+        quad = 2 * (torch.square(quad).sum(dim=1) + quad[:, 0, :] * quad[:, 3, :])
+        out = out + torch.sqrt(quad + layer.cusp_reg) * layer.quadscales.unsqueeze(0)
+    return out + layer.selfint(in_features)
+
+
+def _patch_tensor_layers() -> None:
+    global _patched
+    if _patched:
+        return
+    from hippynn.layers.hiplayers import interactions as hi
+
+    for cls, l_max in ((hi.InteractLayerVec, 1), (hi.InteractLayerQuad, 2)):
+        original = cls.forward
+
+        def forward(self, in_features, pair_first, pair_second, dist_pairs, coord_pairs, *, _orig=original, _l=l_max):
+            import hippynn.custom_kernels as ck
+
+            if ck.CUSTOM_KERNELS_ACTIVE != "ekd":
+                return _orig(self, in_features, pair_first, pair_second, dist_pairs, coord_pairs)
+            return tensor_interaction(self, in_features, pair_first, pair_second, dist_pairs, coord_pairs, _l)
+
+        forward.__doc__ = f"{cls.__name__}.forward, factorised on ekd ops when ekd kernels are active."
+        forward._ekd_original = original
+        cls.forward = forward
+    _patched = True
