@@ -2,10 +2,10 @@
 
     python bench/neighbors.py [--repeats 5] [--rounds 3] [--threads 1] [--budget 10]
 
-Systems: periodic cubic boxes of CH3ONO (methyl nitrite, 7 atoms, 61.04 g/mol) at ~1.0 g/cm^3,
+Systems: periodic cubic boxes of CH3ONO (methyl nitrite, 7 atoms, 61.04 g/mol) at 1.0 g/cm^3,
 cutoff 6.5 Angstrom: 448 molecules (3,136 atoms, 35.7 Angstrom box) and 4,352 molecules
-(30,464 atoms, 76.2 Angstrom box, the same density). Molecules sit on a jittered grid with random
-orientations; orientations are redrawn until no two molecules have atoms closer than 1.8 Angstrom.
+(30,464 atoms, 76.2 Angstrom box, the same density), built by :func:`ekd.md.box.methyl_nitrite_box`
+(jittered grid, random orientations, no intermolecular contact closer than 1.8 Angstrom).
 
 Every implementation returns the full list (i, j, shift) as numpy/torch arrays; the script checks
 that all of them find the same set of pairs before it prints a table of median wall time per call
@@ -29,52 +29,13 @@ import time
 import numpy as np
 import torch
 from ase import Atoms
-from ase.build import molecule
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
 import ekd
 from ekd import _ops
+from ekd.md.box import methyl_nitrite_box  # the MD stability box, shared with bench/lammps_md.py
 
 CUTOFF = 6.5  # Angstrom
-MIN_CONTACT = 1.8  # Angstrom, smallest allowed distance between atoms of different molecules
-# Volume per molecule of the 3,136-atom box: 35.7^3 / 448 Angstrom^3, i.e. 0.998 g/cm^3.
-VOLUME_PER_MOLECULE = 35.7**3 / 448
-
-
-def _random_rotations(n: int, rng: np.random.Generator) -> np.ndarray:
-    """n uniformly random rotation matrices [n, 3, 3] (QR of Gaussian matrices, sign-fixed)."""
-    q, r = np.linalg.qr(rng.normal(size=(n, 3, 3)))
-    q = q * np.sign(np.diagonal(r, axis1=1, axis2=2))[:, None, :]
-    q[np.linalg.det(q) < 0] *= -1.0
-    return q
-
-
-def methyl_nitrite_box(grid: tuple[int, int, int], seed: int = 0) -> Atoms:
-    """A periodic cube of grid[0] * grid[1] * grid[2] CH3ONO molecules at 0.998 g/cm^3."""
-    rng = np.random.default_rng(seed)
-    mol = molecule("CH3ONO")  # G2 geometry: C-O 1.44, O-N 1.39, N=O 1.21, C-H 1.09 Angstrom
-    local = mol.positions - mol.get_center_of_mass()
-    n_mol = int(np.prod(grid))
-    side = (n_mol * VOLUME_PER_MOLECULE) ** (1.0 / 3.0)
-    spacing = side / np.asarray(grid, dtype=float)
-    centers = np.stack(np.meshgrid(*[np.arange(g) for g in grid], indexing="ij"), -1).reshape(-1, 3)
-    centers = (centers + 0.5 + rng.uniform(-0.08, 0.08, size=centers.shape)) * spacing
-    rotations = _random_rotations(n_mol, rng)
-    owner = np.repeat(np.arange(n_mol), len(mol))
-    cell, pbc = np.eye(3) * side, np.array([True, True, True])
-
-    def positions():
-        return (np.einsum("mab,kb->mka", rotations, local) + centers[:, None, :]).reshape(-1, 3)
-
-    for _ in range(200):
-        i, j, _ = _ops._C.neighbor_pairs(positions(), cell, pbc, MIN_CONTACT)
-        clash = np.unique(owner[i][owner[i] != owner[j]])
-        if clash.size == 0:
-            break
-        rotations[clash] = _random_rotations(clash.size, rng)
-    else:
-        raise RuntimeError(f"could not place the molecules without contacts closer than {MIN_CONTACT} A")
-    return Atoms(mol.get_chemical_symbols() * n_mol, positions=positions(), cell=cell, pbc=True)
 
 
 def _implementations(atoms: Atoms, threads: int):
@@ -177,8 +138,8 @@ def main(argv=None) -> None:
         f"ekd {ekd.__version__}, torch {torch.__version__}, numpy {np.__version__}, "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     )
-    for grid in [(8, 8, 7), (16, 16, 17)]:
-        run(methyl_nitrite_box(grid), args.repeats, args.rounds, args.threads, args.budget)
+    for n_molecules in (448, 4352):
+        run(methyl_nitrite_box(n_molecules), args.repeats, args.rounds, args.threads, args.budget)
 
 
 if __name__ == "__main__":

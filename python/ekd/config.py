@@ -182,6 +182,43 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class MDConfig:
+    """MD stability test (:mod:`ekd.md`): CH3ONO box, time-step sweep, failure at d_min < min_distance.
+
+    Defaults are the paper's scale (448 molecules, 10 ps, 8 models x 10 runs); the embedded default
+    YAML shrinks them to fit a 2-core CPU.
+    """
+
+    n_molecules: int = 448
+    density: float = 1.0  # g/cm^3
+    temperature: float = 300.0  # K: Maxwell-Boltzmann start and Langevin equilibration
+    equilibration_ps: float = 0.1  # Langevin (friction 0.01/fs) at the run's time step, then NVE
+    t_max_ps: float = 10.0  # NVE length of a run that does not fail
+    timesteps_fs: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 2.0)
+    n_runs: int = 10  # velocity seeds per model
+    n_models: int | None = None  # members per role (None: all of them)
+    roles: tuple[str, ...] = ("teacher", "student_gen1", "student_gen2", "control")
+    engine: Literal["ase", "lammps"] = "ase"
+    min_distance: float = 0.5  # Angstrom: a run fails at the first frame with a closer pair
+    dtype: Literal["float32", "float64"] = "float32"  # of the exported models
+    workers: int = 2
+
+    def __post_init__(self):
+        _check(self.n_molecules >= 1, "n_molecules", "must be >= 1", self.n_molecules)
+        _check(self.density > 0, "density", "must be > 0 (g/cm^3)", self.density)
+        _check(self.temperature > 0, "temperature", "must be > 0 (K)", self.temperature)
+        _check(self.equilibration_ps >= 0, "equilibration_ps", "must be >= 0", self.equilibration_ps)
+        _check(self.t_max_ps > 0, "t_max_ps", "must be > 0", self.t_max_ps)
+        _check(len(self.timesteps_fs) >= 1, "timesteps_fs", "needs at least one time step", self.timesteps_fs)
+        _check(all(dt > 0 for dt in self.timesteps_fs), "timesteps_fs", "must all be > 0 (fs)", self.timesteps_fs)
+        _check(self.n_runs >= 1, "n_runs", "must be >= 1", self.n_runs)
+        _check(self.n_models is None or self.n_models >= 1, "n_models", "must be >= 1 or null", self.n_models)
+        _check(len(self.roles) >= 1, "roles", "needs at least one role", self.roles)
+        _check(self.min_distance > 0, "min_distance", "must be > 0", self.min_distance)
+        _check(self.workers >= 1, "workers", "must be >= 1", self.workers)
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "default"
     seed: int = 0
@@ -192,6 +229,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    md: MDConfig = field(default_factory=MDConfig)
 
     def __post_init__(self):
         _check(self.workers >= 1, "workers", "must be >= 1", self.workers)
@@ -248,6 +286,14 @@ ensemble:
   n_teachers: 4
   n_students: 4
   generations: 2
+# MD stability (ekd md-stability): 27 molecules (189 atoms, 14.0 A box, just over 2 x the 6.5 A
+# cutoff) instead of 448, 0.5 ps NVE instead of 10 ps, 2 models x 2 runs instead of 8 x 10
+md:
+  n_molecules: 27
+  t_max_ps: 0.5
+  equilibration_ps: 0.05
+  n_runs: 2
+  n_models: 2
 """
 
 

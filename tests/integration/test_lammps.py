@@ -47,21 +47,14 @@ TOL = 1e-11
 
 
 def ch3ono_box(n_per_side: int, spacing: float = 4.5, seed: int = 0):
-    """n_per_side**3 CH3ONO molecules, randomly rotated, on a cubic grid; periodic cube."""
-    from ase import Atoms
-    from ase.build import molecule
+    """n_per_side**3 CH3ONO molecules, randomly rotated, in a periodic cube of side n_per_side * spacing
+    (ekd's MD box, :func:`ekd.md.box.methyl_nitrite_box`, at the density that side gives)."""
+    from ekd.md.box import AVOGADRO, methyl_nitrite_box
 
-    rng = np.random.default_rng(seed)
-    base = molecule("CH3ONO")
-    base.positions -= base.positions.mean(0)
-    box = Atoms(cell=[n_per_side * spacing] * 3, pbc=True)
-    for idx in np.ndindex(n_per_side, n_per_side, n_per_side):
-        m = base.copy()
-        m.rotate(rng.uniform(0, 360), rng.normal(size=3), center=(0, 0, 0))
-        m.positions += (np.array(idx) + 0.5) * spacing
-        box += m
-    box.wrap()
-    return box
+    n = n_per_side**3
+    density = n * 61.04 / AVOGADRO / ((n_per_side * spacing) ** 3 * 1e-24)  # g/cm^3, CH3ONO 61.04 g/mol
+    # 1.5 A: at 4.5 A spacing (1.11 g/cm^3) 27 molecules do not fit with the default 1.8 A contacts
+    return methyl_nitrite_box(n, density=density, seed=seed, min_contact=1.5)
 
 
 def vacuum_molecule():

@@ -1,0 +1,450 @@
+"""MD stability sweep: fraction of runs that fail vs time step, per role (the paper's Fig. 3).
+
+A run (:func:`run_one`): the CH3ONO box of :func:`ekd.md.box.methyl_nitrite_box` (``md.seed`` of
+the box is the run's config seed), Maxwell-Boltzmann velocities at ``temperature`` from the run's
+velocity seed (zero total momentum), ``equilibration_ps`` of Langevin dynamics, then up to
+``t_max_ps`` of NVE velocity Verlet, all with time step dt. It fails at the first frame (every
+step) whose smallest interatomic distance is below ``min_distance`` (0.5 A). ``t_fail_ps`` counts
+from the start of the run (equilibration included). For runs that survive, the energy drift is the
+slope of a least-squares line through the NVE total energy per atom vs time (eV/atom/ps).
+
+The sweep (:func:`md_stability`): every model of the selected roles x ``n_runs`` seeds x every dt.
+Runs are independent jobs in worker processes; each writes its result to
+``<run_dir>/md/<engine>/<role>/member_MM/dt<dt>_seed<s>.json`` together with a digest of
+everything it depends on (model file, box, protocol), and a rerun reuses results whose digest
+matches. Fraction failed carries a Wilson 68 % interval (one standard error's worth: binomial
+counts at 2-10 runs make the plain standard error 0 at 0 or 100 %).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+REQUIRED_ELEMENTS = ("C", "H", "N", "O")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One MD run. model_paths: exported model file(s) (several = ensemble mean); dt_fs in fs;
+    equilibration_ps / t_max_ps in ps; temperature K; seed: velocities and thermostat;
+    box_seed: placement of the molecules; energy_every_fs: interval of the recorded NVE energies."""
+
+    model_paths: tuple[str, ...]
+    dt_fs: float
+    t_max_ps: float
+    seed: int = 0
+    n_molecules: int = 27
+    density: float = 1.0
+    temperature: float = 300.0
+    equilibration_ps: float = 0.05
+    min_distance: float = 0.5
+    engine: str = "ase"
+    box_seed: int = 0
+    energy_every_fs: float = 5.0  # interval of the NVE energy frames (the drift fit), rounded to steps
+
+    def check(self) -> None:
+        if not (isinstance(self.dt_fs, int | float) and math.isfinite(self.dt_fs) and self.dt_fs > 0):
+            raise ValueError(f"dt_fs: the time step must be > 0 fs, got {self.dt_fs!r}")
+        if not self.t_max_ps > 0:
+            raise ValueError(f"t_max_ps: must be > 0 ps, got {self.t_max_ps!r}")
+        if self.equilibration_ps < 0:
+            raise ValueError(f"equilibration_ps: must be >= 0 ps, got {self.equilibration_ps!r}")
+        if self.engine not in ("ase", "lammps"):
+            raise ValueError(f"engine: must be 'ase' or 'lammps', got {self.engine!r}")
+        if not self.model_paths:
+            raise ValueError("model_paths: give at least one exported model file")
+
+    @property
+    def n_equil(self) -> int:
+        return round(self.equilibration_ps * 1e3 / self.dt_fs)
+
+    @property
+    def n_nve(self) -> int:
+        return max(1, round(self.t_max_ps * 1e3 / self.dt_fs))
+
+    def digest(self) -> str:
+        d = asdict(self)
+        d["model_paths"] = [_file_digest(Path(p)) for p in self.model_paths]
+        if d["energy_every_fs"] == 5.0:
+            del d["energy_every_fs"]  # added after the first results; its default keeps their digests
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def check_models(model_paths) -> float:
+    """Load each model's metadata; raise ValueError unless it knows C, H, N and O. Returns the
+    largest cutoff (Angstrom)."""
+    from ..export import load_model
+
+    cutoff = 0.0
+    for p in model_paths:
+        _, meta = load_model(p)
+        missing = [e for e in REQUIRED_ELEMENTS if e not in meta.species]
+        if missing:
+            raise ValueError(
+                f"model {p}: species {list(meta.species)} lack {missing}; the CH3ONO stability test needs a model "
+                f"of {list(REQUIRED_ELEMENTS)}"
+            )
+        cutoff = max(cutoff, meta.cutoff)
+    return cutoff
+
+
+def initial_state(spec: RunSpec, cutoff: float | None = None):
+    """The box with Maxwell-Boltzmann velocities at ``spec.temperature`` (seed ``spec.seed``)."""
+    from ase.md.velocitydistribution import Stationary, thermalize_momenta
+
+    from .box import methyl_nitrite_box
+
+    atoms = methyl_nitrite_box(spec.n_molecules, spec.density, seed=spec.box_seed, cutoff=cutoff)
+    thermalize_momenta(atoms, spec.temperature, rng=np.random.default_rng(spec.seed))
+    Stationary(atoms)
+    return atoms
+
+
+def energy_drift(times_ps, etot_ev, n_atoms: int) -> float | None:
+    """Slope of the least-squares line through total energy per atom vs time, eV/atom/ps."""
+    if len(times_ps) < 3:
+        return None
+    slope = np.polyfit(np.asarray(times_ps), np.asarray(etot_ev) / n_atoms, 1)[0]
+    return float(slope)
+
+
+def run_one(spec: RunSpec, keep_positions: bool = False) -> dict:
+    """Run ``spec`` (see the module docstring) and return its result dict (JSON-ready)."""
+    from .engines import ENGINES
+
+    spec.check()
+    cutoff = check_models(spec.model_paths)
+    atoms = initial_state(spec, cutoff)
+    dt_ps = spec.dt_fs * 1e-3
+    # energy frames every ~5 fs by default: enough for a drift fit, cheap in LAMMPS's log
+    every = max(1, round(spec.energy_every_fs / spec.dt_fs))
+    raw = ENGINES[spec.engine](
+        atoms,
+        spec.model_paths,
+        spec.dt_fs,
+        spec.n_equil,
+        spec.n_nve,
+        spec.temperature,
+        spec.seed,
+        min_distance=spec.min_distance,
+        energy_every=every,
+    )
+    failed = raw["failed"]
+    result = {
+        "spec": asdict(spec),
+        "failed": bool(failed),
+        "fail_step": raw["fail_step"],
+        "t_fail_ps": raw["fail_step"] * dt_ps if failed else None,
+        "failed_in_equilibration": bool(failed and raw["fail_step"] <= spec.n_equil),
+        "steps": raw["steps"],
+        "t_run_ps": raw["steps"] * dt_ps,
+        "drift_ev_atom_ps": None if failed else energy_drift(raw["times_ps"], raw["etot_ev"], raw["n_atoms"]),
+        "n_atoms": raw["n_atoms"],
+        "wall_s": raw["wall_s"],
+        "times_ps": raw["times_ps"],
+        "etot_ev": raw["etot_ev"],
+    }
+    if keep_positions:
+        result["positions"] = raw["positions"]
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# the sweep
+
+
+def _job(args: dict) -> dict:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    spec = RunSpec(**{**args["spec"], "model_paths": tuple(args["spec"]["model_paths"])})
+    result = run_one(spec)
+    result.update(role=args["role"], member=args["member"], digest=args["digest"])
+    path = Path(args["out"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, path)  # atomic: an interrupted sweep never leaves half a result
+    return result
+
+
+def run_jobs(jobs: list[dict], workers: int, progress: bool = True) -> list[dict]:
+    """Run sweep jobs (reusing finished ones) in ``workers`` processes; results in job order."""
+    results: list[dict | None] = [None] * len(jobs)
+    todo = []
+    for k, job in enumerate(jobs):
+        path = Path(job["out"])
+        if path.exists():
+            old = json.loads(path.read_text())
+            if old.get("digest") == job["digest"]:
+                results[k] = old
+                continue
+        todo.append(k)
+    bar = None
+    if progress and todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="md runs", unit="run")
+    if workers <= 1 or len(todo) <= 1:
+        for k in todo:
+            results[k] = _job(jobs[k])
+            if bar:
+                bar.update()
+    elif todo:
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+            futures = {pool.submit(_job, jobs[k]): k for k in todo}
+            try:
+                for fut in cf.as_completed(futures):
+                    results[futures[fut]] = fut.result()
+                    if bar:
+                        bar.update()
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    if bar:
+        bar.close()
+    return results  # type: ignore[return-value]
+
+
+def sweep_jobs(models: dict[str, list[str]], md, out_dir: Path, box_seed: int = 0) -> list[dict]:
+    """Jobs for every role -> model files x seeds x dt of ``md`` (an :class:`ekd.config.MDConfig`)."""
+    jobs = []
+    for role, paths in models.items():
+        for m, path in enumerate(paths):
+            for seed in range(md.n_runs):
+                for dt in md.timesteps_fs:
+                    spec = RunSpec(
+                        model_paths=(str(path),),
+                        dt_fs=float(dt),
+                        t_max_ps=md.t_max_ps,
+                        seed=seed,
+                        n_molecules=md.n_molecules,
+                        density=md.density,
+                        temperature=md.temperature,
+                        equilibration_ps=md.equilibration_ps,
+                        min_distance=md.min_distance,
+                        engine=md.engine,
+                        box_seed=box_seed,
+                    )
+                    spec.check()
+                    out = out_dir / md.engine / role / f"member_{m:02d}" / f"dt{dt:g}_seed{seed}.json"
+                    jobs.append(
+                        {"spec": asdict(spec), "role": role, "member": m, "digest": spec.digest(), "out": str(out)}
+                    )
+    return jobs
+
+
+def export_models(run, roles, n_models: int | None, dtype: str, out_dir: Path) -> dict[str, list[str]]:
+    """Export the finished members of ``roles`` of a :class:`ekd.workflow.Run` (once; reused)."""
+    from ..export import export_member
+
+    models = {}
+    for role in roles:
+        group = run.group(role)
+        n = group.n_members if n_models is None else min(n_models, group.n_members)
+        paths = []
+        for m in range(n):
+            src = run.member_dir(group, m)
+            if not (src / "done.json").exists():
+                raise FileNotFoundError(f"md-stability: {role} member {m} ({src}) is not trained yet (no done.json)")
+            dst = out_dir / "models" / f"{role}_m{m:02d}_{dtype}.pt"
+            stamp = dst.with_suffix(".json")
+            source_digest = _file_digest(src / "done.json")
+            if not (dst.exists() and stamp.exists() and json.loads(stamp.read_text())["source"] == source_digest):
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                export_member(src, dst, dtype=dtype)
+                stamp.write_text(json.dumps({"source": source_digest}))
+            paths.append(str(dst))
+        models[role] = paths
+    return models
+
+
+def toy_pair(directory: Path) -> dict[str, list[str]]:
+    """TESTS AND BENCHMARKS ONLY: two exported toy models (:func:`ekd.export.toy_model`, same random
+    weights, cutoff 4 A, float64) that the protocol must tell apart: "stable" keeps the toy's
+    short-range repulsion (300 kcal/mol exp(-r / 0.3 A)), "unstable" has it turned attractive.
+    Returns ``{"stable": [path], "unstable": [path]}`` (files written to ``directory``)."""
+    import torch
+
+    from ..export import _quiet_jit, _toy_class, save_model, toy_model
+
+    _, meta = toy_model(("C", "H", "N", "O"), cutoff=4.0, n_interactions=1, seed=1)
+    out = {}
+    for name, repulsion in (("stable", 300.0), ("unstable", -300.0)):
+        torch.manual_seed(1)
+        module = _toy_class()(list(meta.atomic_numbers), 4.0, 1, 16, 8).to(torch.float64)
+        module.repulsion = repulsion
+        with _quiet_jit():
+            scripted = torch.jit.script(module.eval())
+        path = directory / f"toy_{name}.pt"
+        save_model(scripted, path, replace(meta, description=f"toy, repulsion {repulsion} kcal/mol"))
+        out[name] = [str(path)]
+    return out
+
+
+def wilson_interval(k: int, n: int, z: float = 1.0) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion k/n (z=1: ~68 %)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def summarize(results: list[dict]) -> list[dict]:
+    """One row per (role, dt): runs, failed, fraction, Wilson interval, mean time to failure,
+    mean and max |drift| of the surviving runs, wall time."""
+    rows = {}
+    for r in results:
+        key = (r["role"], r["spec"]["dt_fs"])
+        rows.setdefault(key, []).append(r)
+    table = []
+    for (role, dt), rs in rows.items():
+        n, k = len(rs), sum(r["failed"] for r in rs)
+        lo, hi = wilson_interval(k, n)
+        t_fail = [r["t_fail_ps"] for r in rs if r["failed"]]
+        drifts = [r["drift_ev_atom_ps"] for r in rs if not r["failed"] and r["drift_ev_atom_ps"] is not None]
+        table.append(
+            {
+                "role": role,
+                "dt_fs": dt,
+                "runs": n,
+                "failed": k,
+                "fraction_failed": k / n,
+                "wilson_lo": lo,
+                "wilson_hi": hi,
+                "mean_t_fail_ps": float(np.mean(t_fail)) if t_fail else None,
+                "mean_drift_ev_atom_ps": float(np.mean(drifts)) if drifts else None,
+                "max_abs_drift_ev_atom_ps": float(np.max(np.abs(drifts))) if drifts else None,
+                "wall_s": float(sum(r["wall_s"] for r in rs)),
+            }
+        )
+    return table
+
+
+def markdown(table: list[dict], md, engine: str, n_atoms: int | None = None) -> str:
+    """The report section: protocol, sizes (stating how they differ from the paper) and the table."""
+    lines = [
+        "## MD stability (CH3ONO, time-step sweep)",
+        "",
+        f"{md.n_molecules} CH3ONO molecules{f' ({n_atoms} atoms)' if n_atoms else ''} at {md.density} g/cm^3 in a "
+        f"periodic cube (ekd's jittered-grid placement, random orientations, no intermolecular contact < 1.8 A); "
+        f"Maxwell-Boltzmann velocities at {md.temperature} K, {md.equilibration_ps} ps Langevin (friction 0.01/fs), "
+        f"then up to {md.t_max_ps} ps NVE velocity Verlet; engine: {engine}. A run fails at the first step with an "
+        f"interatomic distance < {md.min_distance} A; time to failure counts from the start (equilibration "
+        f"included). {md.n_runs} velocity seed(s) per model"
+        + (f", {md.n_models} model(s) per role." if md.n_models else ", every model of each role."),
+    ]
+    if md.n_molecules < 448 or md.t_max_ps < 10 or md.n_runs < 10:
+        lines += [
+            "",
+            "**Reduced scale for a CPU**: the paper runs 448 molecules for 10 ps, 8 models x 10 runs "
+            "(`configs/paper.yaml`, `md:`).",
+        ]
+    lines += [
+        "",
+        "| role | dt (fs) | runs | failed | fraction failed (68 % Wilson) | mean t_fail (ps) | "
+        "drift of survivors (eV/atom/ps, mean / max abs) | wall (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in sorted(table, key=lambda r: (r["role"], r["dt_fs"])):
+        tf = "-" if row["mean_t_fail_ps"] is None else f"{row['mean_t_fail_ps']:.3f}"
+        dr = (
+            "-"
+            if row["mean_drift_ev_atom_ps"] is None
+            else f"{row['mean_drift_ev_atom_ps']:.2e} / {row['max_abs_drift_ev_atom_ps']:.2e}"
+        )
+        lines.append(
+            f"| {row['role']} | {row['dt_fs']:g} | {row['runs']} | {row['failed']} | {row['fraction_failed']:.2f} "
+            f"[{row['wilson_lo']:.2f}, {row['wilson_hi']:.2f}] | {tf} | {dr} | {row['wall_s']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def figure(table: list[dict], path: Path, title: str = "") -> Path:
+    """Left: fraction failed vs dt, one line per role, Wilson intervals as error bars (like the paper's
+    Fig. 3; roles are offset slightly along dt so that equal values stay visible). Right: mean time to
+    failure of the failed runs vs dt (what separates roles when they all fail in a short run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax_t) = plt.subplots(1, 2, figsize=(9, 3.6))
+    roles = sorted({r["role"] for r in table})
+    for k, role in enumerate(roles):
+        rows = sorted((r for r in table if r["role"] == role), key=lambda r: r["dt_fs"])
+        shift = 0.02 * (k - (len(roles) - 1) / 2)
+        x = [r["dt_fs"] + shift for r in rows]
+        y = [r["fraction_failed"] for r in rows]
+        err = [
+            [r["fraction_failed"] - r["wilson_lo"] for r in rows],
+            [r["wilson_hi"] - r["fraction_failed"] for r in rows],
+        ]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=role)
+        tf = [(r["dt_fs"], r["mean_t_fail_ps"]) for r in rows if r["mean_t_fail_ps"] is not None]
+        if tf:
+            ax_t.plot(*zip(*tf, strict=True), marker="o", label=role)
+    ax.set_xlabel("time step (fs)")
+    ax.set_ylabel("fraction of runs failed")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(frameon=False)
+    ax_t.set_xlabel("time step (fs)")
+    ax_t.set_ylabel("mean time to failure (ps)")
+    ax_t.set_ylim(bottom=0)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def md_stability(
+    cfg, run_dir: str | Path | None = None, models: dict[str, list[str]] | None = None, progress: bool = True
+) -> dict:
+    """``ekd md-stability``: the sweep of ``cfg.md`` over the run's members (or ``models``:
+    role -> exported files). Writes ``<run_dir>/md/<engine>/{stability.json, stability.md,
+    stability.png}`` and returns ``{"table", "markdown", "figure", "results"}``."""
+    md = cfg.md
+    run_dir = Path(run_dir or cfg.run_dir)
+    out_dir = run_dir / "md"
+    if models is None:
+        from ..workflow import Run
+
+        run = Run(cfg, run_dir, progress=False)
+        models = export_models(run, md.roles, md.n_models, md.dtype, out_dir)
+    for paths in models.values():
+        check_models(paths)
+    jobs = sweep_jobs(models, md, out_dir, box_seed=cfg.seed)
+    results = run_jobs(jobs, md.workers, progress=progress)
+    table = summarize(results)
+    engine_dir = out_dir / md.engine
+    n_atoms = results[0]["n_atoms"] if results else None
+    # the statement of sizes reports what ran, also when the caller chose the models
+    shown = replace(md, n_models=max(len(v) for v in models.values())) if models else md
+    text = markdown(table, shown, md.engine, n_atoms)
+    fig = figure(table, engine_dir / "stability.png", f"{md.n_molecules} CH3ONO, {md.t_max_ps} ps NVE, {md.engine}")
+    engine_dir.mkdir(parents=True, exist_ok=True)
+    (engine_dir / "stability.md").write_text(text)
+    (engine_dir / "stability.json").write_text(json.dumps({"table": table, "md": asdict(md)}, indent=1))
+    return {"table": table, "markdown": text, "figure": str(fig), "results": results}
