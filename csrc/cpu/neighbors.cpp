@@ -17,25 +17,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> neighbor_list_cpu(const at::Tenso
                                                                  const at::Tensor& batch,
                                                                  const at::Tensor& cells,
                                                                  const at::Tensor& pbc, double cutoff) {
-    check_dim(kOp, "positions", positions, 2, "n x 3");
-    check_size(kOp, "positions", positions, 1, 3, "n x 3");
-    check_dtype(kOp, "positions", positions, {at::kFloat, at::kDouble});
-    check_dim(kOp, "batch", batch, 1, "a vector of length n (one structure index per atom)");
-    check_size(kOp, "batch", batch, 0, positions.size(0), "a vector of length n (one structure index per atom)");
-    check_dtype(kOp, "batch", batch, {at::kLong});
-    check_dim(kOp, "cells", cells, 3, "n_structures x 3 x 3");
-    check_size(kOp, "cells", cells, 1, 3, "n_structures x 3 x 3");
-    check_size(kOp, "cells", cells, 2, 3, "n_structures x 3 x 3");
-    check_dtype(kOp, "cells", cells, {at::kFloat, at::kDouble});
-    check_dim(kOp, "pbc", pbc, 2, "n_structures x 3");
-    check_size(kOp, "pbc", pbc, 0, cells.size(0), "n_structures x 3 (same n_structures as `cells`)");
-    check_size(kOp, "pbc", pbc, 1, 3, "n_structures x 3");
-    check_dtype(kOp, "pbc", pbc, {at::kBool});
-    check_same_device(kOp, "batch", batch, "positions", positions);
-    check_same_device(kOp, "cells", cells, "positions", positions);
-    check_same_device(kOp, "pbc", pbc, "positions", positions);
-    TORCH_CHECK(std::isfinite(cutoff) && cutoff > 0.0, kOp, ": `cutoff` must be a finite positive number, got ",
-                cutoff);
+    check_neighbor_list_args(kOp, positions, batch, cells, pbc, cutoff);
 
     const int64_t n = positions.size(0);
     const int64_t n_struct = cells.size(0);
