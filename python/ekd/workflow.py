@@ -21,10 +21,8 @@ to mix in an output made from a different configuration (it says which and what 
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import hashlib
 import json
-import multiprocessing
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +33,7 @@ import numpy as np
 
 from .config import Config
 from .data import Dataset, Units, load_dataset, random_split
+from .jobs import run_parallel
 
 
 class RunDirError(RuntimeError):
@@ -226,38 +225,6 @@ def _train_job(args: dict) -> dict:
     return train_member(spec, cfg, dataset, splits, Path(args["out_dir"]), progress=False)
 
 
-def _run_jobs(jobs: list[dict], workers: int, desc: str) -> list[dict]:
-    if not jobs:
-        return []
-    results: list[dict | None] = [None] * len(jobs)
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
-    bar = tqdm(total=len(jobs), desc=desc, unit="member") if tqdm else None
-    if workers <= 1 or len(jobs) == 1:
-        for i, job in enumerate(jobs):
-            results[i] = _train_job(job)
-            if bar:
-                bar.update()
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-            futures = {pool.submit(_train_job, job): i for i, job in enumerate(jobs)}
-            try:
-                for fut in cf.as_completed(futures):
-                    results[futures[fut]] = fut.result()
-                    if bar:
-                        bar.update()
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
-    if bar:
-        bar.close()
-    return results  # type: ignore[return-value]
-
-
 # ------------------------------------------------------------------------------------------
 # the workflow
 
@@ -421,7 +388,8 @@ class Run:
             _log(f"{group.label}: reusing {len(results)} finished member(s)")
         if jobs:
             _log(f"{group.label}: training {len(jobs)} member(s) on {self.cfg.workers} worker(s)")
-            for job, res in zip(jobs, _run_jobs(jobs, self.cfg.workers, group.label), strict=True):
+            done = run_parallel(_train_job, jobs, self.cfg.workers, group.label, "member", self.progress)
+            for job, res in zip(jobs, done, strict=True):
                 results[job["member"]] = res
         return [results[m] for m in range(group.n_members)]
 

@@ -18,16 +18,16 @@ counts at 2-10 runs make the plain standard error 0 at 0 or 100 %).
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+
+from ..jobs import run_parallel
 
 REQUIRED_ELEMENTS = ("C", "H", "N", "O")
 
@@ -194,31 +194,9 @@ def run_jobs(jobs: list[dict], workers: int, progress: bool = True) -> list[dict
                 results[k] = old
                 continue
         todo.append(k)
-    bar = None
-    if progress and todo:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="md runs", unit="run")
-    if workers <= 1 or len(todo) <= 1:
-        for k in todo:
-            results[k] = _job(jobs[k])
-            if bar:
-                bar.update()
-    elif todo:
-        ctx = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
-            futures = {pool.submit(_job, jobs[k]): k for k in todo}
-            try:
-                for fut in cf.as_completed(futures):
-                    results[futures[fut]] = fut.result()
-                    if bar:
-                        bar.update()
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
-    if bar:
-        bar.close()
+    done = run_parallel(_job, [jobs[k] for k in todo], workers, "md runs", "run", progress, len(jobs) - len(todo))
+    for k, result in zip(todo, done, strict=True):
+        results[k] = result
     return results  # type: ignore[return-value]
 
 
