@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ekd.md.engines import thermo_rows
+
 pytestmark = [
     pytest.mark.lammps,
     pytest.mark.skipif(
@@ -137,24 +139,6 @@ dump d all custom 1 forces.dump id fx fy fz {columns}
 dump_modify d sort id format float %.17g
 run 0
 """
-
-
-def thermo_rows(log: str) -> list[dict[str, float]]:
-    """Thermo table rows printed after each 'Step ...' header line."""
-    rows, header = [], None
-    for line in log.splitlines():
-        words = line.split()
-        if words and words[0] == "Step":
-            header = words
-            continue
-        if header and len(words) == len(header):
-            try:
-                rows.append(dict(zip(header, map(float, words), strict=True)))
-            except ValueError:
-                header = None
-        elif header:
-            header = None
-    return rows
 
 
 def read_dump(path: Path) -> np.ndarray:

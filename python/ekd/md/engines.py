@@ -182,7 +182,7 @@ write_dump all custom final.dump id x y z modify sort id format float %.17g
             in_nve = "EKD_NVE_START" in out and halt.start() > out.index("EKD_NVE_START")
             step = int(halt.group(1)) + (n_equil if in_nve else 0)
             result.update(failed=True, fail_step=step)
-        rows = _thermo_rows(nve_log)
+        rows = thermo_rows(nve_log)
         times = [r["Step"] * dt_fs * 1e-3 for r in rows]
         etot = [r["TotEng"] for r in rows]
         if lost and not halt:
@@ -208,7 +208,8 @@ write_dump all custom final.dump id x y z modify sort id format float %.17g
     return result
 
 
-def _thermo_rows(log: str) -> list[dict[str, float]]:
+def thermo_rows(log: str) -> list[dict[str, float]]:
+    """Rows of LAMMPS thermo tables: each line after a 'Step ...' header, as {column: value}."""
     rows, header = [], None
     for line in log.splitlines():
         words = line.split()
