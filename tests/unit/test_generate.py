@@ -43,9 +43,11 @@ TINY = GenerateOptions(
     samples_per_conformer=2,
     test_conformers=2,
     test_distorted=1,
+    cluster_sizes=(3,),
+    cluster_samples=2,
     workers=2,
 )
-N_MOLECULES = TINY.n_train_molecules + TINY.n_test_molecules
+N_MOLECULES = TINY.n_train_molecules + TINY.n_test_molecules + len(TINY.cluster_sizes)  # part files
 
 
 def _arrays(path):
@@ -89,21 +91,21 @@ def test_files_load_in_file_units_without_nan(tiny):
         assert {"ekd", "rdkit", "tblite"} <= set(json.loads(attrs["versions"]))
         assert attrs["tblite_version"] and attrs["rdkit_version"]
         for group in read_ani(path):
-            assert re.fullmatch(r"mol\d{4}_[A-Z][A-Za-z0-9]*", group.name)
+            assert re.fullmatch(r"mol\d{4}_[A-Z][A-Za-z0-9]*|clu\d{3}_CH3NO2_x\d+", group.name)
             assert group.attrs["smiles"] and "nci_id" in group.attrs
-            assert 1 <= group.attrs["n_relaxed"] <= group.n_conf
+            assert int("cluster_molecules" not in group.attrs) <= group.attrs["n_relaxed"] <= group.n_conf
 
 
 def test_methyl_nitrite_first_and_heavy_atom_ranges(tiny):
     _, train, test = tiny
-    groups = read_ani(train)
+    groups = [g for g in read_ani(train) if "cluster_molecules" not in g.attrs]  # clusters: own test
     assert len(groups) == TINY.n_train_molecules
     assert groups[0].name == "mol0000_CH3NO2" and groups[0].attrs["smiles"] == METHYL_NITRITE
-    for path, lo, hi in (
-        (train, 1, TINY.train_max_heavy_atoms),
-        (test, TINY.test_min_heavy_atoms, TINY.test_max_heavy_atoms),
+    for pool, lo, hi in (
+        (groups, 1, TINY.train_max_heavy_atoms),
+        (read_ani(test), TINY.test_min_heavy_atoms, TINY.test_max_heavy_atoms),
     ):
-        for group in read_ani(path):
+        for group in pool:
             heavy = int((group.species > 1).sum())
             assert lo <= heavy <= hi, (group.name, heavy)
             assert heavy == group.attrs["heavy_atoms"]
@@ -113,6 +115,8 @@ def test_configurations_within_energy_cap_and_test_conformers_distinct(tiny):
     _, train, test = tiny
     for path in (train, test):
         for group in read_ani(path):
+            if "cluster_molecules" in group.attrs:
+                continue  # capped per molecule against the monomer minimum: test_clusters_...
             e = group.properties["gfn2_xtb.energy"] * 627.5094740631
             assert e.max() - e.min() <= TINY.energy_cap + 1e-9
             # the minima come first, lowest first, and are the molecule's lowest energies
@@ -218,7 +222,8 @@ def test_more_molecules_reuse_the_smaller_selection():
     """Selections are prefixes of each other, so growing a data set keeps the old molecules."""
     small = gen.plan(TINY)
     large = gen.plan(GenerateOptions(**{**TINY.to_dict(), "n_train_molecules": 6, "n_test_molecules": 4}))
-    assert [t for t in large if t.pool == "train"][:3] == [t for t in small if t.pool == "train"]
+    molecules = [t for t in small if t.pool == "train" and t.kind == "molecule"]
+    assert [t for t in large if t.pool == "train"][:3] == molecules
     assert [t for t in large if t.pool == "test"][:2] == [t for t in small if t.pool == "test"]
     assert gen.plan(TINY) == small
     other_seed = gen.plan(GenerateOptions(**{**TINY.to_dict(), "seed": 4}))
@@ -229,7 +234,11 @@ def test_more_molecules_reuse_the_smaller_selection():
 def test_summarize(tiny):
     _, train, _ = tiny
     text = summarize(train)
-    assert "pool train" in text and "3 molecules" in text and "gfn2_xtb.forces" in text
+    assert (
+        "pool train" in text
+        and f"{TINY.n_train_molecules + len(TINY.cluster_sizes)} molecules" in text
+        and "gfn2_xtb.forces" in text
+    )
 
 
 @pytest.mark.parametrize(
@@ -250,6 +259,13 @@ def test_summarize(tiny):
         ({"test_levels": ("gfn2_xtb", "ccsd(t)_ccpvdz")}, "test_levels"),
         ({"workers": 0}, "workers"),
         ({"hessian_step": 1.0}, "hessian_step"),
+        ({"cluster_sizes": (2, 2)}, "cluster_sizes"),
+        ({"cluster_sizes": (0,)}, "cluster_sizes"),
+        ({"cluster_density": (1.3, 0.8)}, "cluster_density"),
+        ({"cluster_min_contact": (1.5,)}, "cluster_min_contact"),
+        ({"cluster_samples": 0}, "cluster_samples"),
+        ({"train_max_heavy_atoms": 4, "levels": ("gfn2_xtb", "ccsd(t)_ccpvdz")}, "cluster_sizes"),
+        ({"extra_smiles": ("CCO", 3)}, "extra_smiles"),
     ],
 )
 def test_bad_options_name_the_field(changes, field):
@@ -260,7 +276,8 @@ def test_bad_options_name_the_field(changes, field):
 def test_options_from_dict():
     opts = GenerateOptions.from_dict({"levels": ["gfn2_xtb"], "temperature": 300})
     assert opts.levels == ("gfn2_xtb",) and opts.temperature == 300.0
-    assert GenerateOptions(train_max_heavy_atoms=4, levels=["gfn2_xtb", "ccsd(t)_ccpvdz"]).levels[1] == "ccsd(t)_ccpvdz"
+    ccsd = GenerateOptions(train_max_heavy_atoms=4, levels=["gfn2_xtb", "ccsd(t)_ccpvdz"], cluster_sizes=[])
+    assert ccsd.levels[1] == "ccsd(t)_ccpvdz"
     with pytest.raises(GenerateOptionsError, match="temprature"):
         GenerateOptions.from_dict({"temprature": 300})
 
@@ -356,3 +373,48 @@ def test_pyscf_labels_on_formaldehyde():
         "ccsd(t)_ccpvdz.energy",
     }
     assert all(np.isfinite(v).all() for v in props.values())
+
+
+def test_clusters_are_ch3ono_copies_with_intermolecular_contacts(tiny):
+    """The cluster group: 3 intact CH3ONO molecules per configuration (bond graph = 3 copies of
+    the monomer's), no intermolecular bond, contacts closer than the box's 2.2 A upper limit
+    present, GFN2-xTB forces = -dE/dR (checked on one component by central differences)."""
+    from ekd.data.molecules import connectivity
+
+    _, train, _ = tiny
+    groups = {g.name: g for g in read_ani(train)}
+    cluster = groups["clu003_CH3NO2_x3"]
+    assert cluster.n_conf == TINY.cluster_samples and cluster.attrs["cluster_molecules"] == 3
+    numbers = np.asarray(cluster.species)
+    assert len(numbers) == 21 and sorted(numbers[:7].tolist()) == [1, 1, 1, 6, 7, 8, 8]
+    owner = np.repeat(np.arange(3), 7)
+    for pos in cluster.coordinates:
+        bonds = connectivity(numbers, pos)
+        i, j = np.nonzero(bonds)
+        assert np.all(owner[i] == owner[j])  # no intermolecular bond
+        assert bonds[:7, :7].sum() == bonds[7:14, 7:14].sum() == bonds[14:, 14:].sum() == 12  # 6 bonds each
+        d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)[owner[:, None] != owner[None]]
+        assert 1.2 < d.min() < 4.0
+    pos = cluster.coordinates[0].copy()
+    h = 1e-4
+    pos[5, 1] += h
+    e_plus, _ = xtb_energy_forces(numbers, pos, TINY.xtb_accuracy)
+    pos[5, 1] -= 2 * h
+    e_minus, _ = xtb_energy_forces(numbers, pos, TINY.xtb_accuracy)
+    fd = -(e_plus - e_minus) / (2 * h)
+    assert cluster.properties["gfn2_xtb.forces"][0][5, 1] == pytest.approx(fd, abs=2e-5)
+
+
+def test_extra_smiles_join_the_candidates():
+    opts = GenerateOptions(
+        n_train_molecules=8,
+        train_max_heavy_atoms=3,
+        include_methyl_nitrite=False,
+        extra_smiles=("CC", "C=C", "CCO"),
+        n_test_molecules=0,
+        cluster_sizes=(),
+    )
+    smiles = {t.smiles for t in gen.plan(opts)}
+    assert {"CC", "C=C", "CCO"} <= smiles and len(smiles) == 8  # 5 NCI molecules have <= 3 heavy atoms
+    with pytest.raises(GenerateOptionsError, match=r"extra_smiles: 'CCS'"):
+        gen.plan(GenerateOptions(extra_smiles=("CCS",)))

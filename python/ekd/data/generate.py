@@ -61,7 +61,7 @@ from .dataset import load_dataset
 log = logging.getLogger(__name__)
 
 POOLS = ("train", "test")
-_POOL_CODE = {"train": 1, "test": 2}
+_POOL_CODE = {"train": 1, "test": 2, "cluster": 3}  # random streams
 # options that decide how much is computed, or where, but not what a molecule's data is
 _EXECUTION_FIELDS = ("workers", "chunk_size", "n_train_molecules", "n_test_molecules")
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -95,6 +95,9 @@ class GenerateOptions:
     test_max_heavy_atoms: int = 13
     test_min_rotatable_bonds: int = 1
     include_methyl_nitrite: bool = True  # CH3ONO, the MD-stability molecule, as train molecule 0
+    # extra candidate SMILES (CHNO, neutral) added to the NCI pool of both pools, e.g. the small
+    # molecules of configs/ccsd_t.yaml (the NCI set has only 11 with <= 4 heavy atoms)
+    extra_smiles: tuple[str, ...] = ()
     # --- train geometries
     train_conformers: int = 2  # distinct GFN2-xTB minima per molecule (fewer if it has fewer)
     samples_per_conformer: int = 5  # normal-mode samples around each minimum
@@ -117,6 +120,11 @@ class GenerateOptions:
     conformer_rmsd: float = 0.5  # A, heavy-atom RMSD below which two minima are the same
     embed_per_conformer: int = 5  # ETKDG embeddings per wanted conformer (at least 10)
     extra_relaxations: int = 1  # relaxations allowed beyond the wanted number of conformers
+    # --- CH3ONO clusters in the train pool (intermolecular contacts; see ekd.data.clusters)
+    cluster_sizes: tuple[int, ...] = (2, 3, 4, 6, 8, 12)  # molecules per cluster, one group each; [] for none
+    cluster_samples: int = 8  # configurations per cluster size
+    cluster_density: tuple[float, float] = (0.8, 1.3)  # g/cm^3, range of the boxes clusters are cut from
+    cluster_min_contact: tuple[float, float] = (1.5, 2.2)  # A, range of the smallest intermolecular contact
     # --- execution
     workers: int = 2  # processes, one thread each
     chunk_size: int = 1  # molecules per worker task (each molecule is still its own part file)
@@ -138,9 +146,25 @@ class GenerateOptions:
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
                 _check(ok, f.name, "must be a finite number", value)
                 object.__setattr__(self, f.name, float(value))
+            elif f.name == "cluster_sizes":
+                ok = isinstance(value, (list, tuple)) and all(
+                    isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 32 for v in value
+                )
+                _check(ok, f.name, "must be a list of molecule counts between 1 and 32", value)
+                _check(len(set(value)) == len(value), f.name, "lists a size twice", value)
+                object.__setattr__(self, f.name, tuple(value))
+            elif f.name in ("cluster_density", "cluster_min_contact"):
+                ok = (
+                    isinstance(value, (list, tuple))
+                    and len(value) == 2
+                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value)
+                    and 0 < value[0] <= value[1]
+                )
+                _check(ok, f.name, "must be a range [low, high] with 0 < low <= high", value)
+                object.__setattr__(self, f.name, (float(value[0]), float(value[1])))
             elif isinstance(default, tuple):
                 ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-                _check(ok, f.name, "must be a list of level names", value)
+                _check(ok, f.name, "must be a list of strings", value)
                 object.__setattr__(self, f.name, tuple(value))
         from .labels import LEVELS, MAX_HEAVY_ATOMS, XTB
 
@@ -216,6 +240,18 @@ class GenerateOptions:
                     f"{pool}_max_heavy_atoms is {max_heavy}",
                     list(levels),
                 )
+        _check(self.cluster_samples >= 1, "cluster_samples", "must be >= 1", self.cluster_samples)
+        if self.cluster_sizes:
+            for level in self.levels:
+                limit = MAX_HEAVY_ATOMS.get(level)
+                _check(
+                    limit is None or 4 * max(self.cluster_sizes) <= limit,
+                    "cluster_sizes",
+                    f"{level!r} (in levels) is only affordable for <= {limit} heavy atoms, but a "
+                    f"{max(self.cluster_sizes)}-molecule CH3ONO cluster has {4 * max(self.cluster_sizes)}; "
+                    "set cluster_sizes: [] (or sizes of 1)",
+                    list(self.cluster_sizes),
+                )
         _check(self.xtb_accuracy > 0, "xtb_accuracy", "must be > 0", self.xtb_accuracy)
         _check(self.relax_fmax > 0, "relax_fmax", "must be > 0 kcal/mol/A", self.relax_fmax)
         _check(self.relax_max_steps >= 1, "relax_max_steps", "must be >= 1", self.relax_max_steps)
@@ -257,7 +293,8 @@ def _check(ok: bool, name: str, message: str, value: Any) -> None:
 
 @dataclass(frozen=True)
 class MoleculeTask:
-    """One molecule to generate: pool ("train"/"test"), index in the pool, group name."""
+    """One group to generate: pool ("train"/"test"), index in the pool (for a cluster: its number
+    of molecules), group name; kind "molecule" (an NCI molecule) or "cluster" (CH3ONO cluster)."""
 
     pool: str
     index: int
@@ -266,15 +303,30 @@ class MoleculeTask:
     nci_id: str
     formula: str
     heavy_atoms: int
+    kind: str = "molecule"
 
 
 def plan(options: GenerateOptions) -> list[MoleculeTask]:
     """The molecules of both pools, train first, in output order (deterministic for the seed)."""
-    from .molecules import METHYL_NITRITE, load_nci_candidates, select_molecules
+    from .molecules import METHYL_NITRITE, candidate_from_smiles, load_nci_candidates, select_molecules
 
     # at least the default limit, so that one (cached, ~4 s) load serves the usual option sets
     limit = max(options.train_max_heavy_atoms, options.test_max_heavy_atoms, _DEFAULT_MAX_HEAVY)
     candidates = load_nci_candidates(None, limit)
+    if options.extra_smiles:
+        known = {c.smiles for c in candidates}
+        extra = []
+        for smi in options.extra_smiles:
+            cand = candidate_from_smiles(smi, "extra")
+            if cand is None:
+                raise GenerateOptionsError(
+                    f"GenerateOptions.extra_smiles: {smi!r} is not a usable molecule (expected a neutral, "
+                    "single-fragment molecule of H, C, N and O that RDKit parses)"
+                )
+            if cand.smiles not in known:
+                known.add(cand.smiles)
+                extra.append(cand)
+        candidates = (*candidates, *extra)
     train = select_molecules(
         candidates,
         options.n_train_molecules,
@@ -297,10 +349,21 @@ def plan(options: GenerateOptions) -> list[MoleculeTask]:
             min_rotatable_bonds=options.test_min_rotatable_bonds,
             what="GenerateOptions.n_test_molecules",
         )
+    from .clusters import CLUSTER_SMILES
+
+    clusters = [
+        MoleculeTask(
+            "train", m, f"clu{m:03d}_CH3NO2_x{m}", ".".join([CLUSTER_SMILES] * m), "", f"(CH3NO2){m}", 4 * m, "cluster"
+        )
+        for m in options.cluster_sizes
+    ]
     return [
-        MoleculeTask(pool, i, f"mol{i:04d}_{c.formula}", c.smiles, c.nci_id, c.formula, c.heavy_atoms)
-        for pool, chosen in (("train", train), ("test", test))
-        for i, c in enumerate(chosen)
+        *(
+            MoleculeTask(pool, i, f"mol{i:04d}_{c.formula}", c.smiles, c.nci_id, c.formula, c.heavy_atoms)
+            for pool, chosen in (("train", train), ("test", test))
+            for i, c in enumerate(chosen)
+        ),
+        *clusters,
     ]
 
 
@@ -312,10 +375,14 @@ def compute_molecule(task: MoleculeTask, options: GenerateOptions) -> dict[str, 
     """Geometries and labels of one molecule (see the module docstring). Pure function of
     (task, options). Returns ``numbers`` (n,), ``coordinates`` (n_conf, n, 3) Angstrom,
     ``properties`` {file key: array, Hartree(/Angstrom)}, ``n_relaxed``, ``stats``."""
-    from .labels import LEVELS, XTB, LabelError, XTBCalculator, label
+    from .labels import XTB, LabelError, XTBCalculator
     from .molecules import connectivity, embed_conformers, heavy_rmsd_coords, min_distance
     from .sampling import hessian, normal_mode_displacement, normal_modes, relax
 
+    if task.kind == "cluster":
+        from .clusters import compute_cluster
+
+        return compute_cluster(task, options)
     t0 = time.perf_counter()
     stats = {
         "relax_unconverged": 0,
@@ -427,6 +494,18 @@ def compute_molecule(task: MoleculeTask, options: GenerateOptions) -> dict[str, 
 
     coordinates = np.stack(coords)
     properties = {f"{XTB}.energy": np.array(energies), f"{XTB}.forces": np.stack(forces_list)}
+    properties.update(label_levels(levels, numbers, coordinates, stats, f"{task.pool} {task.name}"))
+    stats["xtb_calls"] = xtb.n_calls
+    return _result(task, numbers, coordinates, properties, n_relaxed, stats, t0, levels)
+
+
+def label_levels(levels, numbers: np.ndarray, coordinates: np.ndarray, stats: dict, what: str) -> dict:
+    """File-key -> array of every level but GFN2-xTB (which drives the sampling and is computed
+    there) for ``coordinates`` (n_conf, n, 3); NaN where a calculation failed (counted in
+    ``stats["label_failures"]``; the data layer masks NaN)."""
+    from .labels import LEVELS, XTB, LabelError, label
+
+    properties = {}
     for level in levels:
         if level == XTB:
             continue
@@ -436,7 +515,7 @@ def compute_molecule(task: MoleculeTask, options: GenerateOptions) -> dict[str, 
             try:
                 energy, forces = label(level, numbers, pos)
             except LabelError as e:
-                log.warning("%s %s configuration %d: %s", task.pool, task.name, i, e)
+                log.warning("%s configuration %d: %s", what, i, e)
                 stats["label_failures"] += 1
                 continue
             e_arr[i] = energy
@@ -445,8 +524,7 @@ def compute_molecule(task: MoleculeTask, options: GenerateOptions) -> dict[str, 
         properties[f"{level}.energy"] = e_arr
         if LEVELS[level]:
             properties[f"{level}.forces"] = f_arr
-    stats["xtb_calls"] = xtb.n_calls
-    return _result(task, numbers, coordinates, properties, n_relaxed, stats, t0, levels)
+    return properties
 
 
 def _result(task, numbers, coordinates, properties, n_relaxed, stats, t0, levels) -> dict[str, Any]:
@@ -714,6 +792,7 @@ def _assemble(path: Path, pool: str, tasks: list[MoleculeTask], parts: Path, opt
                     "formula": task.formula,
                     "heavy_atoms": task.heavy_atoms,
                     "n_relaxed": part["n_relaxed"],
+                    **({"cluster_molecules": task.index} if task.kind == "cluster" else {}),
                 },
             )
         )

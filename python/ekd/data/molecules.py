@@ -148,7 +148,7 @@ def select_molecules(
         raise ValueError(
             f"{what}: asked for {n} molecules with {min_heavy}..{max_heavy} heavy atoms"
             + (f" and >= {min_rotatable_bonds} rotatable bonds" if min_rotatable_bonds else "")
-            + f", but the NCI set has only {len(pool) + len(chosen)}"
+            + f", but the candidates (the NCI set and any extra_smiles) hold only {len(pool) + len(chosen)}"
         )
     order = np.random.default_rng(seed).permutation(len(pool))
     chosen.extend(pool[i] for i in order[: max(need, 0)])

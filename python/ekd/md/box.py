@@ -15,6 +15,7 @@ size and the box of ``bench/neighbors.py``).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -48,18 +49,38 @@ def box_side(n_molecules: int, density: float) -> float:
     return (mass_g / density * 1e24) ** (1.0 / 3.0)
 
 
-def methyl_nitrite_box(
-    n_molecules: int = 448,
-    density: float = 1.0,
+@dataclass(frozen=True)
+class Placement:
+    """Molecules placed in a periodic cube: molecule m's atoms (unwrapped, Angstrom) are
+    ``local @ rotations[m].T + centers[m]``; ``local`` is the monomer's geometry about its centre of
+    mass, ``side`` the cube's edge (Angstrom)."""
+
+    numbers: np.ndarray  # (n_atoms_per_molecule,) atomic numbers of the monomer
+    local: np.ndarray  # (k, 3)
+    centers: np.ndarray  # (n_molecules, 3)
+    rotations: np.ndarray  # (n_molecules, 3, 3)
+    side: float
+
+    def positions(self) -> np.ndarray:
+        """(n_molecules * k, 3) unwrapped positions, molecule by molecule."""
+        return (np.einsum("mab,kb->mka", self.rotations, self.local) + self.centers[:, None, :]).reshape(-1, 3)
+
+
+def place_molecules(
+    n_molecules: int,
+    density: float,
     seed: int = 0,
     cutoff: float | None = None,
     min_contact: float = MIN_CONTACT,
-):
-    """A periodic cube of ``n_molecules`` CH3ONO at ``density`` g/cm^3 (see the module docstring).
+    monomer: tuple[np.ndarray, np.ndarray] | None = None,
+    max_tries: int = 2000,
+) -> Placement:
+    """Place ``n_molecules`` copies of ``monomer`` (atomic numbers, positions in Angstrom; default:
+    ASE's G2 CH3ONO) at ``density`` g/cm^3 as described in the module docstring.
 
     cutoff: a model's cutoff (Angstrom); the box side must be at least twice it (an atom must not
     see two images of one neighbour), checked here so that the error names the inputs.
-    Returns an ``ase.Atoms`` (positions in Angstrom, pbc on, atoms grouped molecule by molecule).
+    max_tries: rounds of redrawing the molecules in a clash before giving up.
     Raises ValueError naming the field for n_molecules <= 0, density <= 0, a box smaller than
     2 x cutoff, or a density too high to place the molecules.
     """
@@ -72,7 +93,11 @@ def methyl_nitrite_box(
         raise ValueError(f"n_molecules: must be a positive integer, got {n_molecules!r}")
     if not isinstance(density, int | float) or not math.isfinite(density) or density <= 0:
         raise ValueError(f"density: must be a positive number of g/cm^3, got {density!r}")
-    side = box_side(int(n_molecules), float(density))
+    if monomer is None:
+        g2 = molecule("CH3ONO")  # G2 geometry: C-O 1.44, O-N 1.39, N=O 1.21, C-H 1.09 Angstrom
+        monomer = (g2.numbers, g2.positions)
+    mol = Atoms(numbers=np.asarray(monomer[0]), positions=np.asarray(monomer[1], dtype=float))
+    side = (n_molecules * mol.get_masses().sum() / AVOGADRO / density * 1e24) ** (1.0 / 3.0)
     if cutoff is not None and side < 2.0 * cutoff:
         need = math.ceil(n_molecules * (2.0 * cutoff / side) ** 3)
         raise ValueError(
@@ -80,7 +105,6 @@ def methyl_nitrite_box(
             f"the model cutoff ({cutoff} A); use at least {need} molecules"
         )
     rng = np.random.default_rng(seed)
-    mol = molecule("CH3ONO")  # G2 geometry: C-O 1.44, O-N 1.39, N=O 1.21, C-H 1.09 Angstrom
     local = mol.positions - mol.get_center_of_mass()
     shape = grid_shape(int(n_molecules))
     spacing = side / np.asarray(shape, dtype=float)
@@ -91,26 +115,38 @@ def methyl_nitrite_box(
     rotations = _random_rotations(n_molecules, rng)
     owner = np.repeat(np.arange(n_molecules), len(mol))
     cell, pbc = np.eye(3) * side, np.array([True, True, True])
-
-    def positions():
-        return (np.einsum("mab,kb->mka", rotations, local) + centers[:, None, :]).reshape(-1, 3)
-
     jitter = centers - (sites + 0.5) * spacing
-    for _ in range(2000):
-        i, j, _ = _ops._C.neighbor_pairs(positions(), cell, pbc, float(min_contact))
+    for _ in range(max_tries):
+        placed = Placement(mol.numbers.copy(), local, centers, rotations, float(side))
+        i, j, _ = _ops._C.neighbor_pairs(placed.positions(), cell, pbc, float(min_contact))
         clash = np.unique(owner[i][owner[i] != owner[j]])
         if clash.size == 0:
-            break
+            return placed
         # redraw the orientation and the jitter of every molecule in a clash
         rotations[clash] = _random_rotations(clash.size, rng)
         jitter[clash] = rng.uniform(-0.08, 0.08, size=(clash.size, 3)) * spacing
         centers = (sites + 0.5) * spacing + jitter
-    else:
-        raise ValueError(
-            f"density: could not place {n_molecules} molecules at {density} g/cm^3 without intermolecular "
-            f"contacts closer than {min_contact} A; lower the density"
-        )
-    atoms = Atoms(mol.get_chemical_symbols() * int(n_molecules), positions=positions(), cell=cell, pbc=True)
+    raise ValueError(
+        f"density: could not place {n_molecules} molecules at {density} g/cm^3 without intermolecular "
+        f"contacts closer than {min_contact} A; lower the density"
+    )
+
+
+def methyl_nitrite_box(
+    n_molecules: int = 448,
+    density: float = 1.0,
+    seed: int = 0,
+    cutoff: float | None = None,
+    min_contact: float = MIN_CONTACT,
+):
+    """A periodic cube of ``n_molecules`` CH3ONO at ``density`` g/cm^3 (see the module docstring and
+    :func:`place_molecules`, which raises ValueError naming the field for bad input).
+    Returns an ``ase.Atoms`` (positions in Angstrom, pbc on, atoms grouped molecule by molecule)."""
+    from ase import Atoms
+
+    placed = place_molecules(n_molecules, density, seed, cutoff, min_contact)
+    numbers = np.tile(placed.numbers, int(n_molecules))
+    atoms = Atoms(numbers=numbers, positions=placed.positions(), cell=np.eye(3) * placed.side, pbc=True)
     atoms.wrap()
     return atoms
 
