@@ -148,7 +148,15 @@ def _md_stability(args) -> int:
 
     # rebuilt through the loader so that the overrides are validated like the YAML
     md = build(type(cfg.md), {**cfg.to_dict()["md"], **changes}, "md")
-    out = md_stability(replace(cfg, md=md), progress=not args.quiet)
+    cfg = replace(cfg, md=md)
+    run_dir = Path(args.run_dir or cfg.run_dir)
+    if (run_dir / "metrics.json").exists():
+        from .workflow import Run
+
+        # an evaluated run: the table joins metrics.json and report.md
+        out = Run(cfg, run_dir, progress=not args.quiet).md_stability()
+    else:
+        out = md_stability(cfg, run_dir, progress=not args.quiet)
     print(out["markdown"])
     print(f"figure: {out['figure']}")
     return 0

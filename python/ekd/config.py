@@ -14,7 +14,7 @@ import hashlib
 import json
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -166,11 +166,64 @@ class EnsembleConfig:
     controls: bool = True  # student architecture, energies only
     baseline: bool = True  # student architecture, the dataset's own forces (needs reference_forces_key)
     student_model: ModelConfig | None = None  # None: the teachers' architecture
+    # --- studies of the paper (each adds groups to the run and a table to the report)
+    # capacity sweep (Fig. 4): name -> overrides of the student architecture, e.g.
+    # {n1_l0: {n_interactions: 1, l_max: 0}}; each variant trains n_students gen-1 students (from
+    # the teacher ensemble) and, with controls on, n_students controls of that architecture
+    student_variants: dict[str, Any] = field(default_factory=dict)
+    # ensemble size ablation (SI 1): for each k, n_students gen-1 students taught by the ensemble
+    # of only the first k teachers (k=1: a single teacher)
+    teacher_subsets: tuple[int, ...] = ()
+    # cross-architecture teacher (SI 2): "torchani:ANI1ccx" teaches n_students gen-1 students;
+    # external_teacher_dir: where its weights are (None: torchani's own resources folder)
+    external_teacher: str | None = None
+    external_teacher_dir: str | None = None
+    study_members: int | None = None  # members of each study group (None: n_students)
 
     def __post_init__(self):
         _check(self.n_teachers >= 1, "n_teachers", "must be >= 1", self.n_teachers)
         _check(self.n_students >= 1, "n_students", "must be >= 1", self.n_students)
         _check(self.generations >= 0, "generations", "must be >= 0", self.generations)
+        _check(
+            self.study_members is None or self.study_members >= 1,
+            "study_members",
+            "must be >= 1 or null",
+            self.study_members,
+        )
+        known = {f.name for f in fields(ModelConfig)}
+        for name, overrides in self.student_variants.items():
+            _check(
+                isinstance(name, str) and name.replace("_", "").isalnum(),
+                "student_variants",
+                "names must be letters, digits and '_'",
+                name,
+            )
+            _check(
+                isinstance(overrides, dict) and set(overrides) <= known,
+                f"student_variants.{name}",
+                f"must map ModelConfig fields {sorted(known)} to values",
+                overrides,
+            )
+            build(ModelConfig, dict(overrides), f"student_variants.{name}")
+        for k in self.teacher_subsets:
+            _check(
+                1 <= k < self.n_teachers,
+                "teacher_subsets",
+                f"each k must be between 1 and n_teachers - 1 ({self.n_teachers - 1})",
+                self.teacher_subsets,
+            )
+        _check(
+            len(set(self.teacher_subsets)) == len(self.teacher_subsets),
+            "teacher_subsets",
+            "lists a k twice",
+            self.teacher_subsets,
+        )
+        _check(
+            self.external_teacher in (None, "torchani:ANI1ccx", "torchani:ANI1x", "torchani:ANI2x"),
+            "external_teacher",
+            "must be null or one of 'torchani:ANI1ccx', 'torchani:ANI1x', 'torchani:ANI2x'",
+            self.external_teacher,
+        )
 
 
 @dataclass(frozen=True)
@@ -189,6 +242,7 @@ class MDConfig:
     YAML shrinks them to fit a 2-core CPU.
     """
 
+    enabled: bool = True  # a stage of `ekd run` (after evaluation); `ekd md-stability` runs it alone
     n_molecules: int = 448
     density: float = 1.0  # g/cm^3
     temperature: float = 300.0  # K: Maxwell-Boltzmann start and Langevin equilibration
@@ -237,6 +291,12 @@ class Config:
     @property
     def student_model(self) -> ModelConfig:
         return self.ensemble.student_model or self.model
+
+    def variant_model(self, name: str | None) -> ModelConfig:
+        """The student architecture of ``ensemble.student_variants[name]`` (None: the students')."""
+        if name is None:
+            return self.student_model
+        return replace(self.student_model, **self.ensemble.student_variants[name])
 
     def to_dict(self) -> dict:
         return _to_plain(self)
@@ -306,21 +366,50 @@ def default_config() -> Config:
 
 
 def load(path: str | Path) -> Config:
-    """Read a YAML file; keys missing from it take the dataclass defaults (the paper's)."""
+    """Read a YAML file; keys missing from it take the dataclass defaults (the paper's), or those
+    of its ``base`` (see :func:`loads`)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
+    return loads(path.read_text(), source=str(path), directory=path.parent)
+
+
+def loads(text: str, source: str = "<config>", directory: str | Path | None = None) -> Config:
+    """A configuration from YAML text. A top-level ``base: <file>`` (relative to ``directory``,
+    the including file's folder) or ``base: default`` (the embedded default) is read first and
+    this text's keys override it, section by section (nested mappings merge; lists replace)."""
+    return build(Config, _read_raw(text, source, directory, ()), "")
+
+
+def _read_raw(text: str, source: str, directory, seen: tuple[str, ...]) -> dict:
     try:
-        return loads(path.read_text(), source=str(path))
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from e
-
-
-def loads(text: str, source: str = "<config>") -> Config:
-    raw = yaml.safe_load(text) or {}
+        raise ConfigError(f"{source}: not valid YAML ({e})") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
-    return build(Config, raw, "")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if base == "default":
+        parent = _read_raw(DEFAULT_YAML, "<embedded default>", None, seen)
+    else:
+        if not isinstance(base, str):
+            raise ConfigError(f"{source}: base: expected a file name or 'default', got {base!r}")
+        path = Path(base) if directory is None else Path(directory) / base
+        if not path.exists():
+            raise ConfigError(f"{source}: base: config file {path} does not exist")
+        if str(path.resolve()) in seen:
+            raise ConfigError(f"{source}: base: {path} includes itself")
+        parent = _read_raw(path.read_text(), str(path), path.parent, (*seen, str(path.resolve())))
+    return _merge(parent, raw)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _check(ok: bool, name: str, expectation: str, got) -> None:

@@ -313,6 +313,101 @@ def ordered_sets(metrics: Mapping) -> list[str]:
     return sorted(sets, key=lambda s: (s != "test_pool", s != "test_split", sets.index(s)))
 
 
+def main_metrics(metrics: Mapping) -> dict:
+    """``metrics`` with only the main groups (teachers, students, controls, baseline): the studies'
+    groups (capacity variants, teacher subsets, external teacher) have their own tables."""
+    roles = {k: v for k, v in metrics.get("roles", {}).items() if not v.get("study")}
+    return {**metrics, "roles": roles}
+
+
+def _row(entry: Mapping | None, set_name: str, key: str) -> float | None:
+    return None if entry is None else _summary_value(entry, set_name, key)[0]
+
+
+def _cell(entry: Mapping | None, set_name: str, key: str) -> str:
+    return "n/a" if entry is None else fmt(*_summary_value(entry, set_name, key))
+
+
+def study_sections(metrics: Mapping) -> list[str]:
+    """Markdown of the studies present in ``metrics`` (each on the out-of-sample pool when there is
+    one): capacity sweep (students vs controls per student architecture, cf. the paper's Fig. 4),
+    ensemble size (students of k teachers vs of all, cf. SI 1), external teacher (cf. SI 2)."""
+    roles = metrics.get("roles", {})
+    sets = ordered_sets(metrics)
+    if not sets or not any(v.get("study") for v in roles.values()):
+        return []
+    set_name = sets[0]
+    lines = ["## Studies", "", f"Test set `{set_name}`; member mean ± std; Δ: students vs the reference, in %.", ""]
+    cfg = metrics.get("config", {}) or {}
+    student_model = (cfg.get("ensemble") or {}).get("student_model") or cfg.get("model") or {}
+
+    variants = [(lab, e) for lab, e in roles.items() if e.get("study") == "capacity" and e["role"] == "student"]
+    if variants:
+        rows = []
+        base = [(None, roles.get("student_gen1"), roles.get("control"), student_model)]
+        for _, e in variants:
+            name = e["variant"]
+            base.append((name, e, roles.get(f"control@{name}"), e.get("model", {})))
+        for name, st, co, model in base:
+            arch = f"n_int={model.get('n_interactions', '?')}, l_max={model.get('l_max', '?')}"
+            rows.append(
+                [
+                    f"{name or 'students'} ({arch})",
+                    _cell(st, set_name, "energy_rmse"),
+                    _cell(co, set_name, "energy_rmse"),
+                    _change(_row(st, set_name, "energy_rmse"), _row(co, set_name, "energy_rmse")),
+                    _cell(st, set_name, "delta_e_rmse"),
+                    _cell(co, set_name, "delta_e_rmse"),
+                    _change(_row(st, set_name, "delta_e_rmse"), _row(co, set_name, "delta_e_rmse")),
+                ]
+            )
+        lines += ["### Capacity sweep: students vs controls per student architecture (cf. Fig. 4)", ""]
+        header = ["architecture", "E students", "E controls", "Δ E", "ΔE students", "ΔE controls", "Δ ΔE"]
+        lines += _markdown_table(header, rows, "r") + [""]
+
+    subsets = sorted(
+        ((e["teacher_members"], lab, e) for lab, e in roles.items() if e.get("study") == "teachers"),
+        key=lambda t: t[0],
+    )
+    full = roles.get("student_gen1")
+    if subsets:
+        n_teachers = roles.get("teacher", {}).get("n_members", "all")
+        rows = []
+        for k, _, e in [*subsets, (n_teachers, "student_gen1", full)]:
+            rows.append(
+                [
+                    f"{k} teacher{'s' if k != 1 else ''}",
+                    *(_cell(e, set_name, key) for key in ("energy_rmse", "delta_e_rmse", "force_rmse")),
+                    *(
+                        _change(_row(e, set_name, key), _row(full, set_name, key))
+                        for key in ("energy_rmse", "delta_e_rmse", "force_rmse")
+                    ),
+                ]
+            )
+        lines += ["### Ensemble size: students taught by k teachers (cf. SI 1)", ""]
+        header = ["students of", "E RMSE", "ΔE RMSE", "F RMSE", "Δ E vs all", "Δ ΔE vs all", "Δ F vs all"]
+        lines += _markdown_table(header, rows, "r") + [""]
+
+    external = roles.get("student_external")
+    if external:
+        teacher = (cfg.get("ensemble") or {}).get("external_teacher", "external")
+        rows = []
+        for name, e in ((f"students of {teacher}", external), ("students of the HIPNN teachers", full)):
+            rows.append([name, *(_cell(e, set_name, key) for key in ("energy_rmse", "delta_e_rmse", "force_rmse"))])
+        rows.append(
+            [
+                "Δ (external vs HIPNN teachers)",
+                *(
+                    _change(_row(external, set_name, key), _row(full, set_name, key))
+                    for key in ("energy_rmse", "delta_e_rmse", "force_rmse")
+                ),
+            ]
+        )
+        lines += ["### Cross-architecture teacher (cf. SI 2)", ""]
+        lines += _markdown_table(["", "E RMSE", "ΔE RMSE", "F RMSE"], rows, "r") + [""]
+    return lines
+
+
 def write_report(metrics: Mapping, out_dir: str | os.PathLike, notes: str = "", figures: bool = True) -> Path:
     """Write ``out_dir/report.md`` and ``out_dir/figures/{energy,forces}.png``; return the report path.
 
@@ -324,6 +419,8 @@ def write_report(metrics: Mapping, out_dir: str | os.PathLike, notes: str = "", 
     """
     out_dir = Path(out_dir)
     fig_dir = out_dir / "figures"
+    studies = study_sections(metrics)
+    metrics = main_metrics(metrics)
     name, window = _config_line(metrics)
     roles = metrics.get("roles", {})
     sets = {name: metrics["sets"][name] for name in ordered_sets(metrics)}
@@ -365,6 +462,14 @@ def write_report(metrics: Mapping, out_dir: str | os.PathLike, notes: str = "", 
             lines += ["", counts]
         lines.append("")
 
+    lines += studies
+    for engine, md in (metrics.get("md_stability") or {}).items():
+        lines += [
+            md["markdown"].rstrip(),
+            "",
+            f"![MD stability, {engine} (cf. Fig. 3 of the paper)]({md['figure']})",
+            "",
+        ]
     lines += ["## Figures", ""]
     if not figures:
         lines += ["Figures not requested.", ""]
@@ -406,6 +511,7 @@ def _counts_line(metrics: Mapping, set_name: str) -> str:
 
 def summary_table(metrics: Mapping, set_name: str) -> str:
     """A compact fixed-width table of one test set (the CLI's end-of-run summary)."""
+    metrics = main_metrics(metrics)
     s = metrics.get("sets", {}).get(set_name, {})
     title = f"{set_name}: {s.get('n_configurations', '?')} configurations, {s.get('n_molecules', '?')} molecules"
     header = ["", "k", *(h for _, h in COLUMNS)]

@@ -66,6 +66,7 @@ class MemberSpec:
     seed: int
     energy: str = "energy"
     forces: str | None = None
+    variant: str | None = None  # student architecture: an ensemble.student_variants entry (None: student_model)
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -113,7 +114,7 @@ def train_member(
 def _train(spec, cfg: Config, dataset: Dataset, splits, out_dir: Path, progress: bool, callbacks) -> dict:
     started = time.perf_counter()
     tc = cfg.train
-    arch = cfg.model if spec.role == "teacher" else cfg.student_model
+    arch = cfg.model if spec.role == "teacher" else cfg.variant_model(spec.variant)
     dtype = getattr(torch, tc.dtype)
     torch.set_num_threads(tc.threads)
     kernels = use_kernels(tc.kernels)

@@ -97,7 +97,9 @@ def prepare_data(cfg: Config, run_dir: Path, progress: bool = True) -> DataPaths
 
         opts = d.generate_options(cfg.seed)
         out = run_dir / "data"
-        _claim(out, _digest(asdict(opts)), "generated data")
+        # what shapes the data, not how many processes made it
+        shape = {k: v for k, v in asdict(opts).items() if k not in ("workers", "chunk_size")}
+        _claim(out, _digest(shape), "generated data")
         if (out / "done.json").exists():
             train, test = out / "train.h5", out / "test.h5"
         else:
@@ -159,7 +161,7 @@ def make_splits(cfg: Config, n: int) -> dict[str, np.ndarray]:
     all_idx = np.arange(n)
     pool, test = random_split(all_idx, cfg.data.test_fraction, seed=cfg.seed)
     out = {"test": test, "pool": pool}
-    k = max(cfg.ensemble.n_teachers, cfg.ensemble.n_students)
+    k = max(cfg.ensemble.n_teachers, cfg.ensemble.n_students, cfg.ensemble.study_members or 0)
     for m in range(k):
         train, valid = random_split(pool, cfg.data.valid_fraction, seed=cfg.seed * 7919 + 1000 + m)
         out[f"train_{m}"] = train
@@ -186,10 +188,20 @@ class Group:
     forces: str | None  # dataset property used as force target
     directory: str  # relative to the run dir
     labels_from: str | None = None  # label of the group whose ensemble made the force labels
+    # the studies (docs/results.md): None for the main groups
+    study: str | None = None  # "capacity", "teachers" (ensemble size) or "external"
+    variant: str | None = None  # capacity: the ensemble.student_variants entry (student architecture)
+    teacher_members: int | None = None  # teachers: labels from the first k members of labels_from
+
+
+#: labels_from of the students of an external (not trained here) teacher ensemble
+EXTERNAL = "external"
 
 
 def plan(cfg: Config) -> list[Group]:
-    """Every group of members of a run, in training order."""
+    """Every group of members of a run, in training order: the main groups (teachers, students by
+    generation, controls, baseline), then the studies' groups (capacity variants, students of
+    teacher subsets, students of an external teacher)."""
     e = cfg.ensemble
     groups = [Group("teacher", "teacher", 0, e.n_teachers, None, "gen0/teacher")]
     previous = "teacher"
@@ -201,6 +213,61 @@ def plan(cfg: Config) -> list[Group]:
         groups.append(Group("control", "control", 1, e.n_students, None, "control"))
     if e.baseline and cfg.data.reference_forces_key:
         groups.append(Group("baseline", "baseline", 1, e.n_students, "reference_forces", "baseline"))
+    ns = e.study_members or e.n_students
+    for name in e.student_variants:
+        groups.append(
+            Group(
+                f"student_gen1@{name}",
+                "student",
+                1,
+                ns,
+                "ensemble_forces",
+                f"variants/{name}/student",
+                "teacher",
+                study="capacity",
+                variant=name,
+            )
+        )
+        if e.controls:
+            groups.append(
+                Group(
+                    f"control@{name}",
+                    "control",
+                    1,
+                    ns,
+                    None,
+                    f"variants/{name}/control",
+                    study="capacity",
+                    variant=name,
+                )
+            )
+    for k in e.teacher_subsets:
+        groups.append(
+            Group(
+                f"student_k{k}",
+                "student",
+                1,
+                ns,
+                "ensemble_forces",
+                f"teachers_k{k}/student",
+                "teacher",
+                study="teachers",
+                teacher_members=k,
+            )
+        )
+    if e.external_teacher:
+        groups.append(
+            Group(
+                "student_external",
+                "student",
+                1,
+                ns,
+                "ensemble_forces",
+                "external/student",
+                EXTERNAL,
+                study="external",
+            )
+        )
     return groups
 
 
@@ -223,6 +290,18 @@ def _train_job(args: dict) -> dict:
     splits = {k: np.asarray(v) for k, v in args["splits"].items()}
     spec = MemberSpec(**args["spec"])
     return train_member(spec, cfg, dataset, splits, Path(args["out_dir"]), progress=False)
+
+
+class _LazyMember:
+    """A trained member loaded on first use (a finished label file needs none)."""
+
+    def __init__(self, directory: Path, loader):
+        self.directory, self._loader, self._member = directory, loader, None
+
+    def predict(self, *args, **kwargs):
+        if self._member is None:
+            self._member = self._loader(self.directory)
+        return self._member.predict(*args, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------
@@ -292,25 +371,43 @@ class Run:
 
     # --- labels
     def labels_path(self, group: Group) -> Path:
+        if group.labels_from == EXTERNAL:
+            name = self.cfg.ensemble.external_teacher.replace(":", "_")
+            return self.run_dir / "labels" / f"external_{name}.h5"
+        if group.teacher_members is not None:
+            return self.run_dir / "labels" / f"gen{group.generation}_k{group.teacher_members}.h5"
         return self.run_dir / "labels" / f"gen{group.generation}.h5"
 
-    def make_labels(self, group: Group) -> Path:
-        """Ensemble forces of the teaching group, written as an augmented ANI-layout file."""
-        from .distill import label_dataset, write_augmented
+    def _teaching_ensemble(self, group: Group) -> tuple[list, str, str]:
+        """(members with ``.predict``, digest of what they are, description) of the ensemble that
+        labels ``group``: the trained group it learns from (its first ``teacher_members``), or the
+        external teacher."""
         from .train import load_member
 
+        if group.labels_from == EXTERNAL:
+            from .external import load_external_teacher
+
+            e = self.cfg.ensemble
+            members, identity = load_external_teacher(e.external_teacher, e.external_teacher_dir)
+            return members, _digest(identity), f"{len(members)} {e.external_teacher} members"
         teacher = self.group(group.labels_from)
+        n = teacher.n_members if group.teacher_members is None else group.teacher_members
+        digest = _digest([self.member_digest(teacher, m) for m in range(n)])
+        # loaded lazily: a finished label file needs no model
+        members = [_LazyMember(self.member_dir(teacher, m), load_member) for m in range(n)]
+        return members, digest, f"{n} {teacher.label} members"
+
+    def make_labels(self, group: Group) -> Path:
+        """Ensemble forces of the teaching ensemble, written as an augmented ANI-layout file."""
+        from .distill import label_dataset, write_augmented
+
         path = self.labels_path(group)
         done = path.with_suffix(".json")
-        teacher_digests = [self.member_digest(teacher, m) for m in range(teacher.n_members)]
-        digest = _digest({"teachers": teacher_digests, "data": self.data_digest()})
+        members, teachers_digest, what = self._teaching_ensemble(group)
+        digest = _digest({"teachers": teachers_digest, "data": self.data_digest()})
         if done.exists() and json.loads(done.read_text()).get("digest") == digest and path.exists():
             return path
-        _log(
-            f"labelling {len(self.train_data)} configurations with the ensemble of {teacher.n_members} "
-            f"{teacher.label} members -> {path}"
-        )
-        members = [load_member(self.member_dir(teacher, m)) for m in range(teacher.n_members)]
+        _log(f"labelling {len(self.train_data)} configurations with the ensemble of {what} -> {path}")
         labelled = label_dataset(members, self.train_data)
         write_augmented(
             labelled,
@@ -319,7 +416,7 @@ class Run:
             self._file_units(),
             reference_forces_key=self.cfg.data.reference_forces_key,
         )
-        _atomic_json(done, {"digest": digest, "teachers": teacher.label, "n_members": teacher.n_members})
+        _atomic_json(done, {"digest": digest, "teachers": group.labels_from, "n_members": len(members)})
         return path
 
     def _file_units(self) -> Units:
@@ -329,15 +426,20 @@ class Run:
         return _file_digest(self.paths.train)
 
     # --- members
+    def model_of(self, group: Group):
+        """The architecture of ``group``'s members."""
+        return self.cfg.model if group.role == "teacher" else self.cfg.variant_model(group.variant)
+
     def member_digest(self, group: Group, m: int) -> str:
-        arch = self.cfg.model if group.role == "teacher" else self.cfg.student_model
+        # the study fields enter only when set, so that the main groups keep their digests
+        study = ("study", "variant", "teacher_members")
         return _digest(
             {
                 "data": self.data_digest(),
                 "data_cfg": asdict(self.cfg.data),
-                "model": asdict(arch),
+                "model": asdict(self.model_of(group)),
                 "train": asdict(self.cfg.train),
-                "group": asdict(group),
+                "group": {k: v for k, v in asdict(group).items() if not (k in study and v is None)},
                 "member": m,
                 "seed": self.cfg.seed,
                 "labels": (
@@ -372,6 +474,7 @@ class Run:
                 "seed": _seed(self.cfg, group, m),
                 "energy": "energy",
                 "forces": group.forces,
+                **({"variant": group.variant} if group.variant else {}),
             }
             jobs.append(
                 {
@@ -436,6 +539,10 @@ class Run:
             }
         for group in self.groups():
             entry = {"role": group.role, "generation": group.generation, "n_members": group.n_members}
+            if group.study:
+                entry.update(study=group.study, variant=group.variant, teacher_members=group.teacher_members)
+                if group.variant:
+                    entry["model"] = asdict(self.model_of(group))
             for name, (data, _) in sets.items():
                 preds = [self.predictions(group, m, name, data) for m in range(group.n_members)]
                 reference = {
@@ -461,6 +568,29 @@ class Run:
 
         return write_report(metrics, self.run_dir, notes=describe(self.cfg))
 
+    def md_stability(self, metrics: dict | None = None) -> dict:
+        """The MD stability sweep of ``cfg.md`` over this run's members (resumable; see
+        :mod:`ekd.md.stability`); its table joins ``metrics.json`` (key ``md_stability``, per
+        engine) and its section the report, when the run has been evaluated."""
+        from .evaluate import load_metrics, write_metrics
+        from .md.stability import md_stability
+
+        out = md_stability(self.cfg, self.run_dir, progress=self.progress)
+        path = self.run_dir / "metrics.json"
+        if metrics is None and path.exists():
+            metrics = load_metrics(path)
+        if metrics is not None:
+            entry = {
+                "table": out["table"],
+                "markdown": out["markdown"],
+                "figure": str(Path(out["figure"]).relative_to(self.run_dir)),
+                "md": asdict(self.cfg.md),
+            }
+            metrics = {**metrics, "md_stability": {**metrics.get("md_stability", {}), self.cfg.md.engine: entry}}
+            write_metrics(path, metrics)
+            self.report(metrics)
+        return out
+
     # --- everything
     def run_all(self, stop_after: str | None = None, on_stage: Callable[[str], None] | None = None) -> dict:
         t0 = time.time()
@@ -475,6 +605,15 @@ class Run:
         metrics = self.evaluate()
         path = self.report(metrics)
         _log(f"report: {path} ({time.time() - t0:.0f} s)")
+        if stop_after == "evaluate":
+            return metrics
+        if self.cfg.md.enabled:
+            _log(f"MD stability ({self.cfg.md.engine}): roles {', '.join(self.cfg.md.roles)}")
+            self.md_stability(metrics)
+            metrics = json.loads((self.run_dir / "metrics.json").read_text())
+            _log(f"report with MD stability: {path} ({time.time() - t0:.0f} s)")
+            if on_stage:
+                on_stage("md")
         return metrics
 
 

@@ -30,6 +30,7 @@ train:
   batch_size: 16
   force_schedule: [[1, 5.0], [3, 1.0]]
 ensemble: {{n_teachers: 2, n_students: 2, generations: 2}}
+md: {{enabled: false}}
 """
 
 
@@ -93,3 +94,80 @@ def test_changed_config_is_refused_not_mixed(files, tmp_path):
     changed = config.loads(TINY.format(train=files[0], test=files[1]).replace("width: 8", "width: 12"))
     with pytest.raises(RunDirError, match="different configuration"):
         Run(changed, run_dir, progress=False).train_group(r.group("teacher"))
+
+
+def test_studies_add_groups_reuse_teachers_and_report(files, tmp_path):
+    """The capacity variant, the single-teacher subset: their own groups, trained with their own
+    architecture / labels, scored, in their own report tables; the main groups are untouched."""
+    from ekd.train import load_member
+
+    text = TINY.format(train=files[0], test=files[1]).replace(
+        "ensemble: {{n_teachers: 2, n_students: 2, generations: 2}}".format(),
+        "ensemble: {n_teachers: 2, n_students: 1, generations: 1, baseline: false,\n"
+        "           student_variants: {n2_l0: {n_interactions: 2, l_max: 0}}, teacher_subsets: [1]}",
+    )
+    cfg = config.loads(text)
+    run_dir = tmp_path / "run"
+    metrics = Run(cfg, run_dir, progress=False).run_all()
+    assert set(metrics["roles"]) == {
+        "teacher",
+        "student_gen1",
+        "control",
+        "student_gen1@n2_l0",
+        "control@n2_l0",
+        "student_k1",
+    }
+    variant = load_member(run_dir / "variants" / "n2_l0" / "student" / "member_00")
+    assert variant.model_config.l_max == 0 and variant.model_config.n_interactions == 2
+    main = load_member(run_dir / "gen1" / "student" / "member_00")
+    assert main.model_config.l_max == 1
+    # the single-teacher labels are teacher 0's forces; the full labels average both teachers
+    from ekd.data import load_dataset
+
+    keys = {"f": "ekd_ensemble.forces", "s": "ekd_ensemble.forces_std"}
+    one = load_dataset(run_dir / "labels" / "gen1_k1.h5", keys)
+    both = load_dataset(run_dir / "labels" / "gen1.h5", keys)
+    assert np.all(one.properties["s"] == 0) and np.any(both.properties["s"] > 0)
+    assert not np.allclose(one.properties["f"], both.properties["f"])
+    for label in ("student_gen1@n2_l0", "control@n2_l0", "student_k1"):
+        assert metrics["roles"][label]["study"] in ("capacity", "teachers")
+        assert np.isfinite(metrics["roles"][label]["test_pool"]["summary"]["energy_rmse"]["mean"])
+    report = (run_dir / "report.md").read_text()
+    assert "### Capacity sweep" in report and "n2_l0 (n_int=2, l_max=0)" in report
+    assert "### Ensemble size" in report and "1 teacher |" in report
+    # the main tables list only the main groups
+    main_table = report.split("## Studies")[0]
+    assert "n2_l0" not in main_table and "student_k1" not in main_table
+
+
+def test_md_stability_is_the_last_stage_and_joins_the_report(files, tmp_path):
+    """`ekd run` with md enabled: the sweep runs on the exported members after the evaluation,
+    its table joins metrics.json (per engine) and its section report.md -- once, also when the
+    run is repeated (which reuses every member and MD result)."""
+    text = (
+        TINY.format(train=files[0], test=files[1])
+        .replace(
+            "ensemble: {{n_teachers: 2, n_students: 2, generations: 2}}".format(),
+            "ensemble: {n_teachers: 2, n_students: 1, generations: 1, controls: false, baseline: false}\n"
+            "md: {n_molecules: 27, t_max_ps: 0.01, equilibration_ps: 0.0, timesteps_fs: [1.0], n_runs: 1,\n"
+            "     n_models: 1, roles: [teacher, student_gen1, student_gen2], workers: 1}",
+        )
+        .replace("md: {enabled: false}\n", "")
+    )
+    cfg = config.loads(text)
+    run_dir = tmp_path / "run"
+    stages = []
+    metrics = Run(cfg, run_dir, progress=False).run_all(on_stage=stages.append)
+    assert stages == ["teacher", "student_gen1", "md"]
+    table = metrics["md_stability"]["ase"]["table"]
+    # student_gen2 is not a group of this run: skipped, not an error
+    assert {row["role"] for row in table} == {"teacher", "student_gen1"}
+    assert all(row["runs"] == 1 and row["dt_fs"] == 1.0 for row in table)
+    first = (run_dir / "report.md").read_text()
+    assert first.count("## MD stability") == 1 and "(md/ase/stability.png)" in first
+    assert (run_dir / "md" / "ase" / "stability.png").exists()
+    results = sorted((run_dir / "md" / "ase").rglob("dt*_seed*.json"))
+    stamps = {p: p.stat().st_mtime_ns for p in results}
+    Run(cfg, run_dir, progress=False).run_all()
+    assert {p: p.stat().st_mtime_ns for p in results} == stamps  # MD results reused
+    assert (run_dir / "report.md").read_text().count("## MD stability") == 1

@@ -373,9 +373,10 @@ def figure(table: list[dict], path: Path, title: str = "") -> Path:
         shift = 0.02 * (k - (len(roles) - 1) / 2)
         x = [r["dt_fs"] + shift for r in rows]
         y = [r["fraction_failed"] for r in rows]
+        # clipped at 0: at 0 or 100 % the interval's end can differ from the fraction by a rounding
         err = [
-            [r["fraction_failed"] - r["wilson_lo"] for r in rows],
-            [r["wilson_hi"] - r["fraction_failed"] for r in rows],
+            [max(0.0, r["fraction_failed"] - r["wilson_lo"]) for r in rows],
+            [max(0.0, r["wilson_hi"] - r["fraction_failed"]) for r in rows],
         ]
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=role)
         tf = [(r["dt_fs"], r["mean_t_fail_ps"]) for r in rows if r["mean_t_fail_ps"] is not None]
@@ -410,7 +411,11 @@ def md_stability(
         from ..workflow import Run
 
         run = Run(cfg, run_dir, progress=False)
-        models = export_models(run, md.roles, md.n_models, md.dtype, out_dir)
+        present = {g.label for g in run.groups()}
+        roles = [r for r in md.roles if r in present]
+        if not roles:
+            raise ValueError(f"md.roles: none of {list(md.roles)} is a group of this run ({sorted(present)})")
+        models = export_models(run, roles, md.n_models, md.dtype, out_dir)
     for paths in models.values():
         check_models(paths)
     jobs = sweep_jobs(models, md, out_dir, box_seed=cfg.seed)
