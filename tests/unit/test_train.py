@@ -143,6 +143,21 @@ def test_learning_rate_and_early_stopping_follow_validation_energy(xtb_dataset, 
             lr *= 0.5
 
 
+def test_patience_waits_for_the_end_of_the_force_schedule(xtb_dataset, xtb_splits, tmp_path):
+    """With a force target, epochs before the schedule's last step neither count towards early
+    stopping nor halve the lr (the energy error may rise while forces improve); after it, they do."""
+    data = xtb_dataset.with_properties(ensemble_forces=xtb_dataset.properties["reference_forces"])
+    out = tmp_path / "student"
+    # lr so large that validation stops improving after the first epochs
+    cfg = _cfg(lr=0.5, max_epochs=30, lr_patience=2, termination_patience=3, force_schedule=((1, 10.0), (9, 1.0)))
+    summary = train_member(MemberSpec("student", 1, 0, seed=2, forces="ensemble_forces"), cfg, data, xtb_splits, out)
+    log = _log(out)
+    assert all(e["lr"] == 0.5 for e in log if e["epoch"] < 9)  # no plateau halving during the ramp
+    assert summary["stopped"] == "patience" and summary["epochs"] >= 9 + 3 - 1
+    last_best = max(summary["best_epoch"], 8)
+    assert summary["epochs"] == last_best + 3
+
+
 def test_bad_inputs_are_rejected(xtb_dataset, xtb_splits, tmp_path):
     with pytest.raises(ValueError, match="role"):
         MemberSpec("professor", 0, 0, 0)
