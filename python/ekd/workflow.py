@@ -103,7 +103,8 @@ def prepare_data(cfg: Config, run_dir: Path, progress: bool = True) -> DataPaths
         if (out / "done.json").exists():
             train, test = out / "train.h5", out / "test.h5"
         else:
-            _log(f"generating GFN2-xTB reference data into {out}")
+            levels = ", ".join(dict.fromkeys(opts.levels + opts.test_levels))
+            _log(f"generating reference data ({levels}) into {out}")
             train, test = generate(opts, out, progress=progress)
             _atomic_json(out / "done.json", {"train": str(train), "test": str(test)})
         train, test = Path(train), Path(test)
