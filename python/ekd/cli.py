@@ -252,8 +252,10 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     from .config import ConfigError
     from .data import DataFileError
+    from .jobs import terminate_on_sigterm
     from .workflow import RunDirError
 
+    terminate_on_sigterm()
     try:
         return args.func(args)
     except (ConfigError, DataFileError, RunDirError, FileNotFoundError) as e:

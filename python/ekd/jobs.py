@@ -2,15 +2,56 @@
 
 Workers are spawned, not forked: the parent has torch (and its thread pools) loaded, and a forked
 child of a threaded process can deadlock. Each job must be a picklable argument of a module-level
-function. Results come back in job order; an interrupt cancels what has not started.
+function. Results come back in job order; an interrupt cancels what has not started and stops the
+running jobs (members checkpoint every epoch, so a rerun loses at most one epoch). A worker never
+outlives the process that started it, even one killed by SIGKILL: on Linux it asks the kernel for
+SIGTERM when its parent dies. Otherwise an orphan could go on training a member that a rerun
+resumes at the same time, both writing its checkpoint.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
+import os
+import signal
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Worker initializer: SIGTERM this process when ``parent_pid`` (its parent) dies (Linux
+    ``prctl(PR_SET_PDEATHSIG)``; elsewhere a no-op)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def terminate_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, a batch scheduler's time limit) an interrupt like Ctrl-C, so that
+    the cleanup of :func:`run_parallel` and of the data generator runs (main thread only)."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def stop_workers(pool: cf.ProcessPoolExecutor) -> None:
+    """Cancel what has not started and terminate the running workers of ``pool``."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # shutdown() forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in procs:
+        proc.join(timeout=10)
 
 
 def run_parallel(
@@ -42,7 +83,12 @@ def run_parallel(
                     bar.update()
         else:
             ctx = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
+            with cf.ProcessPoolExecutor(
+                max_workers=min(workers, len(jobs)),
+                mp_context=ctx,
+                initializer=die_with_parent,
+                initargs=(os.getpid(),),
+            ) as pool:
                 futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
                 try:
                     for fut in cf.as_completed(futures):
@@ -50,8 +96,7 @@ def run_parallel(
                         if bar:
                             bar.update()
                 except BaseException:
-                    for f in futures:
-                        f.cancel()
+                    stop_workers(pool)
                     raise
     finally:
         if bar:

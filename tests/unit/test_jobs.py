@@ -1,6 +1,13 @@
 """Parallel jobs: results in job order, the same as running them in this process."""
 
+import contextlib
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -18,3 +25,61 @@ def test_parallel_equals_serial_and_keeps_order():
 def test_a_failing_job_raises_in_the_caller():
     with pytest.raises(ValueError, match="math domain error"):
         run_parallel(math.sqrt, [4.0, -1.0, 9.0], workers=2, desc="bad", progress=False)
+
+
+# a parent that runs two long jobs on two workers; each worker writes its pid, then sleeps
+_PARENT = """
+import os, sys, time
+from pathlib import Path
+from ekd.jobs import run_parallel, terminate_on_sigterm
+
+def job(path):
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    terminate_on_sigterm()
+    out = Path(sys.argv[1])
+    try:
+        run_parallel(job, [str(out / "a"), str(out / "b")], workers=2, desc="sleep", progress=False)
+    except KeyboardInterrupt:
+        (out / "interrupted").write_text("yes")
+        raise SystemExit(130)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by its dead parent's reaper) counts as gone
+    with contextlib.suppress(FileNotFoundError):
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux only")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_workers_do_not_outlive_a_killed_parent(tmp_path, sig):
+    """`kill` (SIGTERM: interrupt, cleanup runs) or SIGKILL of `ekd run` must not leave workers
+    training on: a rerun would resume the same member while the orphan still writes to it."""
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT)
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)])
+    pid_files = [tmp_path / "a", tmp_path / "b"]
+    deadline = time.monotonic() + 60
+    while not all(p.exists() and p.read_text() for p in pid_files):
+        assert time.monotonic() < deadline, "workers did not start"
+        assert parent.poll() is None, "parent exited early"
+        time.sleep(0.1)
+    workers = [int(p.read_text()) for p in pid_files]
+    assert all(_alive(w) for w in workers)
+    parent.send_signal(sig)
+    parent.wait(timeout=30)
+    if sig == signal.SIGTERM:
+        assert parent.returncode == 130 and (tmp_path / "interrupted").exists()
+    deadline = time.monotonic() + 15
+    while any(_alive(w) for w in workers):
+        assert time.monotonic() < deadline, f"workers {workers} outlived their parent (signal {sig.name})"
+        time.sleep(0.1)

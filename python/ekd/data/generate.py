@@ -540,12 +540,16 @@ def _result(task, numbers, coordinates, properties, n_relaxed, stats, t0, levels
     }
 
 
-def _init_worker() -> None:
-    """Worker initializer: one thread per process (tblite and pyscf read these at import), and
-    leave Ctrl-C to the parent, which cancels the queue and lets running molecules finish."""
+def _init_worker(parent_pid: int) -> None:
+    """Worker initializer: one thread per process (tblite and pyscf read these at import), leave
+    Ctrl-C to the parent, which cancels the queue and lets running molecules finish, and die with
+    the parent (a worker's results are saved by the parent only)."""
+    from ..jobs import die_with_parent
+
     for var in _THREAD_VARIABLES:
         os.environ[var] = "1"
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent_pid)
 
 
 def _run_chunk(tasks: list[MoleculeTask], options: GenerateOptions) -> list[dict[str, Any]]:
@@ -732,6 +736,7 @@ def generate(
                     max_workers=min(options.workers, len(chunks)),
                     mp_context=multiprocessing.get_context("spawn"),
                     initializer=_init_worker,
+                    initargs=(os.getpid(),),
                 )
                 futures: list = []
                 saved: set[int] = set()
