@@ -216,7 +216,9 @@ def test_bad_inputs_give_clear_errors(member, module):
 def test_no_pairs_gives_offsets_plus_self_terms(member, module):
     empty = torch.zeros(0, dtype=torch.long)
     e = module(torch.tensor([1, 6, 1]), empty, empty, torch.zeros(0, 3, dtype=torch.float64))
-    assert e.shape == (3,) and bool(torch.isfinite(e).all()) and e[0] == e[2]
+    assert e.shape == (3,) and bool(torch.isfinite(e).all())
+    # two isolated H atoms: the same energy up to the GEMM kernel's row-dependent rounding
+    assert abs(float(e[0] - e[2])) <= 1e-12 * abs(float(e[0])), (float(e[0]), float(e[2]))
 
 
 # ---------------------------------------------------------------------------------------------
