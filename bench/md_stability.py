@@ -39,7 +39,7 @@ def undertrained_pair(run_dir: Path, role: str, epochs: int, work: Path) -> tupl
     from ekd.data import load_dataset
     from ekd.export import export_member
     from ekd.train import MemberSpec, train_member
-    from ekd.workflow import Run, _seed, member_splits
+    from ekd.workflow import Run, member_splits
 
     cfg = config.load(run_dir / "config.yaml")
     run = Run(cfg, run_dir, progress=False)
@@ -47,24 +47,10 @@ def undertrained_pair(run_dir: Path, role: str, epochs: int, work: Path) -> tupl
     trained = run.member_dir(group, 0)
     if not (trained / "done.json").exists():
         raise SystemExit(f"--run-dir {run_dir}: {role} member 0 has not finished training ({trained})")
-    if group.labels_from:
-        data_path = run.labels_path(group)
-        keys = {"energy": cfg.data.energy_key, "ensemble_forces": "ekd_ensemble.forces"}
-    else:
-        data_path = run.paths.train
-        keys = {"energy": cfg.data.energy_key}
-        if group.forces == "reference_forces":
-            keys["reference_forces"] = cfg.data.reference_forces_key
+    data_path, keys = run.training_inputs(group)
     dataset = load_dataset(data_path, keys).require(*keys)
     splits = {k: np.asarray(v) for k, v in member_splits(run.splits, 0).items()}
-    spec = MemberSpec(
-        role=group.role,
-        generation=group.generation,
-        member=0,
-        seed=_seed(cfg, group, 0),
-        forces=group.forces,
-        variant=group.variant,
-    )
+    spec = MemberSpec(**run.member_spec(group, 0))
     short = replace(cfg, train=replace(cfg.train, max_epochs=epochs))
     under = work / f"{role}_{epochs}ep"
     t0 = time.perf_counter()

@@ -451,16 +451,31 @@ class Run:
             }
         )
 
+    def training_inputs(self, group: Group) -> tuple[Path, dict[str, str]]:
+        """(data file, {dataset property: file key}) that ``group``'s members train on; a student
+        group's labels are made first if needed."""
+        keys = {"energy": self.cfg.data.energy_key}
+        if group.labels_from:
+            return self.make_labels(group), {**keys, "ensemble_forces": "ekd_ensemble.forces"}
+        if group.forces == "reference_forces":
+            keys["reference_forces"] = self.cfg.data.reference_forces_key
+        return self.paths.train, keys
+
+    def member_spec(self, group: Group, m: int) -> dict:
+        """The :class:`ekd.train.MemberSpec` fields of member ``m`` of ``group``."""
+        return {
+            "role": group.role,
+            "generation": group.generation,
+            "member": m,
+            "seed": _seed(self.cfg, group, m),
+            "energy": "energy",
+            "forces": group.forces,
+            **({"variant": group.variant} if group.variant else {}),
+        }
+
     def train_group(self, group: Group) -> list[dict]:
         """Train (or reuse) every member of ``group``; independent jobs run in parallel."""
-        if group.labels_from:
-            data_path = self.make_labels(group)
-            keys = {"energy": self.cfg.data.energy_key, "ensemble_forces": "ekd_ensemble.forces"}
-        else:
-            data_path = self.paths.train
-            keys = {"energy": self.cfg.data.energy_key}
-            if group.forces == "reference_forces":
-                keys["reference_forces"] = self.cfg.data.reference_forces_key
+        data_path, keys = self.training_inputs(group)
         jobs, results = [], {}
         for m in range(group.n_members):
             out = self.member_dir(group, m)
@@ -468,15 +483,7 @@ class Run:
             if (out / "done.json").exists():
                 results[m] = json.loads((out / "done.json").read_text())
                 continue
-            spec = {
-                "role": group.role,
-                "generation": group.generation,
-                "member": m,
-                "seed": _seed(self.cfg, group, m),
-                "energy": "energy",
-                "forces": group.forces,
-                **({"variant": group.variant} if group.variant else {}),
-            }
+            spec = self.member_spec(group, m)
             jobs.append(
                 {
                     "config": self.cfg.to_yaml(),
