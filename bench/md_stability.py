@@ -32,8 +32,9 @@ from ekd.md.stability import md_stability, toy_pair
 
 
 def undertrained_pair(run_dir: Path, role: str, epochs: int, work: Path) -> tuple[config.Config, dict[str, list[str]]]:
-    """(the run's config, {"trained": [file], "undertrained_<epochs>ep": [file]}) for member 0 of
-    ``role`` in the finished run at ``run_dir``."""
+    """(the run's config, {"<role>_trained": [file], "<role>_<epochs>ep": [file]}) for member 0 of
+    ``role`` in the finished run at ``run_dir``: the trained member and its undertrained copy,
+    both exported to ``work``."""
     import numpy as np
 
     from ekd.data import load_dataset
