@@ -56,6 +56,9 @@ class ModelConfig:
         )
 
 
+_TRAIN_ADDED = {"min_epochs": 0}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training routine for every role; roles differ by the targets they use."""
@@ -65,6 +68,10 @@ class TrainConfig:
     lr_patience: int = 15  # ... after this many epochs without improvement
     termination_patience: int = 30  # stop after this many epochs without improvement
     max_epochs: int = 400
+    # no stop and no learning-rate decay before this epoch: small energy-only sets can sit at the
+    # per-element offsets for 20+ epochs before learning starts (two of eight CCSD(T) teachers
+    # were stopped there with patience 20)
+    min_epochs: int = 0
     batch_size: int = 64
     w_energy: float = 1.0
     w_l2: float = 1e-4
@@ -84,6 +91,12 @@ class TrainConfig:
         _check(self.lr_patience >= 1, "lr_patience", "must be >= 1", self.lr_patience)
         _check(self.termination_patience >= 1, "termination_patience", "must be >= 1", self.termination_patience)
         _check(self.max_epochs >= 1, "max_epochs", "must be >= 1", self.max_epochs)
+        _check(
+            0 <= self.min_epochs <= self.max_epochs,
+            "min_epochs",
+            f"must be between 0 and max_epochs ({self.max_epochs})",
+            self.min_epochs,
+        )
         _check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
         for name in ("w_energy", "w_l2", "w_hierarchicality"):
             _check(getattr(self, name) >= 0, name, "must be >= 0", getattr(self, name))
@@ -98,6 +111,11 @@ class TrainConfig:
         )
         _check(all(w >= 0 for _, w in s), "force_schedule", "weights must be >= 0", s)
         _check(self.threads >= 1, "threads", "must be >= 1", self.threads)
+
+    def identity(self) -> dict:
+        """The fields as a dict, without those added after the first release that are at their
+        defaults (so that digests of existing members stay valid)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if not (k in _TRAIN_ADDED and v == _TRAIN_ADDED[k])}
 
     def force_weight(self, epoch: int) -> float:
         """The force weight in force at ``epoch`` (1-based): the last step at or before it."""

@@ -33,6 +33,23 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def dies_with_parent_preexec():
+    """A ``preexec_fn`` for :mod:`subprocess` that gives the child a SIGTERM when the process
+    that started it dies (Linux ``prctl(PR_SET_PDEATHSIG)``; elsewhere None). The C function is
+    resolved here, before the fork, so the child only makes the system call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    signum = int(signal.SIGTERM)
+
+    def preexec() -> None:
+        prctl(1, signum)  # PR_SET_PDEATHSIG
+
+    return preexec
+
+
 def terminate_on_sigterm() -> None:
     """Make SIGTERM (``kill``, a batch scheduler's time limit) an interrupt like Ctrl-C, so that
     the cleanup of :func:`run_parallel` and of the data generator runs (main thread only)."""

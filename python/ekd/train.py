@@ -159,7 +159,9 @@ def _train(spec, cfg: Config, dataset: Dataset, splits, out_dir: Path, progress:
     elif log_path.exists():
         log_path.unlink()  # a log without a checkpoint belongs to a run that never finished an epoch
 
-    while state["epoch"] < tc.max_epochs and state["since_best"] < tc.termination_patience:
+    while state["epoch"] < tc.max_epochs and (
+        state["since_best"] < tc.termination_patience or state["epoch"] < tc.min_epochs
+    ):
         epoch = state["epoch"] + 1
         t0 = time.perf_counter()
         w_f = tc.force_weight(epoch) if spec.forces else None
@@ -179,6 +181,7 @@ def _train(spec, cfg: Config, dataset: Dataset, splits, out_dir: Path, progress:
         # (measured: a student whose energy RMSE stayed at epoch 1's for 16 epochs of falling
         # force error was stopped at epoch 17); patience and the plateau count from its last step
         ramping = spec.forces is not None and epoch < tc.force_schedule[-1][0]
+        ramping = ramping or epoch < tc.min_epochs
         if better:
             state.update(best_rmse=rmse, best_epoch=epoch, since_best=0, lr_bad=0)
             best_state = copy.deepcopy(net.state_dict())
@@ -357,7 +360,7 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 def _fingerprint(spec, arch: ModelConfig, tc, train_idx, valid_idx, dataset: Dataset) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([asdict(spec), asdict(arch), asdict(tc)], sort_keys=True).encode())
+    h.update(json.dumps([asdict(spec), asdict(arch), tc.identity()], sort_keys=True).encode())
     for arr in (train_idx, valid_idx, dataset.species, dataset.coordinates):
         h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()[:16]

@@ -63,7 +63,7 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _claim(directory: Path, digest: str, what: str) -> None:
+def _claim(directory: Path, digest: str, what: str, hint: str = "") -> None:
     """Bind ``directory`` to ``digest``; refuse if it already belongs to another digest."""
     stamp = directory / "inputs.json"
     if stamp.exists():
@@ -71,7 +71,7 @@ def _claim(directory: Path, digest: str, what: str) -> None:
         if old != digest:
             raise RunDirError(
                 f"{what} in {directory} was computed from a different configuration or data "
-                f"(digest {old}, now {digest}); use a new --run-dir, or delete {directory} to recompute it"
+                f"(digest {old}, now {digest}); use a new --run-dir, or delete {directory} to recompute it{hint}"
             )
         return
     _atomic_json(stamp, {"digest": digest, "what": what})
@@ -98,8 +98,14 @@ def prepare_data(cfg: Config, run_dir: Path, progress: bool = True) -> DataPaths
         opts = d.generate_options(cfg.seed)
         out = run_dir / "data"
         # what shapes the data, not how many processes made it
-        shape = {k: v for k, v in asdict(opts).items() if k not in ("workers", "chunk_size")}
-        _claim(out, _digest(shape), "generated data")
+        shape = {k: v for k, v in opts.identity().items() if k not in ("workers", "chunk_size")}
+        _claim(
+            out,
+            _digest(shape),
+            "generated data",
+            hint=f"; the new run can reuse the molecules computed here: copy {out / '.parts'} to "
+            "<new run dir>/data/.parts first (the generator recomputes only what the new options change)",
+        )
         if (out / "done.json").exists():
             train, test = out / "train.h5", out / "test.h5"
         else:
@@ -439,7 +445,7 @@ class Run:
                 "data": self.data_digest(),
                 "data_cfg": asdict(self.cfg.data),
                 "model": asdict(self.model_of(group)),
-                "train": asdict(self.cfg.train),
+                "train": self.cfg.train.identity(),
                 "group": {k: v for k, v in asdict(group).items() if not (k in study and v is None)},
                 "member": m,
                 "seed": self.cfg.seed,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import h5py
 import numpy as np
@@ -19,6 +20,7 @@ pytest.importorskip("tblite.interface")
 from ekd.data import generate as gen  # noqa: E402
 from ekd.data import load_dataset, read_ani, read_file_attrs  # noqa: E402
 from ekd.data.generate import (  # noqa: E402
+    POOLS,
     GenerateError,
     GenerateOptions,
     GenerateOptionsError,
@@ -418,3 +420,131 @@ def test_extra_smiles_join_the_candidates():
     assert {"CC", "C=C", "CCO"} <= smiles and len(smiles) == 8  # 5 NCI molecules have <= 3 heavy atoms
     with pytest.raises(GenerateOptionsError, match=r"extra_smiles: 'CCS'"):
         gen.plan(GenerateOptions(extra_smiles=("CCS",)))
+
+
+def test_required_molecules_join_their_pool_after_the_drawn_ones():
+    base = {**TINY.to_dict(), "include_methyl_nitrite": False}
+    drawn = gen.plan(GenerateOptions(**base))
+    opts = GenerateOptions(**{**base, "test_required_smiles": ("CON=O",), "train_required_smiles": ("C#N",)})
+    planned = gen.plan(opts)
+    pools = {pool: [t for t in planned if t.pool == pool and t.kind == "molecule"] for pool in POOLS}
+    old = {pool: [t for t in drawn if t.pool == pool and t.kind == "molecule"] for pool in POOLS}
+    # the draws are unchanged (their parts stay valid); the required molecule comes last, any size
+    assert pools["test"][:-1] == old["test"] and pools["train"][:-1] == old["train"]
+    assert pools["test"][-1].smiles == METHYL_NITRITE and pools["test"][-1].heavy_atoms == 4
+    assert pools["test"][-1].index == len(old["test"]) and pools["train"][-1].smiles == "C#N"
+    # already drawn: not added twice
+    again = gen.plan(GenerateOptions(**{**base, "test_required_smiles": (old["test"][0].smiles,)}))
+    assert again == drawn
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"test_required_smiles": ("CON=O",)}, r"test_required_smiles: \['CON=O'\] are train molecules"),
+        ({"test_required_smiles": ("CCS",)}, r"test_required_smiles: 'CCS' is not a usable molecule"),
+        (
+            {
+                "include_methyl_nitrite": False,
+                "test_levels": ("gfn2_xtb", "ccsd(t)_ccpvdz"),
+                "test_max_heavy_atoms": 4,
+                "test_min_heavy_atoms": 4,
+                "test_min_rotatable_bonds": 0,
+                "test_required_smiles": ("CCCCO",),
+            },
+            r"test_required_smiles: 'CCCCO' has 5 heavy atoms, but 'ccsd\(t\)_ccpvdz' is only affordable for <= 4",
+        ),
+    ],
+)
+def test_bad_required_molecules_name_the_field(changes, message):
+    with pytest.raises(GenerateOptionsError, match=message):
+        gen.plan(GenerateOptions(**{**TINY.to_dict(), **changes}))
+
+
+def test_changed_selection_reuses_the_parts_that_still_fit(tiny, tmp_path):
+    out, train, test = tiny
+    shutil.copytree(out / ".parts", tmp_path / ".parts")
+    before = {p.relative_to(tmp_path): p.stat().st_mtime_ns for p in (tmp_path / ".parts").rglob("*.npz")}
+    # formaldehyde as a held-out test molecule, and one train molecule fewer (a prefix)
+    opts = GenerateOptions(**{**TINY.to_dict(), "test_required_smiles": ("C=O",), "n_train_molecules": 2})
+    new_train, new_test = generate(opts, tmp_path, progress=False)
+    after = {p.relative_to(tmp_path): p.stat().st_mtime_ns for p in (tmp_path / ".parts").rglob("*.npz")}
+    assert {k: after[k] for k in before} == before  # no old part rewritten
+    assert [k.name for k in set(after) - set(before)] == ["mol0002_CH2O.npz"]
+    old, new = _arrays(test), _arrays(new_test)
+    assert set(new) == {*old, "mol0002_CH2O"}
+    for name in old:
+        for key in old[name]:
+            np.testing.assert_array_equal(old[name][key], new[name][key])
+    assert len(_arrays(new_train)) == len(_arrays(train)) - 1
+    manifest = json.loads((tmp_path / ".parts" / "manifest.json").read_text())
+    assert manifest["options_hash"] == opts.content_hash() and manifest["compatible_hashes"] == [TINY.content_hash()]
+    # a geometry-shaping option is still refused, naming it
+    with pytest.raises(GenerateError, match=r"temperature: 500.0 -> 300.0"):
+        generate(GenerateOptions(**{**opts.to_dict(), "temperature": 300.0}), tmp_path, progress=False)
+
+
+def test_digests_ignore_options_added_later_at_their_defaults():
+    """Run directories made before train/test_required_smiles existed keep their digests."""
+    assert "test_required_smiles" not in TINY.identity()
+    required = GenerateOptions(**{**TINY.to_dict(), "test_required_smiles": ("C=O",)})
+    assert required.identity()["test_required_smiles"] == ["C=O"]
+    assert required.content_hash() != TINY.content_hash()
+
+
+def test_cbs_extrapolations_recover_their_model_limits():
+    from ekd.data.labels import cbs_correlation, cbs_hf
+
+    def hf(x):
+        return -76.0 + 0.7 * (x + 1) * np.exp(-9 * np.sqrt(x))
+
+    def corr(x):
+        return -0.3 + 0.25 * x**-3.0
+
+    assert cbs_hf(hf(2), hf(3)) == pytest.approx(-76.0, abs=1e-12)
+    assert cbs_correlation(corr(2), corr(3)) == pytest.approx(-0.3, abs=1e-12)
+
+
+WATER = GenerateOptions(
+    seed=1,
+    n_train_molecules=1,
+    n_test_molecules=0,
+    train_max_heavy_atoms=1,
+    include_methyl_nitrite=False,
+    extra_smiles=("O",),
+    train_conformers=1,
+    samples_per_conformer=1,
+    cluster_sizes=(),
+    workers=1,
+)
+
+
+def test_adding_levels_labels_the_stored_geometries_only(tmp_path):
+    """xTB first; then CCSD(T)/cc-pVDZ, then its MP2/CBS-corrected twin are added to the same
+    parts (pyscf on water, ~10 s): geometries untouched, the correction reuses the CCSD(T) energy."""
+    pytest.importorskip("pyscf")
+    from ekd.data.labels import ccsd_t_ccpvdz, mp2_cbs_correction
+
+    plan = gen.plan(WATER)
+    if [t.smiles for t in plan] != ["O"]:
+        pytest.skip(f"the 1-heavy-atom pool is not just water here: {[t.smiles for t in plan]}")
+    first, _ = generate(WATER, tmp_path, progress=False)
+    xtb = _arrays(first)
+    cc = GenerateOptions(**{**WATER.to_dict(), "levels": ("gfn2_xtb", "ccsd(t)_ccpvdz")})
+    second = _arrays(generate(cc, tmp_path, progress=False)[0])
+    cbs = GenerateOptions(**{**cc.to_dict(), "levels": ("gfn2_xtb", "ccsd(t)_ccpvdz", "ccsd(t)_ccpvdz_mp2cbs")})
+    third = _arrays(generate(cbs, tmp_path, progress=False)[0])
+    (name,) = xtb
+    for key in xtb[name]:
+        np.testing.assert_array_equal(third[name][key], xtb[name][key])
+    np.testing.assert_array_equal(third[name]["ccsd(t)_ccpvdz.energy"], second[name]["ccsd(t)_ccpvdz.energy"])
+    z, x = third[name]["atomic_numbers"], third[name]["coordinates"]
+    for i in range(len(x)):
+        e_cc = ccsd_t_ccpvdz(z, x[i])
+        assert third[name]["ccsd(t)_ccpvdz.energy"][i] == pytest.approx(e_cc, abs=1e-7)
+        delta = mp2_cbs_correction(z, x[i])
+        assert -0.15 < delta < -0.05  # water: ~0.1 Hartree of correlation beyond cc-pVDZ
+        assert third[name]["ccsd(t)_ccpvdz_mp2cbs.energy"][i] == pytest.approx(e_cc + delta, abs=1e-7)
+    # dropping a level again: the file holds the asked-for levels only, the part keeps both
+    fourth = _arrays(generate(WATER, tmp_path, progress=False)[0])
+    assert set(fourth[name]) == set(xtb[name])

@@ -83,3 +83,35 @@ def test_workers_do_not_outlive_a_killed_parent(tmp_path, sig):
     while any(_alive(w) for w in workers):
         assert time.monotonic() < deadline, f"workers {workers} outlived their parent (signal {sig.name})"
         time.sleep(0.1)
+
+
+_STARTER = """
+import subprocess, sys, time
+from pathlib import Path
+from ekd.jobs import dies_with_parent_preexec
+
+child = subprocess.Popen(["sleep", "120"], preexec_fn=dies_with_parent_preexec())
+Path(sys.argv[1]).write_text(str(child.pid))
+time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux only")
+def test_a_subprocess_started_with_the_preexec_dies_with_its_starter(tmp_path):
+    """What an MD worker does for its `lmp` run: killing the worker ends the LAMMPS run too."""
+    script = tmp_path / "starter.py"
+    script.write_text(_STARTER)
+    pid_file = tmp_path / "child"
+    starter = subprocess.Popen([sys.executable, str(script), str(pid_file)])
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert time.monotonic() < deadline and starter.poll() is None, "the starter did not start its child"
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    assert _alive(child)
+    starter.kill()
+    starter.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while _alive(child):
+        assert time.monotonic() < deadline, "the child outlived the process that started it"
+        time.sleep(0.05)

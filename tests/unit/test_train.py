@@ -158,6 +158,19 @@ def test_patience_waits_for_the_end_of_the_force_schedule(xtb_dataset, xtb_split
     assert summary["epochs"] == last_best + 3
 
 
+def test_min_epochs_hold_off_stopping_and_lr_decay(xtb_dataset, xtb_splits, tmp_path):
+    """A teacher (no force ramp) with min_epochs: no stop and no lr halving before it, then the
+    usual patience from the last best epoch."""
+    out = tmp_path / "teacher"
+    cfg = _cfg(lr=0.5, max_epochs=30, lr_patience=2, termination_patience=3, min_epochs=10)
+    summary = train_member(MemberSpec("teacher", 0, 0, seed=2), cfg, xtb_dataset, xtb_splits, out)
+    log = _log(out)
+    assert all(e["lr"] == 0.5 for e in log if e["epoch"] <= 10)
+    assert summary["stopped"] == "patience" and summary["epochs"] == max(summary["best_epoch"], 9) + 3
+    with pytest.raises(ValueError, match=r"min_epochs: must be between 0 and max_epochs \(30\)"):
+        TrainConfig(max_epochs=30, min_epochs=31)
+
+
 def test_bad_inputs_are_rejected(xtb_dataset, xtb_splits, tmp_path):
     with pytest.raises(ValueError, match="role"):
         MemberSpec("professor", 0, 0, 0)

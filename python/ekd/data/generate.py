@@ -4,7 +4,8 @@ pyscf labels for tiny molecules. Entry points: :func:`generate` and :func:`summa
 Two files in the ANI layout (Hartree, Hartree/Angstrom; one group per molecule):
 
 * ``train.h5``: molecules with ``train_min_heavy_atoms..train_max_heavy_atoms`` heavy atoms
-  (methyl nitrite, CH3ONO, always first). Per molecule, up to ``train_conformers`` distinct
+  (methyl nitrite, CH3ONO, first unless ``include_methyl_nitrite`` is false; then the
+  ``train_required_smiles``). Per molecule, up to ``train_conformers`` distinct
   GFN2-xTB minima (ETKDG + MMFF starting points, BFGS-relaxed with GFN2-xTB) and around each
   ``samples_per_conformer`` normal-mode samples at ``temperature`` (the ANI-1 scheme, see
   :mod:`ekd.data.sampling`; modes from a GFN2-xTB Hessian by central differences of tblite
@@ -13,24 +14,28 @@ Two files in the ANI layout (Hartree, Hartree/Angstrom; one group per molecule):
 * ``test.h5``: molecules with ``test_min_heavy_atoms..test_max_heavy_atoms`` heavy atoms and at
   least one rotatable bond (so that conformer energy differences exist): up to
   ``test_conformers`` distinct GFN2-xTB minima, then ``test_distorted`` normal-mode samples around
-  the lowest one (for force errors) -- the analogue of COMP6 GDB 10-13.
+  the lowest one (for force errors) -- the analogue of COMP6 GDB 10-13; then the
+  ``test_required_smiles`` (any size, never a train molecule).
 
 Every configuration more than ``energy_cap`` kcal/mol above the molecule's lowest minimum, or
 whose bond graph (covalent radii) differs from the molecule's, is dropped. In each group the first
 ``n_relaxed`` (group attribute) configurations are the minima, lowest GFN2-xTB energy first.
 
-Keys: ``gfn2_xtb.energy`` / ``gfn2_xtb.forces`` always; ``wb97x_631gd.energy`` / ``.forces`` and
-``ccsd(t)_ccpvdz.energy`` when asked for (NaN where a calculation failed: the data layer masks it).
+Keys: ``gfn2_xtb.energy`` / ``gfn2_xtb.forces`` always; ``wb97x_631gd.energy`` / ``.forces``,
+``ccsd(t)_ccpvdz.energy`` and ``ccsd(t)_ccpvdz_mp2cbs.energy`` when asked for (NaN where a
+calculation failed: the data layer masks it).
 
 Determinism and resumption: every molecule has its own random stream (seed, pool, index), so the
 result does not depend on the number of workers or the order they finish in. Each finished
 molecule is saved atomically as ``<out>/.parts/<pool>/<name>.npz``; a rerun reuses the parts and
-computes only what is missing. ``.parts/manifest.json`` records the options that shape a molecule's
-data (everything except ``workers``, ``chunk_size`` and the molecule counts, whose selections are
-prefixes of each other); a rerun with different such options is refused with the differing fields
-named -- pass ``resume=False`` to discard the old parts. The HDF5 files are assembled (atomically)
-from the parts at the end; the parts are kept, so growing ``n_train_molecules`` later only computes
-the new molecules.
+computes only what is missing. ``.parts/manifest.json`` records the options. A rerun may change
+the molecule selection (counts, heavy-atom ranges, extra and required SMILES: every part is checked
+against the molecule its index now holds, and recomputed if that changed; counts give prefixes of
+each other's selections) and the levels (a part lacking a level gets only that level's labels, on
+its stored geometries; a correction level reuses its base level's energies). Any option that
+shapes the geometries (seed, sampling, numerics) is refused with the differing fields named --
+pass ``resume=False`` to discard the old parts. The HDF5 files are assembled (atomically) from the
+parts at the end, with the requested levels only; the parts are kept.
 """
 
 from __future__ import annotations
@@ -64,6 +69,25 @@ POOLS = ("train", "test")
 _POOL_CODE = {"train": 1, "test": 2, "cluster": 3}  # random streams
 # options that decide how much is computed, or where, but not what a molecule's data is
 _EXECUTION_FIELDS = ("workers", "chunk_size", "n_train_molecules", "n_test_molecules")
+# options that choose the molecules (which SMILES sits at which index), not a molecule's data:
+# a molecule's data is a function of (SMILES, pool, index) and the other options, and every part
+# file is checked against its task, so changing these keeps the parts that still fit
+_SELECTION_FIELDS = (
+    "include_methyl_nitrite",
+    "extra_smiles",
+    "train_min_heavy_atoms",
+    "train_max_heavy_atoms",
+    "test_min_heavy_atoms",
+    "test_max_heavy_atoms",
+    "test_min_rotatable_bonds",
+    "train_required_smiles",
+    "test_required_smiles",
+)
+# the labels computed on the geometries; a part lacking a level gets just that level added
+_LEVEL_FIELDS = ("levels", "test_levels")
+# fields added after the first release, left out of hashes and digests at their defaults so that
+# existing parts and run directories keep theirs
+_ADDED_FIELDS = {"train_required_smiles": (), "test_required_smiles": ()}
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _PART_FORMAT = 1
 _DEFAULT_MAX_HEAVY = 13
@@ -98,6 +122,10 @@ class GenerateOptions:
     # extra candidate SMILES (CHNO, neutral) added to the NCI pool of both pools, e.g. the small
     # molecules of configs/ccsd_t.yaml (the NCI set has only 11 with <= 4 heavy atoms)
     extra_smiles: tuple[str, ...] = ()
+    # molecules always in a pool, after the drawn ones, whatever their size (e.g. CH3ONO as a
+    # held-out test molecule); a test molecule may not be a train molecule
+    train_required_smiles: tuple[str, ...] = ()
+    test_required_smiles: tuple[str, ...] = ()
     # --- train geometries
     train_conformers: int = 2  # distinct GFN2-xTB minima per molecule (fewer if it has fewer)
     samples_per_conformer: int = 5  # normal-mode samples around each minimum
@@ -276,10 +304,20 @@ class GenerateOptions:
             f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)
         }
 
+    def identity(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the fields added after the first release that are at their
+        defaults (so a digest of it is stable across ekd versions)."""
+        return {k: v for k, v in self.to_dict().items() if not (k in _ADDED_FIELDS and v == list(_ADDED_FIELDS[k]))}
+
     def content_hash(self) -> str:
-        """Hash of the options that shape each molecule's data (not workers, chunking, counts)."""
-        relevant = {k: v for k, v in self.to_dict().items() if k not in _EXECUTION_FIELDS}
+        """Hash of the options that shape the molecules' data (not workers, chunking, counts)."""
+        relevant = {k: v for k, v in self.identity().items() if k not in _EXECUTION_FIELDS}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+    def data_fields(self) -> dict[str, Any]:
+        """The options that shape a given molecule's geometries (what resuming must not change)."""
+        skip = {*_EXECUTION_FIELDS, *_SELECTION_FIELDS, *_LEVEL_FIELDS}
+        return {k: v for k, v in self.to_dict().items() if k not in skip}
 
 
 def _check(ok: bool, name: str, message: str, value: Any) -> None:
@@ -336,6 +374,7 @@ def plan(options: GenerateOptions) -> list[MoleculeTask]:
         required=(METHYL_NITRITE,) if options.include_methyl_nitrite else (),
         what="GenerateOptions.n_train_molecules",
     )
+    train = _append_required(train, options.train_required_smiles, "train_required_smiles", candidates, options)
     test = []
     if options.n_test_molecules:
         test = select_molecules(
@@ -348,6 +387,14 @@ def plan(options: GenerateOptions) -> list[MoleculeTask]:
             exclude=frozenset(c.smiles for c in train),
             min_rotatable_bonds=options.test_min_rotatable_bonds,
             what="GenerateOptions.n_test_molecules",
+        )
+    test = _append_required(test, options.test_required_smiles, "test_required_smiles", candidates, options)
+    in_train = {c.smiles for c in train}
+    clash = [c.smiles for c in test if c.smiles in in_train]
+    if clash:
+        raise GenerateOptionsError(
+            f"GenerateOptions.test_required_smiles: {clash} are train molecules too; a test molecule must be "
+            "out of sample (remove it from train_required_smiles, or set include_methyl_nitrite: false for CON=O)"
         )
     from .clusters import CLUSTER_SMILES
 
@@ -365,6 +412,36 @@ def plan(options: GenerateOptions) -> list[MoleculeTask]:
         ),
         *clusters,
     ]
+
+
+def _append_required(chosen: list, smiles: tuple[str, ...], field: str, candidates, options: GenerateOptions) -> list:
+    """``chosen`` plus the molecules of ``smiles`` not in it yet (checked: usable, affordable)."""
+    from .labels import MAX_HEAVY_ATOMS
+    from .molecules import candidate_from_smiles
+
+    if not smiles:
+        return chosen
+    levels = options.levels if field.startswith("train") else options.test_levels
+    out, have = list(chosen), {c.smiles for c in chosen}
+    for smi in smiles:
+        cand = candidate_from_smiles(smi, "required")
+        if cand is None:
+            raise GenerateOptionsError(
+                f"GenerateOptions.{field}: {smi!r} is not a usable molecule (expected a neutral, single-fragment "
+                "molecule of H, C, N and O that RDKit parses)"
+            )
+        cand = next((c for c in candidates if c.smiles == cand.smiles), cand)
+        for level in levels:
+            limit = MAX_HEAVY_ATOMS.get(level)
+            if limit is not None and cand.heavy_atoms > limit:
+                raise GenerateOptionsError(
+                    f"GenerateOptions.{field}: {smi!r} has {cand.heavy_atoms} heavy atoms, but {level!r} is only "
+                    f"affordable for <= {limit}"
+                )
+        if cand.smiles not in have:
+            have.add(cand.smiles)
+            out.append(cand)
+    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -499,24 +576,36 @@ def compute_molecule(task: MoleculeTask, options: GenerateOptions) -> dict[str, 
     return _result(task, numbers, coordinates, properties, n_relaxed, stats, t0, levels)
 
 
-def label_levels(levels, numbers: np.ndarray, coordinates: np.ndarray, stats: dict, what: str) -> dict:
+def label_levels(
+    levels, numbers: np.ndarray, coordinates: np.ndarray, stats: dict, what: str, known: Mapping | None = None
+) -> dict:
     """File-key -> array of every level but GFN2-xTB (which drives the sampling and is computed
     there) for ``coordinates`` (n_conf, n, 3); NaN where a calculation failed (counted in
-    ``stats["label_failures"]``; the data layer masks NaN)."""
-    from .labels import LEVELS, XTB, LabelError, label
+    ``stats["label_failures"]``; the data layer masks NaN). ``known``: file-key -> array already
+    computed for these coordinates; levels found there are not recomputed (nor returned), and a
+    level that corrects another (``labels.CORRECTS``) reuses the other's energies."""
+    from .labels import CORRECTS, LEVELS, XTB, LabelError, label
 
+    known = dict(known or {})
+    todo = [lv for lv in levels if lv != XTB and f"{lv}.energy" not in known]
+    # base levels before the levels that correct them
+    todo.sort(key=lambda lv: lv in CORRECTS)
     properties = {}
-    for level in levels:
-        if level == XTB:
-            continue
+    for level in todo:
+        base = CORRECTS.get(level)
+        base_energy = known.get(f"{base}.energy", properties.get(f"{base}.energy")) if base else None
         e_arr = np.full(len(coordinates), np.nan)
         f_arr = np.full(coordinates.shape, np.nan)
         for i, pos in enumerate(coordinates):
+            given = {base: float(base_energy[i])} if base_energy is not None else {}
+            if given and not np.isfinite(given[base]):  # the base level failed here: so does this one
+                stats["label_failures"] = stats.get("label_failures", 0) + 1
+                continue
             try:
-                energy, forces = label(level, numbers, pos)
+                energy, forces = label(level, numbers, pos, given)
             except LabelError as e:
                 log.warning("%s configuration %d: %s", what, i, e)
-                stats["label_failures"] += 1
+                stats["label_failures"] = stats.get("label_failures", 0) + 1
                 continue
             e_arr[i] = energy
             if forces is not None:
@@ -552,11 +641,19 @@ def _init_worker(parent_pid: int) -> None:
     die_with_parent(parent_pid)
 
 
-def _run_chunk(tasks: list[MoleculeTask], options: GenerateOptions) -> list[dict[str, Any]]:
+def _run_chunk(
+    tasks: list[MoleculeTask], options: GenerateOptions, relabel: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Compute the molecules of ``tasks``; with ``relabel`` ({"parts": dir, "accepted": hashes}),
+    only add the missing levels to their saved parts."""
     out = []
     for task in tasks:
         try:
-            out.append(compute_molecule(task, options))
+            if relabel:
+                path = _part_path(Path(relabel["parts"]), task)
+                out.append(complete_levels(task, options, path, set(relabel["accepted"])))
+            else:
+                out.append(compute_molecule(task, options))
         except Exception as e:
             raise GenerateError(f"{task.pool} molecule {task.name} ({task.smiles}): {type(e).__name__}: {e}") from e
     return out
@@ -620,47 +717,129 @@ def _save_part(parts: Path, result: dict[str, Any], options_hash: str) -> Path:
     return path
 
 
-def _load_part(path: Path, task: MoleculeTask, options_hash: str) -> dict[str, Any]:
+def _read_meta(path: Path) -> dict[str, Any]:
+    with np.load(path, allow_pickle=False) as data:
+        return json.loads(str(data["meta"]))
+
+
+def _same_task(meta: Mapping[str, Any], task: MoleculeTask) -> bool:
+    old = meta.get("task", {})
+    return (old.get("smiles"), old.get("pool"), old.get("index"), old.get("kind", "molecule")) == (
+        task.smiles,
+        task.pool,
+        task.index,
+        task.kind,
+    )
+
+
+def _wanted_levels(options: GenerateOptions, pool: str) -> tuple[str, ...]:
+    return options.levels if pool == "train" else options.test_levels
+
+
+def _part_status(path: Path, task: MoleculeTask, options: GenerateOptions, accepted: set[str]) -> str:
+    """ "missing" (compute the molecule), "complete", or "levels" (only labels are missing)."""
+    if not path.exists():
+        return "missing"
+    meta = _read_meta(path)
+    if meta.get("options_hash") not in accepted:
+        raise GenerateError(
+            f"part file {path} was made with options this directory's manifest does not know (hash "
+            f"{meta.get('options_hash')}); delete it or rerun with resume=False"
+        )
+    if not _same_task(meta, task):
+        # the selection changed (other molecules drawn): this index now holds another molecule
+        log.info(
+            "generate: %s holds %s, now %s: recomputing", path.name, meta.get("task", {}).get("smiles"), task.smiles
+        )
+        return "missing"
+    missing = [lv for lv in _wanted_levels(options, task.pool) if lv not in meta.get("levels", [])]
+    return "levels" if missing else "complete"
+
+
+def _load_part(path: Path, task: MoleculeTask, accepted: set[str]) -> dict[str, Any]:
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(str(data["meta"]))
-        if meta.get("options_hash") != options_hash or meta.get("task", {}).get("smiles") != task.smiles:
+        if meta.get("options_hash") not in accepted or not _same_task(meta, task):
             raise GenerateError(
                 f"part file {path} belongs to another run (options hash {meta.get('options_hash')}, "
-                f"SMILES {meta.get('task', {}).get('smiles')!r}; expected {options_hash}, {task.smiles!r}); "
-                "delete it or rerun with resume=False"
+                f"SMILES {meta.get('task', {}).get('smiles')!r}; expected one of {sorted(accepted)}, "
+                f"{task.smiles!r}); delete it or rerun with resume=False"
             )
         props = {k: data[f"property{i}"] for i, k in enumerate(meta["keys"])}
         return {
+            "task": meta["task"],
             "numbers": data["numbers"],
             "coordinates": data["coordinates"],
             "properties": props,
             "n_relaxed": int(meta["n_relaxed"]),
+            "levels": list(meta.get("levels", [])),
             "stats": meta["stats"],
         }
 
 
-def _prepare_parts(parts: Path, options: GenerateOptions, resume: bool) -> None:
+def complete_levels(task: MoleculeTask, options: GenerateOptions, path: Path, accepted: set[str]) -> dict[str, Any]:
+    """A saved molecule with the labels of the levels it lacks added (its geometries and other
+    labels unchanged). Runs in a worker process."""
+    part = _load_part(path, task, accepted)
+    wanted = _wanted_levels(options, task.pool)
+    stats = dict(part["stats"])
+    t0 = time.perf_counter()
+    if len(part["coordinates"]):
+        added = label_levels(
+            [lv for lv in wanted if lv not in part["levels"]],
+            part["numbers"],
+            part["coordinates"],
+            stats,
+            f"{task.pool} {task.name}",
+            known=part["properties"],
+        )
+        part["properties"].update(added)
+    stats["seconds"] = round(float(stats.get("seconds", 0.0)) + time.perf_counter() - t0, 3)
+    part["stats"] = stats
+    part["levels"] = list(dict.fromkeys([*part["levels"], *wanted]))
+    return part
+
+
+def _prepare_parts(parts: Path, options: GenerateOptions, resume: bool) -> set[str]:
+    """Make or check ``parts/manifest.json``; returns the option hashes whose parts are usable.
+
+    Resuming may change the molecule selection and the levels (parts are checked one by one
+    against their task, and missing levels are added); any other option is refused."""
     manifest = parts / "manifest.json"
-    relevant = {k: v for k, v in options.to_dict().items() if k not in _EXECUTION_FIELDS}
+    relevant = {k: v for k, v in options.identity().items() if k not in _EXECUTION_FIELDS}
+    current = options.content_hash()
     if parts.exists() and not resume:
         shutil.rmtree(parts)
+    accepted = {current}
     if manifest.exists():
         old = json.loads(manifest.read_text())
-        if old.get("options_hash") != options.content_hash():
-            before = old.get("options", {})
-            diff = [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in relevant.items() if before.get(k) != v]
+        if old.get("options_hash") == current:
+            return {current, *old.get("compatible_hashes", [])}
+        before = {**{k: list(v) for k, v in _ADDED_FIELDS.items()}, **old.get("options", {})}
+        shaping = options.data_fields()
+        diff = [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in shaping.items() if before.get(k) != v]
+        if diff or old.get("format", _PART_FORMAT) != _PART_FORMAT:
             raise GenerateError(
                 f"{parts} holds molecules made with other options ({'; '.join(diff) or 'format changed'}). "
                 "Resuming would mix them: rerun with resume=False (CLI: --fresh) to discard them, or use "
                 "another output directory"
             )
-        return
-    if parts.exists() and any(parts.rglob("*.npz")):
+        accepted |= {old.get("options_hash"), *old.get("compatible_hashes", [])}
+        changed = [k for k, v in relevant.items() if before.get(k) != v]
+        log.info("generate: reusing the parts in %s (changed: %s)", parts, ", ".join(changed))
+    elif parts.exists() and any(parts.rglob("*.npz")):
         raise GenerateError(f"{parts} has part files but no manifest.json; delete the directory to start afresh")
     parts.mkdir(parents=True, exist_ok=True)
     tmp = manifest.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"options_hash": options.content_hash(), "options": relevant}, indent=1))
+    record = {
+        "options_hash": current,
+        "options": relevant,
+        "format": _PART_FORMAT,
+        "compatible_hashes": sorted(h for h in accepted if h != current),
+    }
+    tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, manifest)
+    return accepted
 
 
 # ------------------------------------------------------------------------------------------
@@ -712,13 +891,16 @@ def generate(
     options_hash = options.content_hash()
     t0 = time.perf_counter()
     tasks = plan(options)
-    _prepare_parts(parts, options, resume)
-    todo = [t for t in tasks if not _part_path(parts, t).exists()]
+    accepted = _prepare_parts(parts, options, resume)
+    status = {t: _part_status(_part_path(parts, t), t, options, accepted) for t in tasks}
+    todo = [t for t in tasks if status[t] != "complete"]
+    relabel = {"parts": str(parts), "accepted": sorted(accepted)}
     log.info(
-        "generate: %d molecules, %d to compute, %d parts reused",
+        "generate: %d molecules, %d to compute, %d to complete with new levels, %d parts reused",
         len(tasks),
-        len(todo),
-        len(tasks) - len(todo),
+        sum(s == "missing" for s in status.values()),
+        sum(s == "levels" for s in status.values()),
+        sum(s == "complete" for s in status.values()),
     )
 
     bar = tqdm(
@@ -730,7 +912,12 @@ def generate(
     )
     try:
         if todo:
-            chunks = [todo[i : i + options.chunk_size] for i in range(0, len(todo), options.chunk_size)]
+            chunks = [
+                (kind, group[i : i + options.chunk_size])
+                for kind in ("missing", "levels")
+                for group in [[t for t in todo if status[t] == kind]]
+                for i in range(0, len(group), options.chunk_size)
+            ]
             with _single_thread_env():
                 executor = ProcessPoolExecutor(
                     max_workers=min(options.workers, len(chunks)),
@@ -741,7 +928,10 @@ def generate(
                 futures: list = []
                 saved: set[int] = set()
                 try:
-                    futures = [executor.submit(_run_chunk, chunk, options) for chunk in chunks]
+                    futures = [
+                        executor.submit(_run_chunk, chunk, options, relabel if kind == "levels" else None)
+                        for kind, chunk in chunks
+                    ]
                     for future in as_completed(futures):
                         for result in future.result():
                             _save_part(parts, result, options_hash)
@@ -768,29 +958,33 @@ def generate(
         if not pool_tasks:
             continue
         path = out / (train_name if pool == "train" else test_name)
-        _assemble(path, pool, pool_tasks, parts, options)
+        _assemble(path, pool, pool_tasks, parts, options, accepted | {options_hash})
         paths[pool] = path
     log.info("generate: done in %.1f s", time.perf_counter() - t0)
     return paths["train"], paths["test"]
 
 
-def _assemble(path: Path, pool: str, tasks: list[MoleculeTask], parts: Path, options: GenerateOptions) -> None:
+def _assemble(
+    path: Path, pool: str, tasks: list[MoleculeTask], parts: Path, options: GenerateOptions, accepted: set[str]
+) -> None:
     options_hash = options.content_hash()
-    levels = options.levels if pool == "train" else options.test_levels
+    levels = _wanted_levels(options, pool)
     groups, skipped = [], {}
     keys: list[str] = []
     for task in tasks:
-        part = _load_part(_part_path(parts, task), task, options_hash)
+        part = _load_part(_part_path(parts, task), task, accepted)
         if part["coordinates"].shape[0] == 0:
             skipped[task.name] = part["stats"].get("skipped", "no configuration")
             continue
-        keys = keys or list(part["properties"])
+        # the wanted levels only (a part may hold more, from an earlier run)
+        properties = {k: v for k, v in part["properties"].items() if k.rsplit(".", 1)[0] in levels}
+        keys = keys or list(properties)
         groups.append(
             MoleculeGroup(
                 task.name,
                 part["numbers"],
                 part["coordinates"],
-                part["properties"],
+                properties,
                 {
                     "smiles": task.smiles,
                     "nci_id": task.nci_id,

@@ -10,6 +10,13 @@ Level names are the file-key prefixes, honest about the method and basis:
 * ``wb97x_631gd``: wB97X/6-31G* (pyscf; Cartesian d functions, like Gaussian's 6-31G(d) that the
   ANI-1x data used), energy and forces.
 * ``ccsd(t)_ccpvdz``: frozen-core CCSD(T)/cc-pVDZ on an RHF reference (pyscf), energy only.
+* ``ccsd(t)_ccpvdz_mp2cbs``: the same plus an (HF+MP2) basis-set correction, energy only:
+  ``E = E[CCSD(T)/DZ] + (E[HF/CBS] + Ec[MP2/CBS]) - (E[HF/DZ] + Ec[MP2/DZ])`` with the CBS limits
+  extrapolated from cc-pVDZ and cc-pVTZ (HF: Karton-Martin, ``E(X) = E + A (X+1) exp(-9 sqrt(X))``;
+  frozen-core MP2 correlation: Helgaker, ``Ec(X) = Ec + B X^-3``). This is the idea of the ANI-1ccx
+  "CCSD(T)*/CBS" energies (a higher-level correlation correction on top of an MP2 basis-set limit)
+  at the smallest bases; a [DT] extrapolation is rough (errors of ~1 kcal/mol in absolute
+  energies), but it removes most of the cc-pVDZ basis-set error from relative energies.
 """
 
 from __future__ import annotations
@@ -21,11 +28,15 @@ from ..units import BOHR_TO_ANGSTROM
 XTB = "gfn2_xtb"
 WB97X = "wb97x_631gd"
 CCSDT = "ccsd(t)_ccpvdz"
+CCSDT_MP2CBS = "ccsd(t)_ccpvdz_mp2cbs"
 #: level -> does it give forces
-LEVELS = {XTB: True, WB97X: True, CCSDT: False}
+LEVELS = {XTB: True, WB97X: True, CCSDT: False, CCSDT_MP2CBS: False}
 #: largest molecule (heavy atoms) a level may be asked for; CCSD(T) scales as N^7 (~1 min at 5
 #: heavy atoms, ~10 min at 6 on one core here)
-MAX_HEAVY_ATOMS = {CCSDT: 4}
+MAX_HEAVY_ATOMS = {CCSDT: 4, CCSDT_MP2CBS: 4}
+#: levels that are another level plus a correction: level -> the level it corrects. A generator
+#: that already holds the base level's energy computes only the correction.
+CORRECTS = {CCSDT_MP2CBS: CCSDT}
 
 
 class LabelError(RuntimeError):
@@ -135,12 +146,65 @@ def ccsd_t_ccpvdz(numbers: np.ndarray, positions: np.ndarray) -> float:
     return float(ccsd.e_tot + ccsd.ccsd_t())
 
 
-def label(level: str, numbers: np.ndarray, positions: np.ndarray) -> tuple[float, np.ndarray | None]:
-    """(energy Hartree, forces Hartree/Angstrom or None) at a named pyscf level."""
+def _hf_mp2(numbers: np.ndarray, positions: np.ndarray, basis: str) -> tuple[float, float]:
+    """(RHF total energy, frozen-core MP2 correlation energy) in Hartree."""
+    from pyscf import mp, scf
+    from pyscf.data.elements import chemcore
+
+    mol = _pyscf_molecule(numbers, positions, basis, cart=False)
+    mf = scf.RHF(mol)
+    mf.conv_tol = 1e-10
+    e_hf = mf.kernel()
+    if not mf.converged:
+        raise LabelError(f"MP2/{basis}: RHF did not converge")
+    e_corr = mp.MP2(mf, frozen=chemcore(mol)).kernel()[0]
+    return float(e_hf), float(e_corr)
+
+
+def cbs_hf(e_dz: float, e_tz: float) -> float:
+    """HF complete-basis limit from cc-pVDZ and cc-pVTZ energies, ``E(X) = E + A (X+1) exp(-9 sqrt X)``
+    (Karton and Martin, Theor. Chem. Acc. 115, 330 (2006))."""
+    w2, w3 = 3.0 * np.exp(-9.0 * np.sqrt(2.0)), 4.0 * np.exp(-9.0 * np.sqrt(3.0))
+    a = (e_dz - e_tz) / (w2 - w3)
+    return float(e_tz - a * w3)
+
+
+def cbs_correlation(e_dz: float, e_tz: float) -> float:
+    """Correlation-energy complete-basis limit from cc-pVDZ and cc-pVTZ, ``Ec(X) = Ec + B X^-3``
+    (Helgaker et al., J. Chem. Phys. 106, 9639 (1997))."""
+    return float((27.0 * e_tz - 8.0 * e_dz) / 19.0)
+
+
+def mp2_cbs_correction(numbers: np.ndarray, positions: np.ndarray) -> float:
+    """(HF+MP2)/CBS[DZ,TZ] minus (HF+MP2)/cc-pVDZ, Hartree: what a cc-pVDZ energy misses of the
+    basis-set limit at the MP2 level (negative: larger bases lower the energy)."""
+    hf_dz, mp2_dz = _hf_mp2(numbers, positions, "cc-pvdz")
+    hf_tz, mp2_tz = _hf_mp2(numbers, positions, "cc-pvtz")
+    return cbs_hf(hf_dz, hf_tz) + cbs_correlation(mp2_dz, mp2_tz) - (hf_dz + mp2_dz)
+
+
+def ccsd_t_ccpvdz_mp2cbs(numbers: np.ndarray, positions: np.ndarray, ccsd_t: float | None = None) -> float:
+    """CCSD(T)/cc-pVDZ plus :func:`mp2_cbs_correction` (Hartree); ``ccsd_t``: the CCSD(T)/cc-pVDZ
+    energy when already known (it is the expensive part)."""
+    if ccsd_t is None:
+        ccsd_t = ccsd_t_ccpvdz(numbers, positions)
+    return float(ccsd_t) + mp2_cbs_correction(numbers, positions)
+
+
+def label(
+    level: str, numbers: np.ndarray, positions: np.ndarray, known: dict[str, float] | None = None
+) -> tuple[float, np.ndarray | None]:
+    """(energy Hartree, forces Hartree/Angstrom or None) at a named level. ``known``: energies
+    of this geometry at other levels, reused where a level corrects another (:data:`CORRECTS`)."""
+    known = known or {}
     if level == WB97X:
         return wb97x_631gd(numbers, positions)
     if level == CCSDT:
         return ccsd_t_ccpvdz(numbers, positions), None
+    if level == CCSDT_MP2CBS:
+        base = known.get(CCSDT)
+        base = None if base is None or not np.isfinite(base) else base
+        return ccsd_t_ccpvdz_mp2cbs(numbers, positions, base), None
     if level == XTB:
         return xtb_energy_forces(numbers, positions)
     raise ValueError(f"unknown level {level!r}; expected one of {sorted(LEVELS)}")

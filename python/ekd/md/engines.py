@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..jobs import dies_with_parent_preexec
+
 #: Langevin friction of the equilibration, 1/fs (damping time 100 fs)
 FRICTION_PER_FS = 0.01
 
@@ -169,6 +171,8 @@ write_dump all custom final.dump id x y z modify sort id format float %.17g
             env=_lammps_env(),
             capture_output=True,
             text=True,
+            # a stopped or killed MD worker takes its LAMMPS run with it
+            preexec_fn=dies_with_parent_preexec(),
         )
         wall = time.perf_counter() - t0
         out = proc.stdout
