@@ -633,6 +633,7 @@ class Run:
 
 def describe(cfg: Config) -> str:
     m, s, t, e = cfg.model, cfg.student_model, cfg.train, cfg.ensemble
+    min_epochs = f", not before epoch {t.min_epochs}" if t.min_epochs else ""
     return (
         f"config `{cfg.name}`: {e.n_teachers} teachers, {e.n_students} students per generation, "
         f"{e.generations} generation(s), controls {'on' if e.controls else 'off'}, "
@@ -641,7 +642,7 @@ def describe(cfg: Config) -> str:
         f"{m.n_sensitivities} sensitivities, cutoffs {m.cutoff_soft_min}/{m.cutoff_soft_max}/{m.cutoff_hard} A; "
         f"student l_max={s.l_max}, {s.n_interactions} interactions, {s.n_atom_layers}x{s.width}; "
         f"at most {t.max_epochs} epochs (lr {t.lr}, x{t.lr_factor} after {t.lr_patience}, stop after "
-        f"{t.termination_patience}); force-weight schedule {list(map(list, t.force_schedule))}; "
+        f"{t.termination_patience}{min_epochs}); force-weight schedule {list(map(list, t.force_schedule))}; "
         f"data: train `{cfg.data.train}`, test `{cfg.data.test}`, energy key `{cfg.data.energy_key}`."
     )
 
