@@ -548,3 +548,19 @@ def test_adding_levels_labels_the_stored_geometries_only(tmp_path):
     # dropping a level again: the file holds the asked-for levels only, the part keeps both
     fourth = _arrays(generate(WATER, tmp_path, progress=False)[0])
     assert set(fourth[name]) == set(xtb[name])
+
+
+def test_ccsd_t_config_holds_methyl_nitrite_out_of_sample():
+    """configs/ccsd_t.yaml: CH3ONO is a held-out test molecule; coupled-cluster levels only on
+    molecules with <= 4 heavy atoms; no test molecule is a train molecule."""
+    from pathlib import Path
+
+    from ekd.config import load
+
+    cfg = load(Path(__file__).parents[2] / "configs" / "ccsd_t.yaml")
+    planned = gen.plan(cfg.data.generate_options(cfg.seed))
+    train = {t.smiles for t in planned if t.pool == "train"}
+    test = [t for t in planned if t.pool == "test"]
+    assert test[-1].smiles == METHYL_NITRITE and METHYL_NITRITE not in train
+    assert not train & {t.smiles for t in test}
+    assert max(t.heavy_atoms for t in planned) == 4
