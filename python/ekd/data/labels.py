@@ -202,9 +202,7 @@ def label(
     if level == CCSDT:
         return ccsd_t_ccpvdz(numbers, positions), None
     if level == CCSDT_MP2CBS:
-        base = known.get(CCSDT)
-        base = None if base is None or not np.isfinite(base) else base
-        return ccsd_t_ccpvdz_mp2cbs(numbers, positions, base), None
+        return ccsd_t_ccpvdz_mp2cbs(numbers, positions, known.get(CCSDT)), None
     if level == XTB:
         return xtb_energy_forces(numbers, positions)
     raise ValueError(f"unknown level {level!r}; expected one of {sorted(LEVELS)}")
