@@ -20,23 +20,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """Worker initializer: SIGTERM this process when ``parent_pid`` (its parent) dies (Linux
-    ``prctl(PR_SET_PDEATHSIG)``; elsewhere a no-op)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
-    if os.getppid() != parent_pid:  # the parent died before the request took effect
-        os._exit(1)
-
-
 def dies_with_parent_preexec():
-    """A ``preexec_fn`` for :mod:`subprocess` that gives the child a SIGTERM when the process
-    that started it dies (Linux ``prctl(PR_SET_PDEATHSIG)``; elsewhere None). The C function is
-    resolved here, before the fork, so the child only makes the system call."""
+    """A function that asks the kernel to SIGTERM the calling process when its parent dies
+    (Linux ``prctl(PR_SET_PDEATHSIG)``; elsewhere None). Usable as a :mod:`subprocess`
+    ``preexec_fn``: the C function is resolved here, before the fork, so the child only makes
+    the system call."""
     if not sys.platform.startswith("linux"):
         return None
     import ctypes
@@ -48,6 +36,17 @@ def dies_with_parent_preexec():
         prctl(1, signum)  # PR_SET_PDEATHSIG
 
     return preexec
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Worker initializer: SIGTERM this process when ``parent_pid`` (its parent) dies (a no-op
+    off Linux)."""
+    request = dies_with_parent_preexec()
+    if request is None:
+        return
+    request()
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def terminate_on_sigterm() -> None:

@@ -374,7 +374,7 @@ def plan(options: GenerateOptions) -> list[MoleculeTask]:
         required=(METHYL_NITRITE,) if options.include_methyl_nitrite else (),
         what="GenerateOptions.n_train_molecules",
     )
-    train = _append_required(train, options.train_required_smiles, "train_required_smiles", candidates, options)
+    train = _append_required(train, "train", candidates, options)
     test = []
     if options.n_test_molecules:
         test = select_molecules(
@@ -388,7 +388,7 @@ def plan(options: GenerateOptions) -> list[MoleculeTask]:
             min_rotatable_bonds=options.test_min_rotatable_bonds,
             what="GenerateOptions.n_test_molecules",
         )
-    test = _append_required(test, options.test_required_smiles, "test_required_smiles", candidates, options)
+    test = _append_required(test, "test", candidates, options)
     in_train = {c.smiles for c in train}
     clash = [c.smiles for c in test if c.smiles in in_train]
     if clash:
@@ -414,14 +414,16 @@ def plan(options: GenerateOptions) -> list[MoleculeTask]:
     ]
 
 
-def _append_required(chosen: list, smiles: tuple[str, ...], field: str, candidates, options: GenerateOptions) -> list:
-    """``chosen`` plus the molecules of ``smiles`` not in it yet (checked: usable, affordable)."""
+def _append_required(chosen: list, pool: str, candidates, options: GenerateOptions) -> list:
+    """``chosen`` plus the ``<pool>_required_smiles`` not in it yet (checked: usable, affordable)."""
     from .labels import MAX_HEAVY_ATOMS
     from .molecules import candidate_from_smiles
 
+    field = f"{pool}_required_smiles"
+    smiles = getattr(options, field)
     if not smiles:
         return chosen
-    levels = options.levels if field.startswith("train") else options.test_levels
+    levels = _wanted_levels(options, pool)
     out, have = list(chosen), {c.smiles for c in chosen}
     for smi in smiles:
         cand = candidate_from_smiles(smi, "required")
