@@ -10,11 +10,18 @@ from ekd.units import BOHR_TO_ANGSTROM, HARTREE_TO_KCALMOL
 RNG = np.random.default_rng(7)
 
 
+def _rattled(name, n):
+    """(n, atoms, 3) Angstrom: ASE's G2 geometry of ``name``, rattled by 0.05 Angstrom."""
+    from ase.build import molecule
+
+    return molecule(name).positions[None] + 0.05 * RNG.normal(size=(n, len(molecule(name)), 3))
+
+
 def _groups():
     water = MoleculeGroup(
         "H2O",
         np.array([8, 1, 1]),
-        RNG.normal(size=(4, 3, 3)),
+        _rattled("H2O", 4),
         {
             "wb97x_dz.energy": -76.0 + 0.01 * RNG.normal(size=4),
             "wb97x_dz.forces": 0.05 * RNG.normal(size=(4, 3, 3)),
@@ -24,7 +31,7 @@ def _groups():
     methane = MoleculeGroup(
         "CH4",
         np.array([6, 1, 1, 1, 1]),
-        RNG.normal(size=(3, 5, 3)),
+        _rattled("CH4", 3),
         {
             "wb97x_dz.energy": -40.5 + 0.01 * RNG.normal(size=3),
             "wb97x_dz.forces": np.full((3, 5, 3), np.nan),
@@ -76,13 +83,13 @@ def test_comp6_style_nested_groups_with_symbol_species(tmp_path):
     path = tmp_path / "comp6.h5"
     with h5py.File(path, "w") as f:
         g = f.create_group("gdb11_s10/gdb11_s10-0")
-        g["species"] = np.array([b"C", b"O", b"H", b"H"])
-        g["coordinates"] = RNG.normal(size=(2, 4, 3))
+        g["species"] = np.array([b"O", b"C", b"H", b"H"])
+        g["coordinates"] = _rattled("H2CO", 2)  # atoms O, C, H, H
         g["energies"] = np.array([-114.1, -114.0])
         g["smiles"] = np.array([b"C=O"])
     ds = load_dataset(path, {"energy": "energies"})
     assert ds.molecule_names == ("gdb11_s10/gdb11_s10-0",)
-    assert ds.species[0].tolist() == [6, 8, 1, 1]
+    assert ds.species[0].tolist() == [8, 6, 1, 1]
     np.testing.assert_allclose(ds.properties["energy"], np.array([-114.1, -114.0]) * HARTREE_TO_KCALMOL)
 
 
@@ -183,3 +190,181 @@ def test_hippynn_database_has_exactly_the_given_splits(tmp_path):
         to_database(ds, ["forces"], splits)
     with pytest.raises(ValueError, match="more than one split"):
         to_database(ds, ["energy"], {"train": [0, 1], "valid": [1], "test": [2]})
+
+
+# --- malformed groups are refused, naming them (issue 14, item 4)
+
+
+def _h5(path, build):
+    with h5py.File(path, "w") as f:
+        build(f)
+    return path
+
+
+def _good(g, n=2):
+    g["atomic_numbers"] = [8, 1, 1]
+    g["coordinates"] = _rattled("H2O", n)
+    g["x.energy"] = np.full(n, -76.0)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        # a group with configuration data but no coordinates was skipped without a word
+        (
+            lambda f: (_good(f.create_group("ok")), f.create_group("lost").update({"atomic_numbers": [1, 1]})),
+            r"group 'lost' holds \['atomic_numbers'\] but no 'coordinates' dataset",
+        ),
+        (
+            lambda f: (_good(f.create_group("ok")), f.create_group("lost").update({"x.energy": [1.0]})),
+            r"group 'lost' holds \['x.energy'\] but no 'coordinates'",
+        ),
+        (
+            lambda f: f.create_group("w").update({"atomic_numbers": [1, 1], "coordinates/xyz": np.zeros((1, 2, 3))}),
+            r"group 'w': 'coordinates' is a group, expected a dataset",
+        ),
+        (
+            lambda f: f.create_group("w").update(
+                {"atomic_numbers": [8, 1, 1], "coordinates": _rattled("H2O", 2), "x.energy": [b"-76.0", b"-76.1"]}
+            ),
+            r"group 'w', key 'x.energy': expected numbers, one per configuration .* got strings",
+        ),
+        (
+            lambda f: f.create_group("w").update(
+                {"atomic_numbers": [8, 1, 1], "coordinates": _rattled("H2O", 2), "x.energy": -76.0}
+            ),
+            r"key 'x.energy': expected numbers, one per configuration .* got a scalar",
+        ),
+        (
+            lambda f: f.create_group("w").update(
+                {"atomic_numbers": [8, 1, 1], "coordinates": _rattled("H2O", 2), "x.energy/a": [1.0]}
+            ),
+            r"key 'x.energy': is a group, expected a dataset",
+        ),
+        (
+            lambda f: f.create_group("w").update(
+                {"atomic_numbers": [8, 1, 1], "coordinates": _rattled("H2O", 2), "x.energy": np.zeros((2, 2))}
+            ),
+            r"key 'x.energy': per-atom arrays must be \(n_conf, 3\[, 3\]\), got \(2, 2\)",
+        ),
+        (
+            lambda f: f.create_group("w").update(
+                {"atomic_numbers/z": [8, 1, 1], "coordinates": _rattled("H2O", 2), "x.energy": [1.0, 2.0]}
+            ),
+            r"'atomic_numbers' is a group, expected a dataset",
+        ),
+        (
+            lambda f: f.create_group("w").update(
+                {"atomic_numbers": [8, 1, 1], "coordinates": np.array([b"a", b"b"]), "x.energy": [1.0, 2.0]}
+            ),
+            r"key 'coordinates': expected numbers, got strings",
+        ),
+    ],
+)
+def test_malformed_groups_are_refused_by_name(tmp_path, build, message):
+    path = _h5(tmp_path / "bad.h5", build)
+    with pytest.raises(DataFileError, match=message) as err:
+        load_dataset(path, {"energy": "x.energy"})
+    assert str(path) in str(err.value)
+
+
+def test_folders_of_groups_and_metadata_are_still_read(tmp_path):
+    """COMP6 nests configuration groups in folders; a group with neither species nor a configured
+    key (metadata) is not configuration data and stays ignored."""
+
+    def build(f):
+        _good(f.create_group("folder/mol"))
+        f.create_group("meta").create_dataset("note", data=b"made by hand")
+
+    ds = load_dataset(_h5(tmp_path / "ok.h5", build), {"energy": "x.energy"})
+    assert ds.molecule_names == ("folder/mol",) and len(ds) == 2
+
+
+# --- units: declared, or the file's, never both in contradiction (issue 14, items 1, 4, 11)
+
+
+def _unit_file(path, **attrs):
+    path = write_ani(path, _groups())
+    with h5py.File(path, "a") as f:
+        f.attrs.update(attrs)
+    return path
+
+
+def test_declared_units_must_agree_with_the_files_attributes(tmp_path):
+    from ekd.data import resolve_units
+
+    plain = _unit_file(tmp_path / "plain.h5")
+    assert resolve_units(plain) == Units("hartree", "angstrom")  # the ANI releases' units
+    assert resolve_units(plain, Units("kcal/mol", None)) == Units("kcal/mol", "angstrom")
+    stamped = _unit_file(tmp_path / "stamped.h5", energy_unit="Hartree", length_unit="angstrom")
+    assert resolve_units(stamped, Units("hartree", "angstrom")) == Units()
+    assert resolve_units(stamped, Units(None, None)) == Units()
+    with pytest.raises(
+        DataFileError, match=r"data.energy_unit is 'kcal/mol' but the file's attribute energy_unit says 'hartree'"
+    ) as err:
+        load_dataset(stamped, KEYS, Units("kcal/mol", "angstrom"), declared_as=("data.energy_unit", "x"))
+    assert str(stamped) in str(err.value)
+    with pytest.raises(DataFileError, match=r"--length-unit is 'bohr' but the file's attribute length_unit says"):
+        load_dataset(stamped, KEYS, Units(None, "bohr"), declared_as=("--energy-unit", "--length-unit"))
+
+
+def test_unknown_unit_names_are_errors(tmp_path):
+    odd = _unit_file(tmp_path / "odd.h5", energy_unit="kJ/mol")
+    with pytest.raises(DataFileError, match=r"attribute energy_unit = 'kJ/mol' is not a unit ekd knows") as err:
+        load_dataset(odd, KEYS)
+    assert str(odd) in str(err.value)
+    with pytest.raises(ValueError, match=r"unknown length unit 'nm'"):
+        Units("hartree", "nm")
+
+
+def test_implausible_energies_and_distances_warn(tmp_path):
+    from ekd.data import DataUnitWarning
+    from ekd.units import HARTREE_TO_KCALMOL
+
+    groups = _groups()
+    # the same molecules with energies in kcal/mol and coordinates in Bohr, as a file without
+    # unit attributes (the ANI releases have none) read with the defaults
+    for g in groups:
+        g.properties = {k: v * HARTREE_TO_KCALMOL for k, v in g.properties.items()}
+        g.coordinates = g.coordinates / BOHR_TO_ANGSTROM
+    path = write_ani(tmp_path / "kcal_bohr.h5", groups)
+    with pytest.warns(DataUnitWarning) as record:
+        load_dataset(path, KEYS)
+    texts = [str(w.message) for w in record]
+    assert any("energies ('ccsd(t)_cbs.energy', declared hartree)" in t and "kcal/mol or eV" in t for t in texts)
+    assert any("Bohr read as Angstrom" in t for t in texts)
+    # declared correctly: no warning (pytest turns warnings into errors), Hartree/Angstrom values
+    right = load_dataset(path, KEYS, Units("kcal/mol", "bohr"))
+    ref = load_dataset(write_ani(tmp_path / "ref.h5", _groups_again(groups)), KEYS)
+    np.testing.assert_allclose(right.coordinates, ref.coordinates, rtol=1e-12)
+    # Angstrom declared as Bohr
+    with pytest.warns(DataUnitWarning, match="Angstrom read as Bohr"):
+        load_dataset(ref.source, KEYS, Units("hartree", "bohr"))
+
+
+def _groups_again(groups):
+    from ekd.units import HARTREE_TO_KCALMOL
+
+    return [
+        MoleculeGroup(
+            g.name,
+            g.species,
+            g.coordinates * BOHR_TO_ANGSTROM,
+            {k: v / HARTREE_TO_KCALMOL for k, v in g.properties.items()},
+        )
+        for g in groups
+    ]
+
+
+def test_configuration_identity_survives_filters_and_files(tmp_path):
+    ds = load_dataset(write_ani(tmp_path / "a.h5", _groups()), KEYS)
+    known = ds.require("energy")  # drops water's conformer 1
+    assert ("H2O", 1) not in known.ids() and ("H2O", 2) in known.ids()
+    again = load_dataset(known.save(tmp_path / "b.h5", {"energy": "x.energy"}), {"energy": "x.energy"})
+    assert again.ids() == known.ids()
+    pick = [("H2O", 3), ("CH4", 0)]
+    np.testing.assert_array_equal(
+        again.properties["energy"][again.positions(pick)], known.properties["energy"][known.positions(pick)]
+    )
+    with pytest.raises(DataFileError, match=r"no configuration 1 of molecule 'H2O', which split 'train' name"):
+        again.positions([("H2O", 1)], "split 'train'")

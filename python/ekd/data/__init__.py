@@ -5,17 +5,29 @@ imported on demand).
 """
 
 from .ani import DataFileError, MoleculeGroup, read_ani, read_file_attrs, write_ani
-from .dataset import Dataset, Units, from_groups, load_dataset, random_split
+from .dataset import (
+    Dataset,
+    DataUnitWarning,
+    Units,
+    check_plausible_units,
+    from_groups,
+    load_dataset,
+    random_split,
+    resolve_units,
+)
 
 __all__ = [
     "DataFileError",
+    "DataUnitWarning",
     "Dataset",
     "MoleculeGroup",
     "Units",
+    "check_plausible_units",
     "from_groups",
     "load_dataset",
     "random_split",
     "read_ani",
     "read_file_attrs",
+    "resolve_units",
     "write_ani",
 ]

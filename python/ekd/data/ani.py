@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +27,12 @@ from ase.data import chemical_symbols
 
 SPECIES_KEYS = ("atomic_numbers", "species")
 COORDINATE_KEY = "coordinates"
+# Written by ekd when a group holds a subset of a file's configurations (e.g. a label file of the
+# configurations with known energies): each configuration's index in its group of the original
+# file, so that the identity (group, conformer) survives the filter.
+CONFORMER_KEY = "conformer_index"
 # Per-group arrays that are descriptions, not per-configuration properties.
-_NON_PROPERTY_KEYS = {*SPECIES_KEYS, COORDINATE_KEY, "smiles", "name"}
+_NON_PROPERTY_KEYS = {*SPECIES_KEYS, COORDINATE_KEY, CONFORMER_KEY, "smiles", "name"}
 
 
 class DataFileError(ValueError):
@@ -45,6 +49,8 @@ class MoleculeGroup:
     coordinates: (n_conf, n_atoms, 3) float64, Angstrom.
     properties: file key -> (n_conf,) or (n_conf, n_atoms, 3) array, in the file's units.
     attrs: free-form metadata (e.g. SMILES), written as HDF5 attributes.
+    conformers: (n_conf,) int64 index of each configuration in its group of the original file
+        (stored as ``conformer_index``); None: 0 .. n_conf - 1.
     """
 
     name: str
@@ -52,6 +58,7 @@ class MoleculeGroup:
     coordinates: np.ndarray
     properties: dict[str, np.ndarray] = field(default_factory=dict)
     attrs: dict[str, object] = field(default_factory=dict)
+    conformers: np.ndarray | None = None
 
     @property
     def n_conf(self) -> int:
@@ -84,17 +91,35 @@ def _species_to_z(raw: np.ndarray, where: str) -> np.ndarray:
     return z
 
 
-def _iter_h5_groups(h5: h5py.Group, prefix: str = "") -> Iterator[tuple[str, h5py.Group]]:
-    """Groups that hold configurations (have a ``coordinates`` dataset), depth first, sorted."""
+def _iter_h5_groups(
+    h5: h5py.Group, file: str, wanted: Sequence[str] = (), prefix: str = ""
+) -> Iterator[tuple[str, h5py.Group]]:
+    """Groups that hold configurations (have a ``coordinates`` dataset), depth first, sorted.
+
+    A group without ``coordinates`` is a folder of groups (COMP6 nests them) unless it holds a
+    species array or one of the ``wanted`` property keys: then it is configuration data that
+    lost its coordinates, and skipping it would silently shrink the data set.
+    """
     for key in sorted(h5.keys()):
-        item = h5[key]
+        item = h5.get(key)
         if not isinstance(item, h5py.Group):
             continue
         path = f"{prefix}/{key}" if prefix else key
         if COORDINATE_KEY in item:
+            if not isinstance(item.get(COORDINATE_KEY), h5py.Dataset):
+                raise DataFileError(
+                    f"{file}: group {path!r}: 'coordinates' is a group, expected a dataset of shape "
+                    "(n_conf, n_atoms, 3)"
+                )
             yield path, item
-        else:
-            yield from _iter_h5_groups(item, path)
+            continue
+        data_keys = [k for k in (*SPECIES_KEYS, *wanted) if isinstance(item.get(k), h5py.Dataset)]
+        if data_keys:
+            raise DataFileError(
+                f"{file}: group {path!r} holds {data_keys} but no 'coordinates' dataset; every group with "
+                "configuration data needs 'coordinates' of shape (n_conf, n_atoms, 3) (fix or remove the group)"
+            )
+        yield from _iter_h5_groups(item, file, wanted, path)
 
 
 def _open(path: str | os.PathLike) -> h5py.File:
@@ -120,13 +145,18 @@ def read_ani(path: str | os.PathLike, keys: Iterable[str] | None = None) -> list
     groups: list[MoleculeGroup] = []
     found: set[str] = set()
     with _open(path) as h5:
-        for name, g in _iter_h5_groups(h5):
+        for name, g in _iter_h5_groups(h5, str(path), wanted or ()):
             where = f"{path}: group {name!r}"
             skey = next((k for k in SPECIES_KEYS if k in g), None)
             if skey is None:
                 raise DataFileError(f"{where}: has 'coordinates' but no 'atomic_numbers' or 'species' dataset")
+            if not isinstance(g.get(skey), h5py.Dataset):
+                raise DataFileError(f"{where}: {skey!r} is a group, expected a dataset (one entry per atom)")
             species = _species_to_z(g[skey][()], f"{where}, key {skey!r}")
-            coords = np.asarray(g[COORDINATE_KEY][()], dtype=np.float64)
+            raw = g[COORDINATE_KEY][()]
+            if not isinstance(raw, np.ndarray) or raw.dtype.kind not in "fiu":
+                raise DataFileError(f"{where}, key 'coordinates': expected numbers, got {_describe_dtype(raw)}")
+            coords = np.asarray(raw, dtype=np.float64)
             if coords.ndim == 2 and coords.shape[1] == 3 and coords.shape[0] == species.shape[0]:
                 coords = coords[None]  # a single configuration stored without the conformer axis
             if coords.ndim != 3 or coords.shape[1:] != (species.shape[0], 3):
@@ -143,11 +173,22 @@ def read_ani(path: str | os.PathLike, keys: Iterable[str] | None = None) -> list
             props: dict[str, np.ndarray] = {}
             names = wanted if wanted is not None else [k for k in g if k not in _NON_PROPERTY_KEYS]
             for key in names:
-                if key not in g or not isinstance(g[key], h5py.Dataset):
+                if key not in g:
                     continue
-                arr = g[key][()]
-                if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
-                    continue  # strings and scalars (e.g. SMILES) are not properties
+                item = g.get(key)
+                if not isinstance(item, h5py.Dataset):
+                    if wanted is None:
+                        continue
+                    raise DataFileError(f"{where}, key {key!r}: is a group, expected a dataset of numbers")
+                arr = item[()]
+                if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu" or arr.ndim == 0:
+                    if wanted is None:
+                        continue  # strings and scalars (e.g. SMILES) are not properties
+                    # a configured key that cannot be read as numbers per configuration
+                    raise DataFileError(
+                        f"{where}, key {key!r}: expected numbers, one per configuration (first axis "
+                        f"{coords.shape[0]}), got {_describe_dtype(arr)}"
+                    )
                 arr = np.asarray(arr, dtype=np.float64)
                 if arr.shape[:1] != (coords.shape[0],):
                     raise DataFileError(
@@ -162,7 +203,8 @@ def read_ani(path: str | os.PathLike, keys: Iterable[str] | None = None) -> list
                 props[key] = arr
                 found.add(key)
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in g.attrs.items()}
-            groups.append(MoleculeGroup(name, species, coords, props, attrs))
+            conformers = _conformer_index(g, coords.shape[0], where)
+            groups.append(MoleculeGroup(name, species, coords, props, attrs, conformers))
     if not groups:
         raise DataFileError(f"{path}: no group with a 'coordinates' dataset; not an ANI-layout file")
     if wanted is not None:
@@ -171,6 +213,26 @@ def read_ani(path: str | os.PathLike, keys: Iterable[str] | None = None) -> list
             example = sorted({k for g in groups[:50] for k in _peek_keys(path, g.name)})
             raise DataFileError(f"{path}: key(s) {missing} found in no group; keys present include {example}")
     return groups
+
+
+def _describe_dtype(arr) -> str:
+    if not isinstance(arr, np.ndarray):
+        return f"a scalar {type(arr).__name__}"
+    kind = {"S": "strings", "U": "strings", "O": "strings or objects", "b": "booleans"}.get(arr.dtype.kind)
+    what = kind or f"dtype {arr.dtype}"
+    return f"{what} of shape {arr.shape}" if arr.ndim else f"a scalar ({what})"
+
+
+def _conformer_index(g: h5py.Group, n_conf: int, where: str) -> np.ndarray | None:
+    if CONFORMER_KEY not in g:
+        return None
+    idx = np.asarray(g[CONFORMER_KEY][()])
+    if idx.dtype.kind not in "iu" or idx.shape != (n_conf,) or len(np.unique(idx)) != n_conf or (idx < 0).any():
+        raise DataFileError(
+            f"{where}, key {CONFORMER_KEY!r}: expected {n_conf} distinct non-negative integers, got "
+            f"{_describe_dtype(idx)}"
+        )
+    return idx.astype(np.int64)
 
 
 def _peek_keys(path, name) -> list[str]:
@@ -206,6 +268,8 @@ def write_ani(path: str | os.PathLike, groups: Iterable[MoleculeGroup], attrs: d
                 grp = h5.create_group(g.name)
                 grp.create_dataset("atomic_numbers", data=np.asarray(g.species, dtype=np.int64))
                 grp.create_dataset("coordinates", data=np.asarray(g.coordinates, dtype=np.float64))
+                if g.conformers is not None:
+                    grp.create_dataset(CONFORMER_KEY, data=np.asarray(g.conformers, dtype=np.int64))
                 for key, arr in g.properties.items():
                     grp.create_dataset(key, data=np.asarray(arr, dtype=np.float64))
                 for k, v in g.attrs.items():

@@ -12,32 +12,99 @@ forces.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from ase.data import chemical_symbols
+from ase.data import chemical_symbols, covalent_radii
 
-from ..units import energy_factor, length_factor
+from ..units import ENERGY_TO_KCALMOL, HARTREE_TO_KCALMOL, LENGTH_TO_ANGSTROM, energy_factor, length_factor
 from .ani import DataFileError, MoleculeGroup, read_ani, read_file_attrs, write_ani
+
+
+class DataUnitWarning(UserWarning):
+    """Energies or distances of a data file look wrong for its declared units."""
 
 
 @dataclass(frozen=True)
 class Units:
-    """Units of a data file. Forces are in energy/length."""
+    """Units of a data file. Forces are in energy/length.
 
-    energy: str = "hartree"
-    length: str = "angstrom"
+    energy: "hartree", "ev" or "kcal/mol"; length: "angstrom" or "bohr" (case-insensitive).
+    None means "not declared": :func:`resolve_units` takes the file's own attribute, else the ANI
+    releases' Hartree / Angstrom. A Units with a None field cannot convert anything.
+    """
+
+    energy: str | None = "hartree"
+    length: str | None = "angstrom"
+
+    def __post_init__(self):
+        for name, table in (("energy", ENERGY_TO_KCALMOL), ("length", LENGTH_TO_ANGSTROM)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, str) or value.lower() not in table:
+                raise ValueError(f"unknown {name} unit {value!r}; expected one of {sorted(table)}")
+            object.__setattr__(self, name, value.lower())
 
     def energy_to_internal(self) -> float:
-        return energy_factor(self.energy)
+        return energy_factor(self._declared("energy"))
 
     def length_to_internal(self) -> float:
-        return length_factor(self.length)
+        return length_factor(self._declared("length"))
 
     def force_to_internal(self) -> float:
-        return energy_factor(self.energy) / length_factor(self.length)
+        return self.energy_to_internal() / self.length_to_internal()
+
+    def _declared(self, name: str) -> str:
+        value = getattr(self, name)
+        if value is None:
+            raise ValueError(f"Units: the {name} unit is not declared; resolve it first (ekd.data.resolve_units)")
+        return value
+
+
+#: file attributes that declare a file's units (ekd writes them; the ANI releases have none)
+UNIT_ATTRS = {"energy": "energy_unit", "length": "length_unit"}
+
+
+def resolve_units(
+    path: str | os.PathLike,
+    declared: Units | None = None,
+    declared_as: tuple[str, str] = ("the declared energy unit", "the declared length unit"),
+) -> Units:
+    """The units of data file ``path``: what the caller declares, checked against the file's own
+    ``energy_unit`` / ``length_unit`` attributes.
+
+    For each of energy and length: a declared unit must agree with the file's attribute when the
+    file has one (a contradiction is an error naming both); an undeclared one (None) is the
+    attribute's, else Hartree / Angstrom. ``declared_as`` names where the declaration came from
+    in messages (e.g. ``("data.energy_unit", "data.length_unit")`` or ``("--energy-unit",
+    "--length-unit")``).
+    """
+    declared = Units(None, None) if declared is None else declared
+    attrs = read_file_attrs(path)
+    out = {}
+    for (name, attr), origin in zip(UNIT_ATTRS.items(), declared_as, strict=True):
+        table = ENERGY_TO_KCALMOL if name == "energy" else LENGTH_TO_ANGSTROM
+        raw = attrs.get(attr)
+        stated = None
+        if raw is not None:
+            stated = str(raw).strip().lower()
+            if stated not in table:
+                raise DataFileError(
+                    f"{path}: file attribute {attr} = {raw!r} is not a unit ekd knows (expected one of "
+                    f"{sorted(table)}); correct the attribute, or convert the file"
+                )
+        mine = getattr(declared, name)
+        if mine is not None and stated is not None and mine != stated:
+            raise DataFileError(
+                f"{path}: {origin} is {mine!r} but the file's attribute {attr} says {stated!r}; "
+                "declare the file's unit, or correct the attribute if the file is wrong"
+            )
+        out[name] = mine or stated or getattr(Units(), name)
+    return Units(**out)
 
 
 @dataclass(frozen=True)
@@ -49,7 +116,8 @@ class Dataset:
     properties: name -> (n,) per-configuration values (kcal/mol) or (n, A, 3) per-atom vectors
         (kcal/mol/Angstrom); NaN where the file has no value for that configuration.
     molecule: (n,) int64 index into ``molecule_names`` (the file group: molecule identity).
-    conformer: (n,) int64 index of the configuration within its group.
+    conformer: (n,) int64 index of the configuration within its group of the original file; with
+        the molecule name it identifies a configuration across filters and files (:meth:`ids`).
     """
 
     species: np.ndarray
@@ -74,6 +142,29 @@ class Dataset:
         """Sorted atomic numbers present."""
         z = np.unique(self.species)
         return tuple(int(v) for v in z[z > 0])
+
+    def ids(self, index: np.ndarray | Sequence[int] | None = None) -> list[tuple[str, int]]:
+        """Stable identities (molecule name, conformer index in its file group) of configurations
+        ``index`` (all if None). Unlike positions, they survive masking, subsetting and files
+        written by :meth:`save` (which records the conformer index)."""
+        index = np.arange(len(self)) if index is None else np.asarray(index, dtype=np.int64)
+        pairs = zip(self.molecule[index], self.conformer[index], strict=True)
+        return [(self.molecule_names[m], int(c)) for m, c in pairs]
+
+    def positions(self, ids: Sequence[Sequence], what: str = "configurations") -> np.ndarray:
+        """(k,) int64 positions of configurations ``ids`` (see :meth:`ids`) in this dataset; an
+        identity this dataset does not hold is an error naming it."""
+        where = {key: i for i, key in enumerate(self.ids())}
+        out = np.empty(len(ids), dtype=np.int64)
+        for k, (name, conformer) in enumerate(ids):
+            i = where.get((str(name), int(conformer)))
+            if i is None:
+                raise DataFileError(
+                    f"{self.source or 'dataset'}: has no configuration {conformer} of molecule {name!r}, which "
+                    f"{what} name; the data file changed after the splits were made"
+                )
+            out[k] = i
+        return out
 
     def mask(self, name: str) -> np.ndarray:
         """(n,) True where property ``name`` is known (finite) for the configuration."""
@@ -148,6 +239,7 @@ class Dataset:
                 else:
                     props[key] = arr[:, :n] / units.force_to_internal()
             attrs = self.molecule_attrs[m] if m < len(self.molecule_attrs) else {}
+            conformers = self.conformer[idx]
             groups.append(
                 MoleculeGroup(
                     self.molecule_names[m],
@@ -155,6 +247,8 @@ class Dataset:
                     self.coordinates[idx, :n] / units.length_to_internal(),
                     props,
                     dict(attrs),
+                    # recorded only when it is not 0..n-1, so that full files keep the ANI layout
+                    None if np.array_equal(conformers, np.arange(len(idx))) else conformers.copy(),
                 )
             )
         return groups
@@ -209,7 +303,7 @@ def from_groups(
         species[sl, :k] = g.species
         coords[sl, :k] = g.coordinates * lf
         molecule[sl] = m
-        conformer[sl] = np.arange(c)
+        conformer[sl] = np.arange(c) if g.conformers is None else g.conformers
         for name, key in keys.items():
             arr = g.properties.get(key)
             if arr is None:
@@ -250,19 +344,91 @@ def load_dataset(
     path: str | os.PathLike,
     keys: Mapping[str, str],
     units: Units | None = None,
+    *,
+    declared_as: tuple[str, str] = ("the declared energy unit", "the declared length unit"),
+    check_plausible: bool = True,
 ) -> Dataset:
-    """Read an ANI-layout file into internal units.
+    """Read an ANI-layout file into internal units (kcal/mol, Angstrom): THE loader, for every
+    process that reads a data file, so that units are decided in one place.
 
     keys: property name -> file key, e.g. ``{"energy": "ccsd(t)_cbs.energy",
-    "reference_forces": "wb97x_dz.forces"}``. Units default to the file's ``energy_unit`` /
-    ``length_unit`` attributes (written by ekd) and otherwise to the ANI releases' Hartree and
-    Angstrom.
+        "reference_forces": "wb97x_dz.forces"}``.
+    units: the file's units as declared by the caller (a config, a command-line option); a None
+        field (or None) is not declared. See :func:`resolve_units`: a declaration must agree with
+        the file's ``energy_unit`` / ``length_unit`` attribute; undeclared units are the
+        attribute's, else the ANI releases' Hartree and Angstrom.
+    declared_as: how error messages name the declaration (e.g. the config fields).
+    check_plausible: warn (:class:`DataUnitWarning`) when energies per atom or nearest-neighbour
+        distances do not fit the units (see :func:`check_plausible_units`).
     """
-    if units is None:
-        attrs = read_file_attrs(path)
-        units = Units(str(attrs.get("energy_unit", "hartree")), str(attrs.get("length_unit", "angstrom")))
+    units = resolve_units(path, units, declared_as)
     groups = read_ani(path, keys.values())
-    return from_groups(groups, keys, units, source=str(Path(path)))
+    dataset = from_groups(groups, keys, units, source=str(Path(path)))
+    if check_plausible:
+        check_plausible_units(dataset, units, keys)
+    return dataset
+
+
+# all-electron total energy of a free atom, roughly: -Z**2.4 / 2 Hartree (within 3 % for H..Br)
+def _atom_energy_scale(z: np.ndarray) -> np.ndarray:
+    return 0.5 * np.asarray(z, dtype=np.float64) ** 2.4 * HARTREE_TO_KCALMOL
+
+
+def check_plausible_units(dataset: Dataset, units: Units, keys: Mapping[str, str] | None = None) -> list[str]:
+    """Warn (:class:`DataUnitWarning`) when the data do not look like their declared units;
+    returns the warnings' texts.
+
+    * energies: a molecule's total energy can be no lower than about the sum of its free atoms'
+      all-electron energies (-Z^2.4/2 Hartree each); energies far below it (median ratio > 1.5)
+      were most likely stored in kcal/mol or eV but read as Hartree. (Energies too small cannot
+      be told apart from valence-only or atomization energies, so they are not judged.)
+    * lengths: each configuration's closest pair, over the sum of its covalent radii, is ~1 in
+      a molecule; a median > 1.5 means Bohr coordinates read as Angstrom, < 0.6 the reverse.
+
+    Medians over at most 2000 evenly spaced configurations, so one odd configuration is no alarm.
+    """
+    keys = keys or {}
+    found = []
+    n = len(dataset)
+    pick = np.unique(np.linspace(0, n - 1, min(n, 2000)).astype(np.int64)) if n else np.zeros(0, np.int64)
+    species = dataset.species[pick]
+    real = species > 0
+    energy = dataset.properties.get("energy")
+    if energy is not None:
+        e = energy[pick]
+        scale = (_atom_energy_scale(species) * real).sum(axis=1)
+        ok = np.isfinite(e)
+        if ok.any():
+            ratio = float(np.median(-e[ok] / scale[ok]))
+            if ratio > 1.5:
+                found.append(
+                    f"{dataset.source or 'dataset'}: energies ({keys.get('energy', 'energy')!r}, declared "
+                    f"{units.energy}) are {ratio:.0f}x lower than the free atoms' total energies, which is "
+                    "impossible; is the file in kcal/mol or eV? Declare its energy unit (data.energy_unit)"
+                )
+    radii = covalent_radii[species]
+    xyz = dataset.coordinates[pick]
+    multi = real.sum(axis=1) >= 2
+    if multi.any():
+        ratios = []
+        for i in np.flatnonzero(multi):
+            k = int(real[i].sum())
+            d = np.linalg.norm(xyz[i, :k, None] - xyz[i, None, :k], axis=-1)
+            r = radii[i, :k, None] + radii[i, None, :k]
+            np.fill_diagonal(d, np.inf)
+            if d.min() > 0.1:  # overlapping atoms are a defect of their own, not a unit
+                ratios.append((d / r).min())
+        ratio = float(np.median(ratios)) if ratios else 1.0
+        if ratio > 1.5 or ratio < 0.6:
+            guess = "Bohr read as Angstrom" if ratio > 1.5 else "Angstrom read as Bohr"
+            found.append(
+                f"{dataset.source or 'dataset'}: the closest atoms of a configuration are typically {ratio:.2f}x "
+                f"the sum of their covalent radii (declared length unit {units.length}; ~1 expected in "
+                f"molecules): {guess}? Declare the file's length unit (data.length_unit)"
+            )
+    for text in found:
+        warnings.warn(text, DataUnitWarning, stacklevel=3)
+    return found
 
 
 def random_split(index: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -274,7 +440,7 @@ def random_split(index: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"split fraction must be between 0 and 1, got {fraction}")
     if len(index) < 2:
-        raise ValueError(f"cannot split {len(index)} configuration(s) into two non-empty parts")
+        raise ValueError(f"cannot split {len(index)} configuration(s) into two non-empty parts (need at least 2)")
     rng = np.random.default_rng(seed)
     k = min(len(index) - 1, max(1, int(round(fraction * len(index)))))
     chosen = np.zeros(len(index), dtype=bool)
