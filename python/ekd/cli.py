@@ -7,23 +7,61 @@ Every verb has a Python equivalent with the same name (``ekd run`` -> :func:`ekd
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import traceback
+from dataclasses import replace
 from pathlib import Path
 
 
-def _config(args):
+class UsageError(ValueError):
+    """A command line that asks for something the run does not have."""
+
+
+def _config(args, existing_run: bool = False):
+    """The configuration of a verb: ``--config``; else, when the run directory (``--run-dir`` or
+    the default's) already exists, the ``config.yaml`` it was created with; else the embedded
+    default. existing_run: the verb reads a run (evaluate, export, ...): its directory must exist."""
     from . import config
 
-    cfg = config.load(args.config) if args.config else config.default_config()
-    if getattr(args, "run_dir", None):
-        from dataclasses import replace
-
-        cfg = replace(cfg, run_dir=args.run_dir)
-    if getattr(args, "workers", None):
-        from dataclasses import replace
-
+    run_dir = getattr(args, "run_dir", None)
+    if args.config:
+        cfg = config.load(args.config)
+    else:
+        cfg = config.default_config()
+        stamp = Path(run_dir or cfg.run_dir) / "config.yaml"
+        if hasattr(args, "run_dir") and stamp.exists():
+            cfg = config.load(stamp)
+    if run_dir:
+        cfg = replace(cfg, run_dir=run_dir)
+    if getattr(args, "workers", None) is not None:
         cfg = replace(cfg, workers=args.workers)
+    if existing_run and not Path(cfg.run_dir).is_dir():
+        how = "--run-dir" if run_dir else f"run_dir of {args.config or 'the default configuration'}"
+        raise UsageError(f"run directory {cfg.run_dir} does not exist ({how}); check it, or make it with `ekd run`")
     return cfg
+
+
+def _group(run, role: str, generation: int):
+    """The group of ``--role`` / ``--generation`` in ``run``, or an error saying what the run has."""
+    if role == "student":
+        n = run.cfg.ensemble.generations
+        if not 1 <= generation <= n:
+            raise UsageError(
+                f"--generation {generation}: this configuration has {n} student generation(s) "
+                f"(ensemble.generations: {n}); choose 1..{n}"
+            )
+        label = f"student_gen{generation}"
+    else:
+        label = role
+    labels = [g.label for g in run.groups()]
+    if label not in labels:
+        why = {
+            "control": "ensemble.controls is false",
+            "baseline": "it needs ensemble.baseline: true and data.reference_forces_key",
+        }.get(role, "")
+        raise UsageError(f"--role {role}: this run has no {role} group ({why}); its groups: {', '.join(labels)}")
+    return run.group(label)
 
 
 def _run(args) -> int:
@@ -45,11 +83,14 @@ def _config_show(args) -> int:
 
 def _data_generate(args) -> int:
     from .data.generate import generate, summarize
+    from .store import lock_dir
 
     cfg = _config(args)
     opts = cfg.data.generate_options(cfg.seed)
     out = Path(args.out or Path(cfg.run_dir) / "data")
-    train, test = generate(opts, out, progress=not args.quiet)
+    # the run directory's lock when writing into it (as `ekd run` does), else the output's own
+    with lock_dir(out if args.out else cfg.run_dir, "output directory" if args.out else "run directory"):
+        train, test = generate(opts, out, progress=not args.quiet)
     print(summarize(train))
     print(summarize(test))
     return 0
@@ -68,17 +109,14 @@ def _data_summary(args) -> int:
 def _train(args) -> int:
     from .workflow import Run
 
-    r = Run(_config(args), Path(_config(args).run_dir), progress=not args.quiet)
-    label = args.role if args.role in ("teacher", "control", "baseline") else f"student_gen{args.generation}"
-    group = r.group(label)
+    cfg = _config(args)
+    r = Run(cfg, Path(cfg.run_dir), progress=not args.quiet)
+    group = _group(r, args.role, args.generation)
     if args.member is not None:
         if not 0 <= args.member < group.n_members:
-            print(f"ekd train: --member must be in [0, {group.n_members}) for {label}", file=sys.stderr)
-            return 2
-        from dataclasses import replace
-
-        # a single member: a job-array task on a cluster
-        results = r.train_group(replace(group, n_members=args.member + 1))[args.member :]
+            raise UsageError(f"--member {args.member}: {group.label} has members 0..{group.n_members - 1}")
+        # one member: a job-array task; other members' tasks may run at the same time
+        results = r.train_group(group, members=[args.member])
     else:
         results = r.train_group(group)
     for res in results:
@@ -89,9 +127,11 @@ def _train(args) -> int:
 def _distill(args) -> int:
     from .workflow import Run
 
-    cfg = _config(args)
+    cfg = _config(args, existing_run=True)
     r = Run(cfg, Path(cfg.run_dir), progress=not args.quiet)
-    print(r.make_labels(r.group(f"student_gen{args.generation}")))
+    group = _group(r, "student", args.generation)
+    with r.lock():
+        print(r.make_labels(group))
     return 0
 
 
@@ -99,10 +139,11 @@ def _evaluate(args) -> int:
     from .report import summary_table
     from .workflow import Run
 
-    cfg = _config(args)
+    cfg = _config(args, existing_run=True)
     r = Run(cfg, Path(cfg.run_dir), progress=not args.quiet)
-    metrics = r.evaluate()
-    print(r.report(metrics))
+    with r.lock():
+        metrics = r.evaluate()
+        print(r.report(metrics))
     for name in metrics["sets"]:
         print(summary_table(metrics, name))
     return 0
@@ -111,19 +152,28 @@ def _evaluate(args) -> int:
 def _export(args) -> int:
     from .export import export_member
 
+    out = Path(args.out)
+    if out.is_dir():
+        raise UsageError(f"-o {out}: is a directory; give a file name, e.g. {out / 'model.pt'}")
+    if not out.parent.is_dir():
+        raise UsageError(f"-o {out}: directory {out.parent} does not exist; create it first (mkdir -p {out.parent})")
     if args.member_dir:
         source = Path(args.member_dir)
+        if not source.is_dir():
+            raise UsageError(f"{source}: no such member directory")
     else:
         from .workflow import Run
 
-        cfg = _config(args)
+        cfg = _config(args, existing_run=True)
+        # read only: the run directory is not locked, and its config.yaml is not touched
         r = Run(cfg, Path(cfg.run_dir), progress=False)
-        label = args.role if args.role in ("teacher", "control", "baseline") else f"student_gen{args.generation}"
-        source = r.member_dir(r.group(label), args.member)
+        group = _group(r, args.role, args.generation)
+        if not 0 <= args.member < group.n_members:
+            raise UsageError(f"--member {args.member}: {group.label} has members 0..{group.n_members - 1}")
+        source = r.member_dir(group, args.member)
     if not (source / "done.json").exists():
-        print(f"ekd export: {source} is not a finished member (no done.json)", file=sys.stderr)
-        return 2
-    meta = export_member(source, args.out, dtype=args.dtype)
+        raise UsageError(f"{source} is not a finished member (no done.json); train it first (ekd run / ekd train)")
+    meta = export_member(source, out, dtype=args.dtype)
     print(
         f"{args.out}: {meta.description} (cutoff {meta.cutoff} A, {meta.n_interactions} interactions, "
         f"species {' '.join(meta.species)}, {meta.dtype})"
@@ -137,12 +187,17 @@ def _md_stability(args) -> int:
     from .md.stability import md_stability
 
     cfg = _config(args)
-    changes = {k: v for k, v in (("engine", args.engine), ("n_runs", args.runs), ("n_models", args.models)) if v}
+    changes = {
+        k: v for k, v in (("engine", args.engine), ("n_runs", args.runs), ("n_models", args.models)) if v is not None
+    }
     if args.roles:
-        changes["roles"] = tuple(args.roles.split(","))
+        changes["roles"] = tuple(r.strip() for r in args.roles.split(",") if r.strip())
     if args.dt:
-        changes["timesteps_fs"] = tuple(float(x) for x in args.dt.split(","))
-    if args.workers:
+        try:
+            changes["timesteps_fs"] = tuple(float(x) for x in args.dt.split(","))
+        except ValueError:
+            raise UsageError(f"--dt {args.dt}: expected comma-separated time steps in fs, e.g. 0.5,1,2") from None
+    if args.workers is not None:
         changes["workers"] = args.workers
     from .config import build
 
@@ -150,13 +205,20 @@ def _md_stability(args) -> int:
     md = build(type(cfg.md), {**cfg.to_dict()["md"], **changes}, "md")
     cfg = replace(cfg, md=md)
     run_dir = Path(args.run_dir or cfg.run_dir)
-    if (run_dir / "metrics.json").exists():
-        from .workflow import Run
+    if not run_dir.is_dir():
+        raise UsageError(f"run directory {run_dir} does not exist; check --run-dir, or make it with `ekd run`")
+    from .store import lock_dir
 
-        # an evaluated run: the table joins metrics.json and report.md
-        out = Run(cfg, run_dir, progress=not args.quiet).md_stability()
-    else:
-        out = md_stability(cfg, run_dir, progress=not args.quiet)
+    # --roles names exactly the groups wanted: every one must exist
+    strict = bool(args.roles)
+    with lock_dir(run_dir):
+        if (run_dir / "metrics.json").exists():
+            from .workflow import Run
+
+            # an evaluated run: the table joins metrics.json and report.md
+            out = Run(cfg, run_dir, progress=not args.quiet).md_stability(strict_roles=strict)
+        else:
+            out = md_stability(cfg, run_dir, progress=not args.quiet, strict_roles=strict)
     print(out["markdown"])
     print(f"figure: {out['figure']}")
     return 0
@@ -175,16 +237,52 @@ def _info(args) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+_DEBUG_HELP = "on an error, show the Python traceback (for a bug report)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in the one-line form of every other error (the verb's --help has the rest)."""
+
+    def error(self, message: str):
+        self.exit(2, f"ekd: error: {message} (see `{self.prog} --help`)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ekd", description="Ensemble knowledge distillation of HIPNN potentials")
+    p = _Parser(prog="ekd", description="Ensemble knowledge distillation of HIPNN potentials")
+    p.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = p.add_subparsers(dest="verb", required=True)
 
     def common(sp, run_dir=True):
-        sp.add_argument("--config", help="YAML configuration (default: the embedded default)")
+        sp.add_argument(
+            "--config",
+            help="YAML configuration (default: the run directory's config.yaml if it exists, else the built-in)",
+        )
         if run_dir:
             sp.add_argument("--run-dir", help="run directory (default: run_dir of the configuration)")
-            sp.add_argument("--workers", type=int, help="parallel member jobs")
+            sp.add_argument("--workers", type=_positive, help="parallel member jobs (>= 1)")
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
+        # also accepted after the verb; SUPPRESS keeps a --debug given before it
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
 
     sp = sub.add_parser("run", help="the whole workflow: data, teachers, students, controls, evaluation, report")
     common(sp)
@@ -206,18 +304,21 @@ def parser() -> argparse.ArgumentParser:
     summ.add_argument("file")
     summ.add_argument("--energy-key", default="gfn2_xtb.energy")
     summ.add_argument("--forces-key", default=None)
+    summ.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
     summ.set_defaults(func=_data_summary)
 
     sp = sub.add_parser("train", help="train the members of one role (or one member: a job-array task)")
     common(sp)
     sp.add_argument("--role", required=True, choices=["teacher", "student", "control", "baseline"])
-    sp.add_argument("--generation", type=int, default=1, help="student generation (default 1)")
-    sp.add_argument("--member", type=int, help="train only this member")
+    sp.add_argument("--generation", type=_positive, default=1, help="student generation (default 1)")
+    sp.add_argument(
+        "--member", type=_non_negative, help="train only this member (a job-array task; tasks run side by side)"
+    )
     sp.set_defaults(func=_train)
 
     sp = sub.add_parser("distill", help="label the training data with an ensemble's forces")
     common(sp)
-    sp.add_argument("--generation", type=int, default=1, help="generation taught by the labels (default 1)")
+    sp.add_argument("--generation", type=_positive, default=1, help="generation taught by the labels (default 1)")
     sp.set_defaults(func=_distill)
 
     sp = sub.add_parser("evaluate", help="score every trained member and write metrics.json + report.md")
@@ -228,8 +329,8 @@ def parser() -> argparse.ArgumentParser:
     common(sp)
     sp.add_argument("member_dir", nargs="?", help="a member directory (or use --role/--generation/--member)")
     sp.add_argument("--role", default="student", choices=["teacher", "student", "control", "baseline"])
-    sp.add_argument("--generation", type=int, default=1)
-    sp.add_argument("--member", type=int, default=0)
+    sp.add_argument("--generation", type=_positive, default=1)
+    sp.add_argument("--member", type=_non_negative, default=0)
     sp.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     sp.add_argument("-o", "--out", required=True, help="output file, e.g. student.pt")
     sp.set_defaults(func=_export)
@@ -239,31 +340,83 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--engine", choices=["ase", "lammps"], help="MD engine (default: md.engine)")
     sp.add_argument("--roles", help="comma-separated groups, e.g. teacher,student_gen2 (default: md.roles)")
     sp.add_argument("--dt", help="comma-separated time steps in fs (default: md.timesteps_fs)")
-    sp.add_argument("--runs", type=int, help="velocity seeds per model (default: md.n_runs)")
-    sp.add_argument("--models", type=int, help="models per role (default: md.n_models)")
+    sp.add_argument("--runs", type=_positive, help="velocity seeds per model (default: md.n_runs)")
+    sp.add_argument("--models", type=_positive, help="models per role (default: md.n_models)")
     sp.set_defaults(func=_md_stability)
 
     sp = sub.add_parser("info", help="versions and the native build")
+    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
     sp.set_defaults(func=_info)
     return p
 
 
+_EKD_DIR = str(Path(__file__).resolve().parent)
+
+
+def _innermost(exc: BaseException) -> tuple[str, str]:
+    """(file, source line) of the frame that raised ``exc``; for an exception re-raised from a
+    worker process (concurrent.futures), the worker's frame."""
+    remote = getattr(exc.__cause__, "tb", None)
+    if isinstance(remote, str):
+        frames = re.findall(r'File "([^"]+)", line \d+, in [^\n]*\n\s*([^\n]*)', remote)
+        if frames:
+            return frames[-1]
+    tb = traceback.extract_tb(exc.__traceback__)
+    return (tb[-1].filename, tb[-1].line or "") if tb else ("", "")
+
+
+def _expected(exc: BaseException) -> bool:
+    """An error that ekd reports on purpose (a message for the user), not a bug: one of ekd's
+    own error classes, an OS error (file system, full disk), or a ValueError / RuntimeError /
+    FloatingPointError that a ``raise`` statement in ekd's code raised."""
+    if type(exc).__module__.split(".")[0] == "ekd" or isinstance(exc, OSError):
+        return True
+    if isinstance(exc, ValueError | RuntimeError | FloatingPointError):
+        file, line = _innermost(exc)
+        return str(Path(file).resolve()).startswith(_EKD_DIR) and line.lstrip().startswith("raise")
+    return False
+
+
+def _message(exc: BaseException) -> str:
+    from .store import disk_full_error
+
+    filename = getattr(exc, "filename", None)
+    full = disk_full_error(exc, Path(filename or "."))
+    text = str(full) if full is not None and filename else str(exc)
+    if full is not None and not filename:
+        text += " (no space left on the device: free some space and run the same command again)"
+    if isinstance(exc, OSError) and filename and str(filename) not in text:
+        text += f": {filename}"
+    # one line: a multi-line message is joined
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(exc).__name__
+
+
 def main(argv=None) -> int:
+    """``ekd <verb>``. An error that ekd expects (a bad input, a busy or inconsistent run
+    directory, a full disk, ...) prints one line ``ekd: error: <message>`` and returns 2; with
+    ``--debug`` its traceback too. Anything else is a bug: traceback, a request to report it, 1."""
     args = parser().parse_args(argv)
-    from .config import ConfigError
-    from .data import DataFileError
     from .jobs import terminate_on_sigterm
-    from .workflow import RunDirError
 
     terminate_on_sigterm()
     try:
         return args.func(args)
-    except (ConfigError, DataFileError, RunDirError, FileNotFoundError) as e:
-        print(f"ekd: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("ekd: interrupted; finished work is kept, run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception as e:
+        if _expected(e):
+            if args.debug:
+                traceback.print_exc()
+            print(f"ekd: error: {_message(e)}", file=sys.stderr)
+            return 2
+        traceback.print_exc()
+        print(
+            "ekd: internal error: this is a bug in ekd, not a problem with your input; please report it "
+            "with the traceback above and the command you ran",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -77,6 +78,38 @@ def label_dataset(members: Sequence, dataset: Dataset) -> Dataset:
     "ensemble_forces_std" (their spread), both (n, A, 3) kcal/mol/Angstrom."""
     pred = ensemble_predict(members, dataset, forces=True)
     return dataset.with_properties(ensemble_forces=pred["forces_mean"], ensemble_forces_std=pred["forces_std"])
+
+
+def check_labels_file(path: str | os.PathLike, n_configurations: int | None = None) -> None:
+    """Read every array of a finished labels file (see :func:`write_augmented`) once, so that a
+    truncated or damaged file is named before members train on it, with the fix: the file is
+    remade from the teaching ensemble when it (and its ``.json`` record) is deleted.
+
+    n_configurations: the number of configurations it must hold (the training pool's)."""
+    import h5py
+
+    from .store import CorruptFileError
+
+    path = Path(path)
+    fix = f"delete it and {path.with_suffix('.json').name} next to it and run the same command again (it is remade)"
+    count = 0
+    try:
+        with h5py.File(path, "r") as h5:
+
+            def visit(name, item):
+                nonlocal count
+                if isinstance(item, h5py.Dataset):
+                    item[()]
+                    if name.endswith("/coordinates") or name == "coordinates":
+                        count += item.shape[0]
+
+            h5.visititems(visit)
+    except (OSError, RuntimeError, KeyError, ValueError) as e:
+        raise CorruptFileError(f"{path}: labels file is truncated or corrupt ({e}); {fix}") from None
+    if n_configurations is not None and count != n_configurations:
+        raise CorruptFileError(
+            f"{path}: labels file holds {count} configurations, the training pool {n_configurations}; {fix}"
+        )
 
 
 def write_augmented(

@@ -31,7 +31,6 @@ import copy
 import hashlib
 import io
 import json
-import os
 import random
 import sys
 import time
@@ -46,6 +45,7 @@ from .config import Config, ModelConfig
 from .data import Dataset
 from .data.database import database_arrays
 from .models import Model, build_model, check_padding, use_kernels
+from .store import atomic_text, atomic_write, load_torch
 
 ROLES = ("teacher", "student", "control", "baseline")
 MODEL_FORMAT = "ekd-member/1"
@@ -145,7 +145,11 @@ def _train(spec, cfg: Config, dataset: Dataset, splits, out_dir: Path, progress:
     ckpt_path = out_dir / "checkpoint.pt"
     log_path = out_dir / "train_log.jsonl"
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=True)
+        ckpt = load_torch(
+            ckpt_path,
+            f"checkpoint of {spec.role} member {spec.member} (generation {spec.generation})",
+            f"delete it to restart that member from scratch (its other files are kept), or delete {out_dir}",
+        )
         if ckpt["fingerprint"] != fingerprint:
             raise RuntimeError(
                 f"{ckpt_path} was written by a run with different inputs (spec, config, splits or data); "
@@ -391,15 +395,12 @@ def _format_entry(spec: MemberSpec, e: dict) -> str:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    # torch.save looked up at call time: tests replace it to simulate a full disk
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_text(path, text)
 
 
 # ------------------------------------------------------------------------------------------
@@ -479,7 +480,9 @@ def load_member(out_dir: Path) -> Member:
     path = out_dir / "model.pt"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no trained model here (has train_member finished? look for done.json)")
-    payload = torch.load(path, weights_only=True)
+    payload = load_torch(
+        path, "model of a trained member", f"delete {out_dir} and run the same command again to retrain that member"
+    )
     if payload.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path}: expected a model of format {MODEL_FORMAT!r}, got {payload.get('format')!r}")
     arch = ModelConfig(**payload["model_config"])

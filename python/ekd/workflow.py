@@ -21,6 +21,7 @@ to mix in an output made from a different configuration (it says which and what 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import store
 from .config import Config
 from .data import Dataset, Units, load_dataset, random_split
 from .jobs import run_parallel
@@ -40,15 +42,19 @@ class RunDirError(RuntimeError):
     """A run directory holds results of a different configuration."""
 
 
+class UnknownGroupError(ValueError, KeyError):
+    """A group label that the run's configuration does not have."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def _log(msg: str) -> None:
     print(f"[ekd {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def _atomic_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    store.atomic_json(path, obj)
 
 
 def _digest(obj) -> str:
@@ -326,13 +332,12 @@ class Run:
     def __post_init__(self):
         self.run_dir = Path(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        # keep what the run was started with; a different config later is caught per stage
+        # the record of what the run was created with, written once: a later run with another
+        # configuration (refused per stage where its inputs differ) must not rewrite it
         stamp = self.run_dir / "config.yaml"
         text = self.cfg.to_yaml()
-        if not stamp.exists() or stamp.read_text() != text:
-            tmp = stamp.with_name(".config.yaml.tmp")
-            tmp.write_text(text)
-            os.replace(tmp, stamp)
+        if not store.create_once(stamp, text) and stamp.read_text() != text and self.progress:
+            _log(f"note: {stamp} records the configuration this run directory was created with, not this one")
         self._paths: DataPaths | None = None
         self._train: Dataset | None = None
         self._splits: dict[str, np.ndarray] | None = None
@@ -356,9 +361,8 @@ class Run:
             self._splits = make_splits(self.cfg, len(self.train_data))
             path = self.run_dir / "splits.npz"
             if not path.exists():
-                tmp = self.run_dir / ".splits.tmp.npz"
-                np.savez(tmp, **self._splits)
-                os.replace(tmp, path)
+                splits = self._splits
+                store.atomic_write(path, lambda tmp: np.savez(tmp, **splits))
         return self._splits
 
     def group_dir(self, group: Group) -> Path:
@@ -374,7 +378,12 @@ class Run:
         for g in self.groups():
             if g.label == label:
                 return g
-        raise KeyError(f"no group {label!r} in this run; groups: {[g.label for g in self.groups()]}")
+        raise UnknownGroupError(f"no group {label!r} in this run; groups: {[g.label for g in self.groups()]}")
+
+    def lock(self):
+        """Context manager: hold this run directory for this process (see :mod:`ekd.store`);
+        another process holding it raises :class:`ekd.store.RunDirBusyError` at once."""
+        return store.lock_dir(self.run_dir)
 
     # --- labels
     def labels_path(self, group: Group) -> Path:
@@ -413,6 +422,9 @@ class Run:
         members, teachers_digest, what = self._teaching_ensemble(group)
         digest = _digest({"teachers": teachers_digest, "data": self.data_digest()})
         if done.exists() and json.loads(done.read_text()).get("digest") == digest and path.exists():
+            from .distill import check_labels_file
+
+            check_labels_file(path, len(self.train_data))
             return path
         _log(f"labelling {len(self.train_data)} configurations with the ensemble of {what} -> {path}")
         labelled = label_dataset(members, self.train_data)
@@ -479,11 +491,31 @@ class Run:
             **({"variant": group.variant} if group.variant else {}),
         }
 
-    def train_group(self, group: Group) -> list[dict]:
-        """Train (or reuse) every member of ``group``; independent jobs run in parallel."""
+    def train_group(self, group: Group, members: Sequence[int] | None = None) -> list[dict]:
+        """Train (or reuse) every member of ``group`` (or only ``members``: the tasks of a job
+        array, which may run at the same time in other processes); independent jobs run in
+        parallel. Returns the done.json summaries in member order."""
+        if members is None:
+            with self.lock():
+                return self._train_members(group, range(group.n_members))
+        members = sorted(set(members))
+        bad = [m for m in members if not 0 <= m < group.n_members]
+        if bad:
+            raise ValueError(f"{group.label}: member(s) {bad} out of range; it has members 0..{group.n_members - 1}")
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(store.lock_dir(self.run_dir, shared=True))
+            for m in members:
+                stack.enter_context(store.lock_dir(self.member_dir(group, m), f"{group.label} member {m}"))
+            # data, splits and labels are shared by the members: made by one job, the others wait
+            with store.wait_lock(self.run_dir / ".ekd-inputs.lock", "preparing data, splits and labels"):
+                self.training_inputs(group)
+                _ = self.splits
+            return self._train_members(group, members)
+
+    def _train_members(self, group: Group, members: Sequence[int]) -> list[dict]:
         data_path, keys = self.training_inputs(group)
         jobs, results = [], {}
-        for m in range(group.n_members):
+        for m in members:
             out = self.member_dir(group, m)
             _claim(out, self.member_digest(group, m), f"{group.label} member {m}")
             if (out / "done.json").exists():
@@ -508,7 +540,7 @@ class Run:
             done = run_parallel(_train_job, jobs, self.cfg.workers, group.label, "member", self.progress)
             for job, res in zip(jobs, done, strict=True):
                 results[job["member"]] = res
-        return [results[m] for m in range(group.n_members)]
+        return [results[m] for m in members]
 
     # --- evaluation
     def test_sets(self) -> dict[str, tuple[Dataset, str]]:
@@ -535,9 +567,7 @@ class Run:
                 if str(z["digest"]) == digest:
                     return {"energy": z["energy"], "forces": z["forces"]}
         energy, forces = load_member(self.member_dir(group, m)).predict(data, forces=True)
-        tmp = path.with_name(f".{path.stem}.tmp.npz")
-        np.savez(tmp, energy=energy, forces=forces, digest=np.array(digest))
-        os.replace(tmp, path)
+        store.atomic_write(path, lambda tmp: np.savez(tmp, energy=energy, forces=forces, digest=np.array(digest)))
         return {"energy": energy, "forces": forces}
 
     def evaluate(self) -> dict:
@@ -582,14 +612,14 @@ class Run:
 
         return write_report(metrics, self.run_dir, notes=describe(self.cfg))
 
-    def md_stability(self, metrics: dict | None = None) -> dict:
+    def md_stability(self, metrics: dict | None = None, strict_roles: bool = False) -> dict:
         """The MD stability sweep of ``cfg.md`` over this run's members (resumable; see
         :mod:`ekd.md.stability`); its table joins ``metrics.json`` (key ``md_stability``, per
         engine) and its section the report, when the run has been evaluated."""
         from .evaluate import load_metrics, write_metrics
         from .md.stability import md_stability
 
-        out = md_stability(self.cfg, self.run_dir, progress=self.progress)
+        out = md_stability(self.cfg, self.run_dir, progress=self.progress, strict_roles=strict_roles)
         path = self.run_dir / "metrics.json"
         if metrics is None and path.exists():
             metrics = load_metrics(path)
@@ -607,7 +637,17 @@ class Run:
 
     # --- everything
     def run_all(self, stop_after: str | None = None, on_stage: Callable[[str], None] | None = None) -> dict:
+        """``ekd run``: every stage, holding the run directory (one process at a time)."""
+        with self.lock():
+            return self._run_all(stop_after, on_stage)
+
+    def _run_all(self, stop_after: str | None, on_stage: Callable[[str], None] | None) -> dict:
         t0 = time.time()
+        if self.cfg.md.enabled:
+            from .md.stability import select_roles
+
+            # a misspelt md.roles entry is found before the training, not after it
+            select_roles(self.cfg.md.roles, [g.label for g in self.groups()])
         _ = self.paths
         _log(f"training pool: {len(self.train_data)} configurations; test split {len(self.splits['test'])}")
         for group in self.groups():

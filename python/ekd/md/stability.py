@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -228,6 +229,30 @@ def sweep_jobs(models: dict[str, list[str]], md, out_dir: Path, box_seed: int = 
     return jobs
 
 
+_MAIN_ROLE = re.compile(r"(teacher|control|baseline|student_gen[1-9][0-9]*)")
+
+
+def select_roles(requested, present, strict: bool = False) -> list[str]:
+    """The groups of ``requested`` (``md.roles`` or ``--roles``) that are among ``present`` (the
+    run's group labels), in the requested order.
+
+    A name that is no group of the run is an error naming it and the valid names, except, unless
+    ``strict``, a main role that this configuration happens not to have (``student_gen2`` with one
+    generation, ``baseline`` without reference forces): md.roles' default names them all.
+    """
+    present = list(present)
+    unknown = [r for r in requested if r not in present and (strict or not _MAIN_ROLE.fullmatch(r))]
+    if unknown:
+        raise ValueError(
+            f"md.roles: {', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not a group of "
+            f"this run; its groups are {', '.join(present)}"
+        )
+    roles = [r for r in dict.fromkeys(requested) if r in present]
+    if not roles:
+        raise ValueError(f"md.roles: none of {list(requested)} is a group of this run; groups: {', '.join(present)}")
+    return roles
+
+
 def export_models(run, roles, n_models: int | None, dtype: str, out_dir: Path) -> dict[str, list[str]]:
     """Export the finished members of ``roles`` of a :class:`ekd.workflow.Run` (once; reused)."""
     from ..export import export_member
@@ -404,11 +429,16 @@ def figure(table: list[dict], path: Path, title: str = "") -> Path:
 
 
 def md_stability(
-    cfg, run_dir: str | Path | None = None, models: dict[str, list[str]] | None = None, progress: bool = True
+    cfg,
+    run_dir: str | Path | None = None,
+    models: dict[str, list[str]] | None = None,
+    progress: bool = True,
+    strict_roles: bool = False,
 ) -> dict:
     """``ekd md-stability``: the sweep of ``cfg.md`` over the run's members (or ``models``:
     role -> exported files). Writes ``<run_dir>/md/<engine>/{stability.json, stability.md,
-    stability.png}`` and returns ``{"table", "markdown", "figure", "results"}``."""
+    stability.png}`` and returns ``{"table", "markdown", "figure", "results"}``.
+    strict_roles: every name of ``md.roles`` must be a group of the run (see :func:`select_roles`)."""
     md = cfg.md
     run_dir = Path(run_dir or cfg.run_dir)
     out_dir = run_dir / "md"
@@ -416,10 +446,7 @@ def md_stability(
         from ..workflow import Run
 
         run = Run(cfg, run_dir, progress=False)
-        present = {g.label for g in run.groups()}
-        roles = [r for r in md.roles if r in present]
-        if not roles:
-            raise ValueError(f"md.roles: none of {list(md.roles)} is a group of this run ({sorted(present)})")
+        roles = select_roles(md.roles, [g.label for g in run.groups()], strict=strict_roles)
         models = export_models(run, roles, md.n_models, md.dtype, out_dir)
     for paths in models.values():
         check_models(paths)
