@@ -75,7 +75,28 @@ struct Model::Impl {
     torch::jit::Module module;
     torch::ScalarType dtype;
     std::string path;
+    bool staged = false;
+    int n_interactions = 0;
+    std::vector<int64_t> widths;
+
+    ModelError failed(const std::exception &e) const {
+        return ModelError("model " + path + " failed: " + first_line(e.what()));
+    }
+    ModelError bad_shape(const std::string &what, const torch::Tensor &t, const std::string &want) const {
+        return ModelError("model " + path + ": " + what + " has shape " + c10::str(t.sizes()) + " but " + want +
+                          " is required (format ekd-model-2); re-export the model with `ekd export`");
+    }
 };
+
+namespace {
+
+// A double tensor holding `t`'s values in memory of its own (the exchange writes into it).
+torch::Tensor own_double(const torch::Tensor &t) {
+    auto d = t.detach().to(torch::kDouble).contiguous();
+    return d.data_ptr() == t.data_ptr() ? d.clone() : d;
+}
+
+}  // namespace
 
 Model::Model(const std::string &path, const std::string &ops_library, bool float32)
     : impl_(std::make_unique<Impl>()) {
@@ -92,6 +113,125 @@ Model::Model(const std::string &path, const std::string &ops_library, bool float
                          "); re-export the model with this ekd and torch");
     }
     impl_->module.eval();
+    // format ekd-model-2: per-stage methods, for the per-layer halo exchange
+    auto &m = impl_->module;
+    if (m.find_method("embed") && m.find_method("interaction") && m.hasattr("n_interactions") &&
+        m.hasattr("feature_widths")) {
+        try {
+            impl_->n_interactions = static_cast<int>(m.attr("n_interactions").toInt());
+            impl_->widths = m.attr("feature_widths").toIntVector();
+        } catch (const c10::Error &e) {
+            throw ModelError("model " + path + ": n_interactions / feature_widths are not an int and a list of ints (" +
+                             first_line(e.what_without_backtrace()) + "); re-export the model with `ekd export`");
+        }
+        if (impl_->n_interactions < 1 || impl_->widths.size() != static_cast<size_t>(impl_->n_interactions) + 1)
+            throw ModelError("model " + path + ": n_interactions = " + std::to_string(impl_->n_interactions) +
+                             " needs n_interactions + 1 feature widths, got " + std::to_string(impl_->widths.size()) +
+                             "; re-export the model with `ekd export`");
+        for (auto w : impl_->widths)
+            if (w < 1)
+                throw ModelError("model " + path + ": feature width " + std::to_string(w) +
+                                 " is not positive; re-export the model with `ekd export`");
+        impl_->staged = true;
+    }
+}
+
+bool Model::has_stages() const { return impl_->staged; }
+
+int Model::n_interactions() const { return impl_->n_interactions; }
+
+std::vector<int64_t> Model::feature_widths() const { return impl_->widths; }
+
+void Model::evaluate_halo(const PairInputs &in, int64_t n_local, HaloExchange &ex, std::vector<double> &local_energy,
+                          std::vector<double> &grad) {
+    const auto lopt = torch::TensorOptions().dtype(torch::kLong);
+    const auto dopt = torch::TensorOptions().dtype(torch::kDouble);
+    auto species = torch::from_blob(const_cast<int64_t *>(in.species), {in.n_atoms}, lopt);
+    auto first = torch::from_blob(const_cast<int64_t *>(in.first), {in.n_pairs}, lopt);
+    auto second = torch::from_blob(const_cast<int64_t *>(in.second), {in.n_pairs}, lopt);
+    auto r = torch::from_blob(const_cast<double *>(in.r), {in.n_pairs, 3}, dopt).to(impl_->dtype).detach().requires_grad_(true);
+    const int K = impl_->n_interactions;
+    const auto &F = impl_->widths;
+    const auto N = in.n_atoms;
+
+    // forward, keeping each layer's graph: z_in[k] (a leaf) -> (z_out[k], e_out[k])
+    std::vector<torch::Tensor> z_in(K), z_out(K), e_out(K);
+    torch::Tensor z, energy;
+    try {
+        auto emb = impl_->module.get_method("embed")({species}).toTuple();
+        z = emb->elements().at(0).toTensor();
+        auto e0 = emb->elements().at(1).toTensor();
+        if (z.dim() != 2 || z.size(0) != N || z.size(1) != F[0])
+            throw impl_->bad_shape("embed's features", z, "[" + std::to_string(N) + ", " + std::to_string(F[0]) + "]");
+        if (e0.dim() != 1 || e0.size(0) != N)
+            throw impl_->bad_shape("embed's energies", e0, "[" + std::to_string(N) + "]");
+        energy = e0.narrow(0, 0, n_local).detach().to(torch::kDouble);
+        auto interaction = impl_->module.get_method("interaction");
+        for (int k = 0; k < K; ++k) {
+            // embed's features of ghosts are already their owners' (they depend on the species only)
+            z_in[k] = z.detach().requires_grad_(k > 0);
+            auto out = interaction({static_cast<int64_t>(k), z_in[k], first, second, r}).toTuple();
+            z_out[k] = out->elements().at(0).toTensor();
+            e_out[k] = out->elements().at(1).toTensor();
+            if (z_out[k].dim() != 2 || z_out[k].size(0) != N || z_out[k].size(1) != F[k + 1])
+                throw impl_->bad_shape("interaction " + std::to_string(k) + "'s features", z_out[k],
+                                       "[" + std::to_string(N) + ", " + std::to_string(F[k + 1]) + "]");
+            if (e_out[k].dim() != 1 || e_out[k].size(0) != N)
+                throw impl_->bad_shape("interaction " + std::to_string(k) + "'s energies", e_out[k],
+                                       "[" + std::to_string(N) + "]");
+            energy += e_out[k].narrow(0, 0, n_local).detach().to(torch::kDouble);
+            if (k + 1 < K) {
+                // the ghosts' rows of the new features are wrong (ghosts have no pairs): owners' values
+                auto zd = own_double(z_out[k]);
+                ex.forward(zd.data_ptr<double>(), static_cast<int>(F[k + 1]));
+                z = zd.to(impl_->dtype);
+            }
+        }
+    } catch (const ModelError &) {
+        throw;
+    } catch (const std::exception &e) {
+        throw impl_->failed(e);
+    }
+
+    // backward, layer by layer in reverse: at layer k the gradient of
+    //   sum of owned e_k + <g_{k+1}, z_{k+1}>   w.r.t. (r, z_k),
+    // where g_{k+1} = dE/dz_{k+1} with the ghosts' rows summed on their owners (and zeroed)
+    auto g_r = torch::zeros({in.n_pairs, 3}, dopt);
+    torch::Tensor g_next;
+    try {
+        for (int k = K - 1; k >= 0; --k) {
+            std::vector<torch::Tensor> outputs, grad_outputs, inputs{r};
+            auto e_owned = e_out[k].narrow(0, 0, n_local).sum();
+            if (e_owned.requires_grad()) {
+                outputs.push_back(e_owned);
+                grad_outputs.push_back(torch::ones_like(e_owned));
+            }
+            if (g_next.defined() && z_out[k].requires_grad()) {
+                outputs.push_back(z_out[k]);
+                grad_outputs.push_back(g_next);
+            }
+            if (k > 0) inputs.push_back(z_in[k]);
+            std::vector<torch::Tensor> gs;
+            if (!outputs.empty())
+                gs = torch::autograd::grad(outputs, inputs, grad_outputs, /*retain_graph=*/false,
+                                           /*create_graph=*/false, /*allow_unused=*/true);
+            if (!gs.empty() && gs[0].defined()) g_r += gs[0].to(torch::kDouble);
+            if (k > 0) {
+                torch::Tensor gz = gs.size() > 1 && gs[1].defined() ? gs[1] : torch::zeros({N, F[k]}, impl_->dtype);
+                auto gd = own_double(gz);
+                ex.reverse(gd.data_ptr<double>(), static_cast<int>(F[k]));
+                g_next = gd.to(impl_->dtype);
+            }
+            z_out[k] = torch::Tensor();
+            e_out[k] = torch::Tensor();
+        }
+    } catch (const std::exception &e) {
+        throw impl_->failed(e);
+    }
+    g_r = g_r.contiguous();
+    energy = energy.contiguous();
+    local_energy.assign(energy.data_ptr<double>(), energy.data_ptr<double>() + n_local);
+    grad.assign(g_r.data_ptr<double>(), g_r.data_ptr<double>() + 3 * in.n_pairs);
 }
 
 Model::~Model() = default;

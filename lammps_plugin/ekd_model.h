@@ -1,5 +1,5 @@
-// One deployed ekd model (TorchScript file, format ekd-model-1; see python/ekd/export.py) as the
-// LAMMPS plugin runs it. This header has no torch and no LAMMPS types on purpose: torch's and
+// One deployed ekd model (TorchScript file, format ekd-model-2 or -1; see python/ekd/export.py) as
+// the LAMMPS plugin runs it. This header has no torch and no LAMMPS types on purpose: torch's and
 // LAMMPS's headers bundle different releases of {fmt}, so the torch code lives in its own
 // translation unit (ekd_model.cpp) and everything else talks to it through plain C++.
 #pragma once
@@ -32,6 +32,18 @@ struct PairInputs {
     int64_t n_pairs = 0;
 };
 
+// Feature exchange between MPI ranks for the per-layer ("halo") evaluation; the pair style
+// implements it with LAMMPS's forward and reverse communication. `rows` holds n_all x width
+// doubles (owned atoms first, then ghosts, LAMMPS order).
+class HaloExchange {
+public:
+    virtual ~HaloExchange() = default;
+    // every ghost row <- its owner's row (ghosts of ghosts and several images of one owner included)
+    virtual void forward(double *rows, int width) = 0;
+    // every owner's row += the rows of all its ghost copies; ghost rows are zeroed
+    virtual void reverse(double *rows, int width) = 0;
+};
+
 class Model {
 public:
     // Loads the TorchScript code of `path`; `ops_library` (may be empty) is the file name of the
@@ -45,6 +57,20 @@ public:
     // g = d(sum of those energies)/d r_p (kcal/mol/Angstrom, 3 per pair) into `grad`.
     void evaluate(const PairInputs &in, int64_t n_local, std::vector<double> &local_energy,
                   std::vector<double> &grad);
+
+    // Whether the file has the per-stage methods of format ekd-model-2 (embed, interaction,
+    // n_interactions, feature_widths); format ekd-model-1 files have `forward` only.
+    bool has_stages() const;
+    int n_interactions() const;            // valid when has_stages()
+    std::vector<int64_t> feature_widths() const;  // n_interactions + 1 widths, when has_stages()
+
+    // Same results as evaluate(), layer by layer: `in` holds owned + ghost atoms and the pairs
+    // whose first atom is owned (a full list of the owned atoms, one cutoff of ghosts suffices).
+    // After each interaction layer the ghost rows of the new features get their owners' values
+    // (ex.forward); the backward pass runs the layers in reverse, sending the ghost rows of each
+    // layer's feature gradient to their owners (ex.reverse). Energies and gradients as evaluate().
+    void evaluate_halo(const PairInputs &in, int64_t n_local, HaloExchange &ex, std::vector<double> &local_energy,
+                       std::vector<double> &grad);
 
 private:
     struct Impl;

@@ -4,12 +4,33 @@
 #include "neigh_list.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <stdexcept>
 #include <string>
 
 namespace ekd_lammps {
 
-void EKDSystem::build(LAMMPS_NS::NeighList *list, double cutoff, bool fold_images) {
+namespace {
+
+// Atoms closer than this (Angstrom) are "at the same position".
+constexpr double COINCIDENT = 1e-8;
+
+}  // namespace
+
+void EKDSystem::coincident(int i, int j, double distance) const {
+    char d[32];
+    std::snprintf(d, sizeof d, "%.3g", distance);
+    const auto id = [this](int k) {
+        return atom->tag_enable ? "ID " + std::to_string(atom->tag[k]) : "index " + std::to_string(k);
+    };
+    throw std::runtime_error("atoms " + id(i) + " and " + id(j) + " are at the same position (distance " + d +
+                             " Angstrom; periodic images included), where the model's energy and forces are "
+                             "undefined; remove the duplicate atom or fix its coordinates in the input");
+}
+
+void EKDSystem::build(LAMMPS_NS::NeighList *list, double cutoff, GhostMode mode) {
+    const bool fold_images = mode == GhostMode::IMAGES;
     const double *const *x = atom->x;
     const int *type = atom->type;
     n_local_ = atom->nlocal;
@@ -40,7 +61,7 @@ void EKDSystem::build(LAMMPS_NS::NeighList *list, double cutoff, bool fold_image
     r_.clear();
     const double cutsq = cutoff * cutoff;
     // ghosts mode: inum owned atoms, then gnum ghost atoms, whose neighbors deeper layers need
-    const int n_lists = fold_images ? list->inum : list->inum + list->gnum;
+    const int n_lists = mode == GhostMode::GHOSTS ? list->inum + list->gnum : list->inum;
     for (int ii = 0; ii < n_lists; ++ii) {
         const int i = list->ilist[ii];
         const int *jlist = list->firstneigh[i];
@@ -50,7 +71,10 @@ void EKDSystem::build(LAMMPS_NS::NeighList *list, double cutoff, bool fold_image
             const double dx = x[j][0] - x[i][0];
             const double dy = x[j][1] - x[i][1];
             const double dz = x[j][2] - x[i][2];
-            if (dx * dx + dy * dy + dz * dz >= cutsq) continue;
+            const double rsq = dx * dx + dy * dy + dz * dz;
+            if (rsq >= cutsq) continue;
+            // the model's radial functions are singular at r = 0 (NaN energies and forces)
+            if (rsq < COINCIDENT * COINCIDENT) coincident(i, j, std::sqrt(rsq));
             first_.push_back(i);
             second_.push_back(fold_images ? owner_[j] : j);
             r_.push_back(dx);

@@ -11,6 +11,11 @@
 //    ghost atoms; LAMMPS's reverse communication adds the ghosts' forces to their owners.
 //  * "images" (one rank): ghosts are periodic images of owned atoms; folding them onto their
 //    owners gives the periodic system itself, and the model needs no ghost shell at all.
+//  * "halo" (format ekd-model-2, any number of ranks): one cutoff (+ skin) of ghosts and the
+//    pairs of the owned atoms only; the model runs layer by layer and the pair style overwrites
+//    the ghosts' features with their owners' after each layer (LAMMPS forward communication),
+//    and sums the ghosts' feature gradients on their owners in the backward pass (reverse
+//    communication). See Model::evaluate_halo.
 #pragma once
 
 #include "ekd_model.h"
@@ -26,6 +31,8 @@ class NeighList;
 
 namespace ekd_lammps {
 
+enum class GhostMode { GHOSTS, IMAGES, HALO };
+
 // Pairs of a shorter cutoff, for ensemble members with a smaller cutoff than the largest one.
 struct PairSubset {
     std::vector<int64_t> index;  // position of each selected pair in the full list
@@ -39,6 +46,7 @@ public:
 
     // atomic number of each LAMMPS atom type (index 1..ntypes; index 0 unused)
     void set_type_map(const std::vector<int64_t> &type_to_z) { type_to_z_ = type_to_z; }
+    const std::vector<int64_t> &type_map() const { return type_to_z_; }
 
     // Gathers the model's atoms and every pair closer than `cutoff` (Angstrom; LAMMPS real and
     // metal units are both Angstrom); r_p = x_j - x_i from LAMMPS's (image) coordinates.
@@ -49,7 +57,10 @@ public:
     //    owned atom, so each pair (i, ghost j) becomes (i, owner of j) with the image's r_p, and
     //    the model runs on the owned atoms only, exactly like the ASE calculator: no ghost shell
     //    of n_interactions x cutoff to evaluate. `list` is a full list of the owned atoms.
-    void build(LAMMPS_NS::NeighList *list, double cutoff, bool fold_images);
+    //  * HALO (any number of ranks): the model's atoms are owned + ghost atoms, the pairs those of
+    //    the owned atoms (`list` is a full list of the owned atoms).
+    // Throws std::runtime_error naming both atom IDs if two atoms sit at the same position.
+    void build(LAMMPS_NS::NeighList *list, double cutoff, GhostMode mode);
 
     // The pairs of the last build() shorter than `cutoff`.
     void select(double cutoff, PairSubset &out) const;
@@ -66,6 +77,8 @@ public:
     const std::vector<double> &r() const { return r_; }
 
 private:
+    [[noreturn]] void coincident(int i, int j, double distance) const;
+
     std::vector<int64_t> type_to_z_;
     int n_local_ = 0, n_all_ = 0, n_model_ = 0;
     std::vector<int64_t> species_, first_, second_;

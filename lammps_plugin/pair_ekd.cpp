@@ -16,15 +16,67 @@
 #include "update.h"
 #include "utils.h"
 
+#include <mpi.h>
+
 #include <cmath>
 #include <cstring>
 #include <fstream>
 
 using namespace LAMMPS_NS;
+using ekd_lammps::GhostMode;
 using ekd_lammps::ModelError;
 
+namespace LAMMPS_NS {
+
+// The per-layer feature exchange of mode halo, with LAMMPS's own communication pattern (the
+// swaps of comm_brick/comm_tiled): forward copies owned rows to every ghost copy, ghosts of
+// ghosts included; reverse sums ghost rows onto their owners, last swap first.
+class HaloComm : public ekd_lammps::HaloExchange {
+public:
+    explicit HaloComm(PairEKD *pair) : p(pair) {}
+    void forward(double *rows, int width) override {
+        const double t0 = MPI_Wtime();
+        p->comm_rows = rows;
+        p->comm_width = width;
+        p->comm->forward_comm(p, width);
+        p->halo_time += MPI_Wtime() - t0;
+    }
+    void reverse(double *rows, int width) override {
+        const double t0 = MPI_Wtime();
+        p->comm_rows = rows;
+        p->comm_width = width;
+        p->comm->reverse_comm(p, width);
+        // the ghosts' share now sits on their owners; counted once
+        const int nlocal = p->atom->nlocal, nall = nlocal + p->atom->nghost;
+        std::fill(rows + static_cast<size_t>(nlocal) * width, rows + static_cast<size_t>(nall) * width, 0.0);
+        p->halo_time += MPI_Wtime() - t0;
+    }
+
+private:
+    PairEKD *p;
+};
+
+}  // namespace LAMMPS_NS
+
+namespace {
+
+// Standard atomic weights (g/mol) of H..Xe, for checking the pair_coeff elements against the
+// types' masses; 0 = not checked.
+double standard_mass(int z) {
+    static const double mass[] = {
+        0.0,     1.008,   4.0026,  6.94,    9.0122,  10.81,   12.011,  14.007,  15.999,  18.998,  20.180,
+        22.990,  24.305,  26.982,  28.085,  30.974,  32.06,   35.45,   39.948,  39.098,  40.078,  44.956,
+        47.867,  50.942,  51.996,  54.938,  55.845,  58.933,  58.693,  63.546,  65.38,   69.723,  72.630,
+        74.922,  78.971,  79.904,  83.798,  85.468,  87.62,   88.906,  91.224,  92.906,  95.95,   97.0,
+        101.07,  102.91,  106.42,  107.87,  112.41,  114.82,  118.71,  121.76,  127.60,  126.90,  131.29};
+    return z > 0 && z < static_cast<int>(sizeof(mass) / sizeof(mass[0])) ? mass[z] : 0.0;
+}
+
+}  // namespace
+
 PairEKD::PairEKD(LAMMPS *lmp)
-    : Pair(lmp), cut_max(0.0), ghost_depth(0.0), nthreads(1), mode(AUTO), fold_images(false), force_std(nullptr), fmodel(nullptr), nmax_std(0),
+    : Pair(lmp), cut_max(0.0), ghost_depth(0.0), nthreads(1), mode(AUTO), ghost_mode(GhostMode::GHOSTS),
+      comm_rows(nullptr), comm_width(0), halo_time(0.0), force_std(nullptr), fmodel(nullptr), nmax_std(0),
       nmax_fmodel(0), force_std_flag(0) {
     single_enable = 0;
     restartinfo = 0;
@@ -78,13 +130,14 @@ void PairEKD::settings(int narg, char **arg) {
             if (iarg + 2 > narg) utils::missing_cmd_args(FLERR, "pair_style ekd mode", error);
             const std::string m = arg[iarg + 1];
             if (m == "auto") mode = AUTO;
+            else if (m == "halo") mode = HALO;
             else if (m == "ghosts") mode = GHOSTS;
             else if (m == "images") mode = IMAGES;
-            else error->all(FLERR, "pair_style ekd: mode must be auto, ghosts or images, got " + m);
+            else error->all(FLERR, "pair_style ekd: mode must be auto, halo, ghosts or images, got " + m);
             iarg += 2;
         } else {
             error->all(FLERR, std::string("pair_style ekd: unknown keyword ") + arg[iarg] +
-                                  "; usage: pair_style ekd [threads N] [mode auto|ghosts|images]");
+                                  "; usage: pair_style ekd [threads N] [mode auto|halo|ghosts|images]");
         }
     }
     ekd_lammps::set_torch_threads(nthreads);
@@ -129,8 +182,11 @@ void PairEKD::coeff(int narg, char **arg) {
     }
 
     std::vector<int64_t> type_to_z(ntypes + 1, 0);
+    type_elements.assign(ntypes + 1, "");
+    mass_warnings.clear();
     for (int t = 1; t <= ntypes; ++t) {
         const std::string element = arg[narg - ntypes + t - 1];
+        type_elements[t] = element;
         type_to_z[t] = ekd_lammps::atomic_number(element);
         for (const auto &info : infos) {
             bool found = false;
@@ -154,8 +210,10 @@ void PairEKD::coeff(int narg, char **arg) {
     for (int i = 1; i <= ntypes; ++i)
         for (int j = i; j <= ntypes; ++j) setflag[i][j] = 1;
 
-    // per-model forces of ghosts go back to their owners before the spread is taken
+    // reverse: per-model forces of ghosts go back to their owners before the spread is taken, and
+    // in mode halo the feature gradients; forward: the features (set in init_style)
     comm_reverse = n_models > 1 ? 3 * n_models : 0;
+    comm_forward = 0;
     // each member's total energy, for `compute pair ekd` (summed over ranks by the compute)
     delete[] pvector;
     nextra = n_models;
@@ -187,16 +245,48 @@ void PairEKD::init_style() {
 
     if (mode == IMAGES && comm->nprocs > 1)
         error->all(FLERR, "pair_style ekd mode images needs a single MPI rank (ghost atoms of other ranks are "
-                          "not images of owned atoms); use mode ghosts or auto");
+                          "not images of owned atoms); use mode halo, ghosts or auto");
     if (mode == IMAGES && !atom->tag_enable)
         error->all(FLERR, "pair_style ekd mode images needs atom IDs (atom_modify id yes)");
-    fold_images = mode == IMAGES || (mode == AUTO && comm->nprocs == 1 && atom->tag_enable);
+    // format ekd-model-1 files have no per-layer methods: they run in mode ghosts only
+    std::string no_stages;
+    for (size_t m = 0; m < models.size(); ++m)
+        if (!models[m]->has_stages()) no_stages += (no_stages.empty() ? "" : ", ") + infos[m].path;
+    if (mode == HALO && !no_stages.empty())
+        error->all(FLERR, "pair_style ekd mode halo needs models with per-layer methods (format ekd-model-2), but " +
+                          no_stages + " has format ekd-model-1 (forward only); use pair_style ekd mode ghosts "
+                          "for it, or re-export the model with this ekd (`ekd export`)");
+    std::string why;
+    if (mode == IMAGES || (mode == AUTO && comm->nprocs == 1 && atom->tag_enable)) {
+        ghost_mode = GhostMode::IMAGES;
+    } else if (mode == HALO || (mode == AUTO && no_stages.empty())) {
+        ghost_mode = GhostMode::HALO;
+    } else {
+        ghost_mode = GhostMode::GHOSTS;
+        if (mode == AUTO)
+            why = comm->nprocs == 1 ? " (auto: no atom IDs for mode images, and " + no_stages +
+                                          " has format ekd-model-1, which mode halo cannot run)"
+                                    : " (auto: " + no_stages + " has format ekd-model-1, which mode halo cannot run; "
+                                      "re-export it with this ekd for the faster mode halo)";
+    }
 
-    if (fold_images) {
+    comm_forward = 0;
+    comm_reverse = models.size() > 1 ? 3 * static_cast<int>(models.size()) : 0;
+    if (ghost_mode == GhostMode::IMAGES) {
         // one rank: ghosts are periodic images of owned atoms and are folded onto them, so the
         // model sees the owned atoms only and an ordinary full list within the cutoff suffices
         ghostneigh = 0;
         neighbor->add_request(this, NeighConst::REQ_FULL);
+    } else if (ghost_mode == GhostMode::HALO) {
+        // one cutoff (+ skin, LAMMPS's default ghost cutoff) of ghosts and a full list of the owned
+        // atoms; the features of the deeper layers come from the ghosts' owners (HaloComm)
+        ghostneigh = 0;
+        neighbor->add_request(this, NeighConst::REQ_FULL);
+        for (const auto &model : models)
+            for (auto w : model->feature_widths()) {
+                comm_forward = std::max(comm_forward, static_cast<int>(w));
+                comm_reverse = std::max(comm_reverse, static_cast<int>(w));
+            }
     } else {
         // Ghost atoms out to the model's receptive field (n_interactions * cutoff) plus the skin
         // (atoms move up to skin/2 between rebuilds), and the ghosts' own neighbors within the
@@ -214,11 +304,62 @@ void PairEKD::init_style() {
                                         " (interaction layers x cutoff + skin)\n");
         }
     }
-    if (comm->me == 0)
-        utils::logmesg(lmp, std::string("pair_style ekd: mode ") +
-                                (fold_images ? "images (one rank: ghosts folded onto their owners)\n"
-                                             : "ghosts (model on owned + ghost atoms)\n"));
+    if (comm->me == 0) {
+        const char *what = ghost_mode == GhostMode::IMAGES ? "images (one rank: ghosts folded onto their owners)"
+                           : ghost_mode == GhostMode::HALO
+                               ? "halo (one cutoff of ghosts; features exchanged after every interaction layer)"
+                               : "ghosts (model on owned + ghost atoms)";
+        utils::logmesg(lmp, std::string("pair_style ekd: mode ") + what + why + "\n");
+    }
+    check_masses();
+    halo_time = 0.0;
     ekd_lammps::set_torch_threads(nthreads);
+}
+
+// A pair_coeff element order that does not follow the atom types gives plausible-looking but
+// wrong energies; the types' masses tell which element each type is.
+void PairEKD::check_masses() {
+    const int ntypes = atom->ntypes;
+    const auto &z_of_type = system->type_map();
+    if (atom->rmass_flag || atom->mass == nullptr) {
+        if (comm->me == 0)
+            error->warning(FLERR, "pair_style ekd: per-atom masses; cannot check that the pair_coeff elements match "
+                                  "the atom types");
+        return;
+    }
+    std::string warnings;
+    for (int t = 1; t <= ntypes; ++t) {
+        const int z = static_cast<int>(z_of_type[t]);
+        const double expected = standard_mass(z);
+        const std::string element = type_elements[t];
+        if (expected == 0.0) continue;
+        if (!atom->mass_setflag[t]) {
+            warnings += "pair_style ekd: the mass of atom type " + std::to_string(t) + " is not set; cannot check "
+                        "that it is " + element + " as pair_coeff says\n";
+            continue;
+        }
+        const double m = atom->mass[t];
+        const double tol = 0.005;  // relative; standard atomic weights vs. the masses tools write
+        if (std::fabs(m - expected) <= tol * expected) continue;
+        // the mass of another element of the pair_coeff line: the elements are in the wrong order
+        for (int u = 1; u <= ntypes; ++u) {
+            const double other = standard_mass(static_cast<int>(z_of_type[u]));
+            if (z_of_type[u] != z && other > 0.0 && std::fabs(m - other) <= tol * other) {
+                std::string order;
+                for (int v = 1; v <= ntypes; ++v) order += " " + type_elements[v];
+                error->all(FLERR, "pair_coeff ekd: atom type " + std::to_string(t) + " has mass " + fmt::format("{:.6g}", m) +
+                                      ", the mass of " + type_elements[u] +
+                                      ", but pair_coeff gives it element " + element + " (" + fmt::format("{:.6g}", expected) +
+                                      "); the elements after the model files name the atom types in order (now:" + order +
+                                      "): reorder them to match the types' masses, or fix the masses");
+            }
+        }
+        warnings += "pair_style ekd: atom type " + std::to_string(t) + " has mass " + fmt::format("{:.6g}", m) +
+                    " but pair_coeff gives it element " + element + " (" + fmt::format("{:.6g}", expected) +
+                    "); fine for an isotope or repartitioned masses, otherwise check the pair_coeff element order\n";
+    }
+    if (!warnings.empty() && comm->me == 0 && warnings != mass_warnings) error->warning(FLERR, warnings);
+    mass_warnings = warnings;
 }
 
 double PairEKD::init_one(int i, int j) {
@@ -230,7 +371,7 @@ void PairEKD::compute(int eflag, int vflag) {
     ev_init(eflag, vflag);
 
     // never silently wrong: the ghost shell must cover the receptive field
-    if (!fold_images && comm->get_comm_cutoff() < ghost_depth + neighbor->skin - 1e-9)
+    if (ghost_mode == GhostMode::GHOSTS && comm->get_comm_cutoff() < ghost_depth + neighbor->skin - 1e-9)
         error->all(FLERR, "pair_style ekd: communication cutoff " + std::to_string(comm->get_comm_cutoff()) +
                           " is below n_interactions x cutoff + skin = " + std::to_string(ghost_depth + neighbor->skin) +
                           "; something reset comm_modify cutoff after the pair style was initialised");
@@ -238,7 +379,7 @@ void PairEKD::compute(int eflag, int vflag) {
     const double scale = energy_factor();
     const int n_models = static_cast<int>(models.size());
     try {
-        system->build(list, cut_max, fold_images);
+        system->build(list, cut_max, ghost_mode);
     } catch (const std::exception &e) {
         error->one(FLERR, std::string("pair_style ekd: ") + e.what());
     }
@@ -258,12 +399,14 @@ void PairEKD::compute(int eflag, int vflag) {
     std::vector<double> energy(nlocal, 0.0), grad(3 * system->n_pairs(), 0.0);
     std::vector<double> e_m, g_m;
     ekd_lammps::PairSubset subset;
+    HaloComm halo(this);
     for (int m = 0; m < n_models; ++m) {
         const bool shorter = infos[m].cutoff < cut_max;
         if (shorter) system->select(infos[m].cutoff, subset);
         const auto pairs = shorter ? system->inputs(subset) : all_pairs;
         try {
-            models[m]->evaluate(pairs, nlocal, e_m, g_m);
+            if (ghost_mode == GhostMode::HALO) models[m]->evaluate_halo(pairs, nlocal, halo, e_m, g_m);
+            else models[m]->evaluate(pairs, nlocal, e_m, g_m);
         } catch (const ModelError &e) {
             error->one(FLERR, std::string("pair_style ekd: ") + e.what());
         }
@@ -308,7 +451,9 @@ void PairEKD::force_spread() {
         for (int i = 0; i < nlocal; ++i) force_std[i] = 0.0;
         return;
     }
-    comm->reverse_comm(this);
+    comm_rows = fmodel[0];
+    comm_width = 3 * n_models;
+    comm->reverse_comm(this, comm_width);
     for (int i = 0; i < nlocal; ++i) {
         double mean[3] = {0.0, 0.0, 0.0}, var = 0.0;
         for (int m = 0; m < n_models; ++m)
@@ -322,17 +467,47 @@ void PairEKD::force_spread() {
     }
 }
 
+// Forward and reverse communication of `comm_width` doubles per atom from `comm_rows` (owned +
+// ghost rows): the layer features and their gradients in mode halo, per-model forces otherwise.
+int PairEKD::pack_forward_comm(int n, int *list, double *buf, int /*pbc_flag*/, int * /*pbc*/) {
+    const int w = comm_width;
+    for (int i = 0; i < n; ++i) std::memcpy(buf + static_cast<size_t>(i) * w, comm_rows + static_cast<size_t>(list[i]) * w, w * sizeof(double));
+    return n * w;
+}
+
+void PairEKD::unpack_forward_comm(int n, int first, double *buf) {
+    std::memcpy(comm_rows + static_cast<size_t>(first) * comm_width, buf, static_cast<size_t>(n) * comm_width * sizeof(double));
+}
+
 int PairEKD::pack_reverse_comm(int n, int first, double *buf) {
-    int m = 0;
-    for (int i = first; i < first + n; ++i)
-        for (int k = 0; k < comm_reverse; ++k) buf[m++] = fmodel[i][k];
-    return m;
+    std::memcpy(buf, comm_rows + static_cast<size_t>(first) * comm_width, static_cast<size_t>(n) * comm_width * sizeof(double));
+    return n * comm_width;
 }
 
 void PairEKD::unpack_reverse_comm(int n, int *list, double *buf) {
-    int m = 0;
-    for (int i = 0; i < n; ++i)
-        for (int k = 0; k < comm_reverse; ++k) fmodel[list[i]][k] += buf[m++];
+    const int w = comm_width;
+    for (int i = 0; i < n; ++i) {
+        double *row = comm_rows + static_cast<size_t>(list[i]) * w;
+        for (int k = 0; k < w; ++k) row[k] += buf[static_cast<size_t>(i) * w + k];
+    }
+}
+
+// Per-rank ghost counts and time in the halo exchange, after each run's timing breakdown.
+void PairEKD::finish() {
+    if (ghost_mode != GhostMode::HALO && ghost_mode != GhostMode::GHOSTS) return;
+    const int nprocs = comm->nprocs;
+    double mine[2] = {static_cast<double>(atom->nghost), halo_time};
+    std::vector<double> all(2 * nprocs);
+    MPI_Gather(mine, 2, MPI_DOUBLE, all.data(), 2, MPI_DOUBLE, 0, world);
+    if (comm->me != 0) return;
+    std::string ghosts, times;
+    for (int r = 0; r < nprocs; ++r) {
+        ghosts += " " + std::to_string(static_cast<long>(all[2 * r]));
+        times += " " + std::to_string(all[2 * r + 1]);
+    }
+    utils::logmesg(lmp, "pair_style ekd: ghost atoms per rank:" + ghosts + "\n");
+    if (ghost_mode == GhostMode::HALO)
+        utils::logmesg(lmp, "pair_style ekd: halo exchange seconds per rank (part of Pair time):" + times + "\n");
 }
 
 void *PairEKD::extract(const char *name, int &dim) {

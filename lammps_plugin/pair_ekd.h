@@ -1,6 +1,6 @@
-/* pair_style ekd: deployed ekd models (TorchScript, format ekd-model-1) in LAMMPS.
+/* pair_style ekd: deployed ekd models (TorchScript, formats ekd-model-2 and -1) in LAMMPS.
 
-   pair_style ekd [threads N] [mode auto|ghosts|images]
+   pair_style ekd [threads N] [mode auto|halo|ghosts|images]
    pair_coeff * * model.pt [more.pt ...] E1 E2 ... En      (one element symbol per atom type)
 
    Units real (kcal/mol, Angstrom: the models' own) or metal (eV, Angstrom). newton pair on.
@@ -22,6 +22,7 @@ namespace ekd_lammps {
 class EKDSystem;
 class Model;
 struct ModelInfo;
+enum class GhostMode;
 }  // namespace ekd_lammps
 
 namespace LAMMPS_NS {
@@ -35,9 +36,12 @@ public:
     void settings(int, char **) override;
     void coeff(int, char **) override;
     void init_style() override;
+    void finish() override;
     double init_one(int, int) override;
     void *extract(const char *, int &) override;
     void *extract_peratom(const char *, int &) override;
+    int pack_forward_comm(int, int *, double *, int, int *) override;
+    void unpack_forward_comm(int, int, double *) override;
     int pack_reverse_comm(int, int, double *) override;
     void unpack_reverse_comm(int, int *, double *) override;
     double memory_usage() override;
@@ -53,8 +57,18 @@ protected:
     double cut_max;      // largest model cutoff (Angstrom)
     double ghost_depth;  // largest n_interactions * cutoff (Angstrom)
     int nthreads;
-    enum { AUTO, GHOSTS, IMAGES } mode;  // see ekd_system.h; auto = images on one rank, else ghosts
-    bool fold_images;                    // the mode in use (decided in init_style)
+    // see ekd_system.h; auto = images on one rank, else halo (or ghosts for format-1 models)
+    enum { AUTO, HALO, GHOSTS, IMAGES } mode;
+    ekd_lammps::GhostMode ghost_mode;  // the mode in use (decided in init_style)
+    void check_masses();
+    std::string mass_warnings;  // given once per distinct text
+    std::vector<std::string> type_elements;  // pair_coeff's element of each atom type (1..ntypes)
+
+    // rows exchanged by pack/unpack_forward/reverse_comm: n_all x comm_width doubles
+    friend class HaloComm;
+    double *comm_rows;
+    int comm_width;
+    double halo_time;  // seconds spent in the per-layer exchange (this rank)
 
     double *force_std;  // per-atom ensemble force spread (owned atoms)
     double **fmodel;    // per-model forces, 3 columns per model (owned + ghost rows)
