@@ -9,9 +9,11 @@ The embedded default (:data:`DEFAULT_YAML`) is small enough to run the whole wor
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -43,6 +45,7 @@ class ModelConfig:
     cutoff_hard: float = 6.5
 
     def __post_init__(self):
+        _check_finite(self)
         _check(self.l_max in (0, 1, 2), "l_max", "must be 0, 1 or 2", self.l_max)
         _check(self.n_interactions in (1, 2, 3), "n_interactions", "must be 1, 2 or 3", self.n_interactions)
         _check(self.n_atom_layers >= 1, "n_atom_layers", "must be >= 1", self.n_atom_layers)
@@ -86,6 +89,7 @@ class TrainConfig:
     threads: int = 1  # torch intra-op threads per training process
 
     def __post_init__(self):
+        _check_finite(self)
         _check(self.lr > 0, "lr", "must be > 0", self.lr)
         _check(0 < self.lr_factor < 1, "lr_factor", "must be between 0 and 1", self.lr_factor)
         _check(self.lr_patience >= 1, "lr_patience", "must be >= 1", self.lr_patience)
@@ -151,6 +155,7 @@ class DataConfig:
     generate: dict[str, Any] = field(default_factory=dict)  # ekd.data.generate.GenerateOptions fields
 
     def __post_init__(self):
+        _check_finite(self)
         _check(0 < self.test_fraction < 0.5, "test_fraction", "must be in (0, 0.5)", self.test_fraction)
         _check(0 < self.valid_fraction < 0.5, "valid_fraction", "must be in (0, 0.5)", self.valid_fraction)
         _check(bool(self.energy_key), "energy_key", "must name a dataset key", self.energy_key)
@@ -249,6 +254,7 @@ class EvaluateConfig:
     conformer_window: float = 100.0  # kcal/mol above a molecule's lowest: excluded from ΔE
 
     def __post_init__(self):
+        _check_finite(self)
         _check(self.conformer_window > 0, "conformer_window", "must be > 0", self.conformer_window)
 
 
@@ -276,6 +282,7 @@ class MDConfig:
     workers: int = 2
 
     def __post_init__(self):
+        _check_finite(self)
         _check(self.n_molecules >= 1, "n_molecules", "must be >= 1", self.n_molecules)
         _check(self.density > 0, "density", "must be > 0 (g/cm^3)", self.density)
         _check(self.temperature > 0, "temperature", "must be > 0 (K)", self.temperature)
@@ -430,6 +437,23 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _check_finite(section) -> None:
+    """Every float of ``section`` (also inside tuples) is finite: no field means anything by
+    inf or NaN, and both pass comparisons such as ``lr > 0`` or escape them silently."""
+    for f in fields(section):
+        values = getattr(section, f.name)
+        flat = list(values) if isinstance(values, tuple) else [values]
+        while any(isinstance(v, tuple) for v in flat):
+            flat = [x for v in flat for x in (v if isinstance(v, tuple) else (v,))]
+        bad = [v for v in flat if isinstance(v, float) and not math.isfinite(v)]
+        _check(
+            not bad,
+            f.name,
+            "must be finite numbers" if isinstance(values, tuple) else "must be a finite number",
+            values,
+        )
+
+
 def _check(ok: bool, name: str, expectation: str, got) -> None:
     if not ok:
         raise ConfigError(f"{name}: {expectation}, got {got!r}")
@@ -495,15 +519,20 @@ def _convert(tp, value, path: str):
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        number = None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):
             # YAML 1.1 reads 1e-3 (no dot) as a string: accept it
-            if isinstance(value, str):
-                try:
-                    return float(value)
-                except ValueError:
-                    pass
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is None:
             raise ConfigError(f"{path}: expected a number, got {value!r}")
-        return float(value)
+        # no float field has a meaning for infinity or NaN (.inf, .nan in YAML): a learning rate or
+        # a cutoff of .inf would pass "> 0" and train or run on nonsense
+        if not math.isfinite(number):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {value!r}")

@@ -46,6 +46,18 @@ def test_paper_force_schedule():
         ("ensemble: {controls: yes please}", "ensemble.controls: expected true or false"),
         ("data: {test_fraction: 0.9}", r"data.test_fraction: must be in \(0, 0.5\)"),
         ("- 1\n- 2", "the top level must be a mapping"),
+        # non-finite numbers pass "> 0" checks: refused for every float field, naming it
+        ("train: {lr: .inf}", r"train.lr: expected a finite number, got inf"),
+        ("model: {cutoff_hard: .inf}", r"model.cutoff_hard: expected a finite number, got inf"),
+        ("train: {w_l2: .nan}", r"train.w_l2: expected a finite number, got nan"),
+        ("train: {lr: '-inf'}", r"train.lr: expected a finite number, got '-inf'"),
+        ("train: {force_schedule: [[1, .inf]]}", r"train.force_schedule\[0\]\[1\]: expected a finite number"),
+        ("evaluate: {conformer_window: .inf}", r"evaluate.conformer_window: expected a finite number"),
+        ("md: {timesteps_fs: [0.5, .inf]}", r"md.timesteps_fs\[1\]: expected a finite number"),
+        ("md: {t_max_ps: .inf}", r"md.t_max_ps: expected a finite number"),
+        ("md: {density: 0}", r"md.density: must be > 0"),
+        ("model: {cutoff_soft_min: 0}", r"model.cutoff_soft_min: cutoffs must satisfy 0 <"),
+        ("train: {lr: 0}", r"train.lr: must be > 0"),
     ],
 )
 def test_bad_configs_name_the_field(text, message):
@@ -77,3 +89,13 @@ def test_generate_options_are_validated_by_the_generator():
         config.loads("data: {generate: {n_train_mols: 3}}")
     with pytest.raises(config.ConfigError, match="data.generate: .*n_train_molecules"):
         config.loads("data: {generate: {n_train_molecules: -1}}")
+
+
+def test_sections_built_in_python_refuse_non_finite_floats():
+    """The dataclasses check themselves too (they are public: ``TrainConfig(lr=...)``)."""
+    with pytest.raises(config.ConfigError, match="lr: must be a finite number, got inf"):
+        config.TrainConfig(lr=float("inf"))
+    with pytest.raises(config.ConfigError, match="cutoff_hard: must be a finite number"):
+        config.ModelConfig(cutoff_hard=float("inf"))
+    with pytest.raises(config.ConfigError, match="force_schedule: must be finite numbers"):
+        config.TrainConfig(force_schedule=((1, float("nan")),))
