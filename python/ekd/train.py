@@ -133,14 +133,8 @@ def _train(spec, cfg: Config, dataset: Dataset, splits, out_dir: Path, progress:
     optimizer = torch.optim.Adam(params, lr=tc.lr)
 
     fingerprint = _fingerprint(spec, arch, tc, train_idx, valid_idx, dataset)
-    state = {
-        "epoch": 0,
-        "best_epoch": 0,
-        "best_rmse": float("inf"),
-        "since_best": 0,
-        "lr_bad": 0,
-        "elapsed": 0.0,
-    }
+    policy = StoppingPolicy.of(tc, forces=spec.forces is not None)
+    state = {**policy.start(), "elapsed": 0.0}
     best_state = copy.deepcopy(net.state_dict())
     ckpt_path = out_dir / "checkpoint.pt"
     log_path = out_dir / "train_log.jsonl"
@@ -163,9 +157,7 @@ def _train(spec, cfg: Config, dataset: Dataset, splits, out_dir: Path, progress:
     elif log_path.exists():
         log_path.unlink()  # a log without a checkpoint belongs to a run that never finished an epoch
 
-    while state["epoch"] < tc.max_epochs and (
-        state["since_best"] < tc.termination_patience or state["epoch"] < tc.min_epochs
-    ):
+    while policy.running(state):
         epoch = state["epoch"] + 1
         t0 = time.perf_counter()
         w_f = tc.force_weight(epoch) if spec.forces else None
@@ -180,23 +172,12 @@ def _train(spec, cfg: Config, dataset: Dataset, splits, out_dir: Path, progress:
             )
 
         rmse = valid_metrics["energy_rmse"]
-        better = rmse < state["best_rmse"]
-        # while the force weight still decays, the energy error may rise as the forces improve
-        # (measured: a student whose energy RMSE stayed at epoch 1's for 16 epochs of falling
-        # force error was stopped at epoch 17); patience and the plateau count from its last step
-        ramping = spec.forces is not None and epoch < tc.force_schedule[-1][0]
-        ramping = ramping or epoch < tc.min_epochs
+        better, lr_scale = policy.observe(state, epoch, rmse)
         if better:
-            state.update(best_rmse=rmse, best_epoch=epoch, since_best=0, lr_bad=0)
             best_state = copy.deepcopy(net.state_dict())
-        elif not ramping:
-            state["since_best"] += 1
-            state["lr_bad"] += 1
-            if state["lr_bad"] >= tc.lr_patience:
-                for group in optimizer.param_groups:
-                    group["lr"] *= tc.lr_factor
-                state["lr_bad"] = 0
-        state["epoch"] = epoch
+        if lr_scale != 1.0:
+            for group in optimizer.param_groups:
+                group["lr"] *= lr_scale
         seconds = time.perf_counter() - t0
         state["elapsed"] += seconds
         entry = {
@@ -242,7 +223,7 @@ def _train(spec, cfg: Config, dataset: Dataset, splits, out_dir: Path, progress:
         "epochs": state["epoch"],
         "best_epoch": state["best_epoch"],
         "best_valid_energy_rmse": state["best_rmse"],
-        "stopped": "patience" if state["since_best"] >= tc.termination_patience else "max_epochs",
+        "stopped": policy.stopped_by(state),
         "n_train": len(train_idx),
         "n_valid": len(valid_idx),
         "kernels": kernels,
@@ -252,6 +233,67 @@ def _train(spec, cfg: Config, dataset: Dataset, splits, out_dir: Path, progress:
     _atomic_write_text(out_dir / "done.json", json.dumps(summary, indent=1))
     ckpt_path.unlink(missing_ok=True)
     return summary
+
+
+@dataclass(frozen=True)
+class StoppingPolicy:
+    """Early stopping, the learning-rate plateau decay and "best", decided from the validation
+    energy RMSE of each epoch, and nothing else (a unit, testable with made-up RMSE sequences).
+
+    The state is a plain dict (it goes into the checkpoint): epoch (last finished), best_epoch,
+    best_rmse, since_best (epochs without a new best that count), lr_bad (the same, since the
+    last lr decay).
+
+    Epochs before ``hold_until`` do not count: while the force weight still decays, the energy
+    error may rise as the forces improve (measured: a student whose energy RMSE stayed at epoch
+    1's for 16 epochs of falling force error was stopped at epoch 17), and ``min_epochs`` holds
+    off small energy-only sets that sit at the per-element offsets for a while.
+    """
+
+    lr_factor: float
+    lr_patience: int
+    termination_patience: int
+    max_epochs: int
+    min_epochs: int = 0
+    hold_until: int = 0  # first epoch that counts towards patience and the lr plateau
+
+    @classmethod
+    def of(cls, tc, forces: bool) -> StoppingPolicy:
+        """The policy of ``tc`` (a :class:`~ekd.config.TrainConfig`) for a member with or without a
+        force target (with one, the force-weight schedule's last step holds counting off)."""
+        ramp_end = tc.force_schedule[-1][0] if forces else 0
+        return cls(
+            tc.lr_factor, tc.lr_patience, tc.termination_patience, tc.max_epochs, tc.min_epochs,
+            max(ramp_end, tc.min_epochs),
+        )  # fmt: skip
+
+    def start(self) -> dict:
+        return {"epoch": 0, "best_epoch": 0, "best_rmse": float("inf"), "since_best": 0, "lr_bad": 0}
+
+    def running(self, state: Mapping) -> bool:
+        """Whether another epoch is trained."""
+        return state["epoch"] < self.max_epochs and (
+            state["since_best"] < self.termination_patience or state["epoch"] < self.min_epochs
+        )
+
+    def observe(self, state: dict, epoch: int, rmse: float) -> tuple[bool, float]:
+        """Record epoch ``epoch``'s validation energy RMSE (updates ``state``); returns (a new
+        best, the factor to multiply the learning rate by for the next epoch: 1 or lr_factor)."""
+        scale = 1.0
+        better = rmse < state["best_rmse"]
+        if better:
+            state.update(best_rmse=rmse, best_epoch=epoch, since_best=0, lr_bad=0)
+        elif epoch >= self.hold_until:
+            state["since_best"] += 1
+            state["lr_bad"] += 1
+            if state["lr_bad"] >= self.lr_patience:
+                scale = self.lr_factor
+                state["lr_bad"] = 0
+        state["epoch"] = epoch
+        return better, scale
+
+    def stopped_by(self, state: Mapping) -> str:
+        return "patience" if state["since_best"] >= self.termination_patience else "max_epochs"
 
 
 class _Batches:
