@@ -31,33 +31,40 @@ void EKDSystem::coincident(int i, int j, double distance) const {
 
 void EKDSystem::build(LAMMPS_NS::NeighList *list, double cutoff, GhostMode mode) {
     const bool fold_images = mode == GhostMode::IMAGES;
+    // halo: each atom once (by ID), and only the ghosts that are partners of owned atoms
+    const bool halo_fold = mode == GhostMode::HALO && atom->tag_enable;
     const double *const *x = atom->x;
     const int *type = atom->type;
+    const LAMMPS_NS::tagint *tag = atom->tag;
     n_local_ = atom->nlocal;
     n_all_ = atom->nlocal + atom->nghost;
-    n_model_ = fold_images ? n_local_ : n_all_;
+    n_model_ = fold_images || halo_fold ? n_local_ : n_all_;
 
-    if (fold_images) {
-        // owner of every atom: ghosts carry the ID (tag) of the owned atom they are an image of
-        const LAMMPS_NS::tagint *tag = atom->tag;
+    if (fold_images || halo_fold) {
+        // ghosts carry the ID (tag) of the atom they are a copy of
         LAMMPS_NS::tagint max_tag = 0;
-        for (int i = 0; i < n_local_; ++i) max_tag = std::max(max_tag, tag[i]);
+        for (int i = 0; i < n_all_; ++i) max_tag = std::max(max_tag, tag[i]);
         local_of_tag_.assign(static_cast<size_t>(max_tag) + 1, -1);
         for (int i = 0; i < n_local_; ++i) local_of_tag_[tag[i]] = i;
+    }
+    if (fold_images) {
         owner_.resize(n_all_);
         for (int i = 0; i < n_all_; ++i) {
-            owner_[i] = tag[i] <= max_tag ? local_of_tag_[tag[i]] : -1;
+            owner_[i] = local_of_tag_[tag[i]];
             if (owner_[i] < 0)
                 throw std::runtime_error("ghost atom with ID " + std::to_string(tag[i]) +
-                                         " is not an image of an atom of this rank; use pair_style ekd mode ghosts");
+                                         " is not an image of an atom of this rank; use pair_style ekd mode halo");
         }
     }
 
     species_.resize(n_model_);
     for (int i = 0; i < n_model_; ++i) species_[i] = type_to_z_[type[i]];
+    lammps_of_row_.resize(n_model_);
+    for (int i = 0; i < n_model_; ++i) lammps_of_row_[i] = i;
 
     first_.clear();
     second_.clear();
+    second_lammps_.clear();
     r_.clear();
     const double cutsq = cutoff * cutoff;
     // ghosts mode: inum owned atoms, then gnum ghost atoms, whose neighbors deeper layers need
@@ -75,8 +82,24 @@ void EKDSystem::build(LAMMPS_NS::NeighList *list, double cutoff, GhostMode mode)
             if (rsq >= cutsq) continue;
             // the model's radial functions are singular at r = 0 (NaN energies and forces)
             if (rsq < COINCIDENT * COINCIDENT) coincident(i, j, std::sqrt(rsq));
+            int row = j;
+            if (fold_images) {
+                row = owner_[j];
+            } else if (halo_fold && j >= n_local_) {
+                // a periodic image of an owned atom is that atom; a copy of another rank's atom gets
+                // one model row however many images of it are here (its features do not depend on
+                // the image), represented by the first ghost copy met
+                row = local_of_tag_[tag[j]];
+                if (row < 0) {
+                    row = n_model_++;
+                    local_of_tag_[tag[j]] = row;  // from now on: the atom's model row
+                    lammps_of_row_.push_back(j);
+                    species_.push_back(type_to_z_[type[j]]);
+                }
+            }
             first_.push_back(i);
-            second_.push_back(fold_images ? owner_[j] : j);
+            second_.push_back(row);
+            second_lammps_.push_back(j);
             r_.push_back(dx);
             r_.push_back(dy);
             r_.push_back(dz);
@@ -88,6 +111,7 @@ void EKDSystem::select(double cutoff, PairSubset &out) const {
     out.index.clear();
     out.first.clear();
     out.second.clear();
+    out.second_lammps.clear();
     out.r.clear();
     const double cutsq = cutoff * cutoff;
     for (size_t p = 0; p < first_.size(); ++p) {
@@ -96,6 +120,7 @@ void EKDSystem::select(double cutoff, PairSubset &out) const {
         out.index.push_back(static_cast<int64_t>(p));
         out.first.push_back(first_[p]);
         out.second.push_back(second_[p]);
+        out.second_lammps.push_back(second_lammps_[p]);
         out.r.insert(out.r.end(), d, d + 3);
     }
 }
@@ -117,6 +142,18 @@ PairInputs EKDSystem::inputs(const PairSubset &subset) const {
     in.second = subset.second.data();
     in.r = subset.r.data();
     in.n_pairs = static_cast<int64_t>(subset.first.size());
+    return in;
+}
+
+PairInputs EKDSystem::lammps_pairs() const {
+    PairInputs in = inputs();
+    in.second = second_lammps_.data();
+    return in;
+}
+
+PairInputs EKDSystem::lammps_pairs(const PairSubset &subset) const {
+    PairInputs in = inputs(subset);
+    in.second = subset.second_lammps.data();
     return in;
 }
 

@@ -36,7 +36,7 @@ enum class GhostMode { GHOSTS, IMAGES, HALO };
 // Pairs of a shorter cutoff, for ensemble members with a smaller cutoff than the largest one.
 struct PairSubset {
     std::vector<int64_t> index;  // position of each selected pair in the full list
-    std::vector<int64_t> first, second;
+    std::vector<int64_t> first, second, second_lammps;
     std::vector<double> r;
 };
 
@@ -57,8 +57,12 @@ public:
     //    owned atom, so each pair (i, ghost j) becomes (i, owner of j) with the image's r_p, and
     //    the model runs on the owned atoms only, exactly like the ASE calculator: no ghost shell
     //    of n_interactions x cutoff to evaluate. `list` is a full list of the owned atoms.
-    //  * HALO (any number of ranks): the model's atoms are owned + ghost atoms, the pairs those of
-    //    the owned atoms (`list` is a full list of the owned atoms).
+    //  * HALO (any number of ranks): the pairs of the owned atoms (`list` is a full list of the
+    //    owned atoms); the model's atoms are the owned atoms, then (with atom IDs) one row per atom
+    //    of another rank that is a partner of an owned atom: periodic images of owned atoms are
+    //    folded onto them as in IMAGES, several images of one atom of another rank share a row,
+    //    and ghosts in the skin that are nobody's partner are left out. Without atom IDs: owned +
+    //    all ghost atoms. lammps_row() maps model rows back to LAMMPS atoms for the exchange.
     // Throws std::runtime_error naming both atom IDs if two atoms sit at the same position.
     void build(LAMMPS_NS::NeighList *list, double cutoff, GhostMode mode);
 
@@ -67,6 +71,12 @@ public:
 
     PairInputs inputs() const;
     PairInputs inputs(const PairSubset &subset) const;
+    // the same pairs with LAMMPS's atom indices as second atoms (for forces and per-atom virials:
+    // a ghost's force goes to its owner by LAMMPS's reverse communication)
+    PairInputs lammps_pairs() const;
+    PairInputs lammps_pairs(const PairSubset &subset) const;
+    // LAMMPS index of each model row (owned atoms: themselves; others: a ghost copy)
+    const std::vector<int> &lammps_row() const { return lammps_of_row_; }
 
     int n_local() const { return n_local_; }
     int n_all() const { return n_all_; }        // owned + ghost atoms in LAMMPS
@@ -81,8 +91,8 @@ private:
 
     std::vector<int64_t> type_to_z_;
     int n_local_ = 0, n_all_ = 0, n_model_ = 0;
-    std::vector<int64_t> species_, first_, second_;
-    std::vector<int> local_of_tag_, owner_;
+    std::vector<int64_t> species_, first_, second_, second_lammps_;
+    std::vector<int> local_of_tag_, owner_, lammps_of_row_;
     std::vector<double> r_;
 };
 

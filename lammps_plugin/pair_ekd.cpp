@@ -18,6 +18,7 @@
 
 #include <mpi.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -30,30 +31,42 @@ namespace LAMMPS_NS {
 
 // The per-layer feature exchange of mode halo, with LAMMPS's own communication pattern (the
 // swaps of comm_brick/comm_tiled): forward copies owned rows to every ghost copy, ghosts of
-// ghosts included; reverse sums ghost rows onto their owners, last swap first.
+// ghosts included; reverse sums ghost rows onto their owners, last swap first. The model's rows
+// (EKDSystem: owned atoms, then one row per partner atom of another rank) are placed in a buffer
+// of LAMMPS's owned + ghost rows around each exchange.
 class HaloComm : public ekd_lammps::HaloExchange {
 public:
-    explicit HaloComm(PairEKD *pair) : p(pair) {}
+    HaloComm(PairEKD *pair, const std::vector<int> &lammps_row) : p(pair), row(lammps_row) {}
     void forward(double *rows, int width) override {
         const double t0 = MPI_Wtime();
-        p->comm_rows = rows;
+        const size_t w = width, nlocal = p->atom->nlocal, nall = nlocal + p->atom->nghost;
+        buf.resize(nall * w);
+        std::copy(rows, rows + nlocal * w, buf.begin());
+        p->comm_rows = buf.data();
         p->comm_width = width;
         p->comm->forward_comm(p, width);
+        for (size_t r = nlocal; r < row.size(); ++r) std::copy_n(&buf[row[r] * w], w, rows + r * w);
         p->halo_time += MPI_Wtime() - t0;
     }
     void reverse(double *rows, int width) override {
         const double t0 = MPI_Wtime();
-        p->comm_rows = rows;
+        const size_t w = width, nlocal = p->atom->nlocal, nall = nlocal + p->atom->nghost;
+        buf.assign(nall * w, 0.0);
+        std::copy(rows, rows + nlocal * w, buf.begin());
+        for (size_t r = nlocal; r < row.size(); ++r) std::copy_n(rows + r * w, w, &buf[row[r] * w]);
+        p->comm_rows = buf.data();
         p->comm_width = width;
         p->comm->reverse_comm(p, width);
-        // the ghosts' share now sits on their owners; counted once
-        const int nlocal = p->atom->nlocal, nall = nlocal + p->atom->nghost;
-        std::fill(rows + static_cast<size_t>(nlocal) * width, rows + static_cast<size_t>(nall) * width, 0.0);
+        // the ghosts' share now sits on their owners: counted once
+        std::copy(buf.begin(), buf.begin() + nlocal * w, rows);
+        std::fill(rows + nlocal * w, rows + row.size() * w, 0.0);
         p->halo_time += MPI_Wtime() - t0;
     }
 
 private:
     PairEKD *p;
+    const std::vector<int> &row;
+    std::vector<double> buf;
 };
 
 }  // namespace LAMMPS_NS
@@ -386,6 +399,7 @@ void PairEKD::compute(int eflag, int vflag) {
     const int nlocal = system->n_local();
     const int nall = system->n_all();
     const auto all_pairs = system->inputs();
+    const auto all_lammps_pairs = system->lammps_pairs();
 
     if (n_models > 1 && atom->nmax > nmax_fmodel) {
         memory->destroy(fmodel);
@@ -399,7 +413,7 @@ void PairEKD::compute(int eflag, int vflag) {
     std::vector<double> energy(nlocal, 0.0), grad(3 * system->n_pairs(), 0.0);
     std::vector<double> e_m, g_m;
     ekd_lammps::PairSubset subset;
-    HaloComm halo(this);
+    HaloComm halo(this, system->lammps_row());
     for (int m = 0; m < n_models; ++m) {
         const bool shorter = infos[m].cutoff < cut_max;
         if (shorter) system->select(infos[m].cutoff, subset);
@@ -420,17 +434,19 @@ void PairEKD::compute(int eflag, int vflag) {
             const int64_t q = shorter ? subset.index[p] : p;
             for (int k = 0; k < 3; ++k) grad[3 * q + k] += g_m[3 * p + k] / n_models;
         }
-        if (n_models > 1) ekd_lammps::add_pair_forces(pairs, g_m, scale, fmodel, 3 * m);
+        if (n_models > 1)
+            ekd_lammps::add_pair_forces(shorter ? system->lammps_pairs(subset) : all_lammps_pairs, g_m, scale, fmodel,
+                                        3 * m);
     }
 
-    ekd_lammps::add_pair_forces(all_pairs, grad, scale, atom->f);
+    ekd_lammps::add_pair_forces(all_lammps_pairs, grad, scale, atom->f);
     if (eflag_global)
         for (int i = 0; i < nlocal; ++i) eng_vdwl += scale * energy[i];
     if (eflag_atom)
         for (int i = 0; i < nlocal; ++i) eatom[i] += scale * energy[i];
     if (vflag_global || vflag_atom) {
         double w[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-        ekd_lammps::add_pair_virial(all_pairs, grad, scale, w, vflag_atom ? vatom : nullptr);
+        ekd_lammps::add_pair_virial(all_lammps_pairs, grad, scale, w, vflag_atom ? vatom : nullptr);
         if (vflag_global)
             for (int k = 0; k < 6; ++k) virial[k] += w[k];
     }
@@ -496,18 +512,23 @@ void PairEKD::unpack_reverse_comm(int n, int *list, double *buf) {
 void PairEKD::finish() {
     if (ghost_mode != GhostMode::HALO && ghost_mode != GhostMode::GHOSTS) return;
     const int nprocs = comm->nprocs;
-    double mine[2] = {static_cast<double>(atom->nghost), halo_time};
-    std::vector<double> all(2 * nprocs);
-    MPI_Gather(mine, 2, MPI_DOUBLE, all.data(), 2, MPI_DOUBLE, 0, world);
+    double mine[3] = {static_cast<double>(atom->nghost), static_cast<double>(system->n_model() - system->n_local()),
+                      halo_time};
+    std::vector<double> all(3 * nprocs);
+    MPI_Gather(mine, 3, MPI_DOUBLE, all.data(), 3, MPI_DOUBLE, 0, world);
     if (comm->me != 0) return;
-    std::string ghosts, times;
+    std::string ghosts, rows, times;
     for (int r = 0; r < nprocs; ++r) {
-        ghosts += " " + std::to_string(static_cast<long>(all[2 * r]));
-        times += " " + std::to_string(all[2 * r + 1]);
+        ghosts += " " + std::to_string(static_cast<long>(all[3 * r]));
+        rows += " " + std::to_string(static_cast<long>(all[3 * r + 1]));
+        times += " " + fmt::format("{:.4g}", all[3 * r + 2]);
     }
     utils::logmesg(lmp, "pair_style ekd: ghost atoms per rank:" + ghosts + "\n");
-    if (ghost_mode == GhostMode::HALO)
+    if (ghost_mode == GhostMode::HALO) {
+        utils::logmesg(lmp, "pair_style ekd: model rows beyond the owned atoms per rank (partners owned by other "
+                            "ranks):" + rows + "\n");
         utils::logmesg(lmp, "pair_style ekd: halo exchange seconds per rank (part of Pair time):" + times + "\n");
+    }
 }
 
 void *PairEKD::extract(const char *name, int &dim) {
