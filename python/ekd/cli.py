@@ -7,6 +7,7 @@ Every verb has a Python equivalent with the same name (``ekd run`` -> :func:`ekd
 from __future__ import annotations
 
 import argparse
+import errno
 import re
 import sys
 import traceback
@@ -381,10 +382,20 @@ def _message(exc: BaseException) -> str:
     from .store import disk_full_error
 
     filename = getattr(exc, "filename", None)
-    full = disk_full_error(exc, Path(filename or "."))
-    text = str(full) if full is not None and filename else str(exc)
-    if full is not None and not filename:
-        text += " (no space left on the device: free some space and run the same command again)"
+    # errno only: a write through ekd.store.atomic_write has already been told apart
+    nospace = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    full = disk_full_error(exc, Path(filename or ".")) if nospace else None
+    if full is not None and filename:
+        text = str(full)
+    elif full is not None:
+        # e.g. h5py: the file name is inside a long message
+        first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        text = (
+            f"the disk is full ({first}); nothing already computed is lost: "
+            "free some space and run the same command again"
+        )
+    else:
+        text = str(exc)
     if isinstance(exc, OSError) and filename and str(filename) not in text:
         text += f": {filename}"
     # one line: a multi-line message is joined

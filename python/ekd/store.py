@@ -230,19 +230,21 @@ def wait_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
 # ------------------------------------------------------------------------------------------
 # atomic writes
 
-# torch's C++ writer reports a failed write in these words (ENOSPC included)
-_WRITE_FAILED = ("basic_ios::clear", "file write failed", "No space left on device", "Disk quota exceeded")
+_WRITE_FAILED = ("No space left on device", "Disk quota exceeded")
+_NEARLY_FULL = 16 * 2**20  # bytes
 
 
 def disk_full_error(exc: BaseException, path: Path) -> DiskFullError | None:
-    """A :class:`DiskFullError` naming ``path`` if ``exc`` is a failed write for lack of space."""
+    """A :class:`DiskFullError` naming ``path`` if ``exc`` is a write that failed for lack of
+    space: errno ENOSPC / EDQUOT, or an error without errno (torch's C++ writer says
+    ``basic_ios::clear`` or ``unexpected pos 704 vs 598``, measured on a full tmpfs with torch
+    2.x) while the file system is (nearly) full. Call it before removing a partial file."""
     code = getattr(exc, "errno", None)
-    if code in (errno.ENOSPC, errno.EDQUOT):
+    if code in (errno.ENOSPC, errno.EDQUOT) or any(s in str(exc) for s in _WRITE_FAILED):
         full = True
-    elif isinstance(exc, OSError | RuntimeError) and any(s in str(exc) for s in _WRITE_FAILED):
+    elif isinstance(exc, OSError | RuntimeError) and code is None:
         try:
-            # torch does not say why a write failed: call it disk full only when it is
-            full = shutil.disk_usage(path.parent).free < 64 * 2**20 or "space" in str(exc)
+            full = shutil.disk_usage(path.parent).free < _NEARLY_FULL
         except OSError:
             full = False
     else:
@@ -273,8 +275,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
         write(tmp)
         os.replace(tmp, path)
     except BaseException as e:
+        full = disk_full_error(e, path) if isinstance(e, Exception) else None
         tmp.unlink(missing_ok=True)
-        full = disk_full_error(e, path)
         if full is not None:
             raise full from e
         raise
@@ -301,7 +303,7 @@ def create_once(path: str | os.PathLike, text: str) -> bool:
         os.link(tmp, path)  # fails if another process created it first
     except FileExistsError:
         return False
-    except BaseException as e:
+    except Exception as e:
         full = disk_full_error(e, path)
         if full is not None:
             raise full from e
@@ -334,12 +336,13 @@ def load_torch(path: str | os.PathLike, what: str, remedy: str):
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        # torch words both a forbidden class and plain garbage as a weights_only failure
+        if "Unsupported global" in str(e) or "Unsupported class" in str(e):
             raise CorruptFileError(
                 f"{path}: {what} holds Python objects other than tensors and plain data; ekd refuses to "
                 f"load it (unpickling it could run code). ekd never writes such a file: {remedy}"
             ) from None
-        raise CorruptFileError(f"{path}: {what} is corrupt ({e}); {remedy}") from e
+        raise CorruptFileError(f"{path}: {what} is not readable (truncated or corrupt, {size} bytes); {remedy}") from e
     except (EOFError, RuntimeError, OSError, ValueError, KeyError, AttributeError) as e:
         if isinstance(e, OSError) and e.errno not in (None, errno.EINVAL):
             raise  # permission, I/O error: not the file's content

@@ -142,7 +142,7 @@ def _train(spec, cfg: Config, dataset: Dataset, splits, out_dir: Path, progress:
         ckpt = load_torch(
             ckpt_path,
             f"checkpoint of {spec.role} member {spec.member} (generation {spec.generation})",
-            f"delete it to restart that member from scratch (its other files are kept), or delete {out_dir}",
+            "delete it to restart that member from scratch (its epochs so far are lost, nothing else)",
         )
         if ckpt["fingerprint"] != fingerprint:
             raise RuntimeError(

@@ -1,0 +1,170 @@
+"""ekd.store: run-directory locks held by real processes, atomic writes on a full disk, and
+ekd's own torch files read back with errors that name them."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from ekd import store
+
+# holds the locks named on its command line ("shared:<dir>" for a member job's hold on its run
+# directory) until killed
+HOLDER = """
+import contextlib, sys, time
+from ekd.store import lock_dir
+with contextlib.ExitStack() as stack:
+    for arg in sys.argv[1:]:
+        shared = arg.startswith("shared:")
+        stack.enter_context(lock_dir(arg.removeprefix("shared:"), shared=shared))
+    print("locked", flush=True)
+    time.sleep(300)
+"""
+
+
+@pytest.fixture
+def holder():
+    procs = []
+
+    def start(*dirs):
+        proc = subprocess.Popen([sys.executable, "-c", HOLDER, *map(str, dirs)], stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "locked"
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
+def test_a_second_process_is_refused_naming_the_holder_and_a_dead_ones_lock_is_taken_over(tmp_path, holder, capsys):
+    proc = holder(tmp_path)
+    t0 = time.monotonic()
+    with pytest.raises(store.RunDirBusyError) as err, store.lock_dir(tmp_path):
+        pass
+    assert time.monotonic() - t0 < 5  # refused at once, not after a wait
+    message = str(err.value)
+    assert f"PID {proc.pid} on host {socket.gethostname()}" in message and str(tmp_path) in message
+    assert "since 20" in message
+
+    # SIGKILL: no cleanup ran, its record is still in the file, but the kernel dropped the lock
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads((tmp_path / store.LOCK_NAME).read_text())["pid"] == proc.pid
+    with store.lock_dir(tmp_path):
+        record = json.loads((tmp_path / store.LOCK_NAME).read_text())
+        assert record["pid"] == os.getpid()
+    assert f"taking over the lock of {tmp_path}" in capsys.readouterr().err
+    assert (tmp_path / store.LOCK_NAME).read_text() == ""  # released: no holder recorded
+
+
+def test_member_jobs_run_side_by_side_but_not_twice_and_not_with_a_whole_run(tmp_path, holder):
+    member0, member1 = tmp_path / "gen0/teacher/member_00", tmp_path / "gen0/teacher/member_01"
+    proc = holder(f"shared:{tmp_path}", member0)
+    with store.lock_dir(tmp_path, shared=True), store.lock_dir(member1):
+        pass  # another member: proceeds
+    with pytest.raises(store.RunDirBusyError, match=f"member_00 is in use by .*PID {proc.pid}"):
+        with store.lock_dir(tmp_path, shared=True), store.lock_dir(member0, "teacher member 0"):
+            pass
+    with pytest.raises(store.RunDirBusyError) as err, store.lock_dir(tmp_path):
+        pass
+    assert "in use by member jobs" in str(err.value) and "gen0/teacher/member_00: `" in str(err.value)
+    assert f"PID {proc.pid}" in str(err.value)
+
+
+def test_locks_are_reentrant_within_a_process(tmp_path):
+    with store.lock_dir(tmp_path):
+        with store.lock_dir(tmp_path), store.lock_dir(tmp_path, shared=True):
+            pass
+        assert json.loads((tmp_path / store.LOCK_NAME).read_text())["pid"] == os.getpid()
+    with store.lock_dir(tmp_path, shared=True):
+        with pytest.raises(store.RunDirBusyError, match="member job"), store.lock_dir(tmp_path):
+            pass
+
+
+def _no_temporaries(directory):
+    return [p.name for p in directory.iterdir() if ".tmp" in p.name]
+
+
+def test_atomic_write_on_a_full_disk_keeps_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    store.atomic_write(path, lambda tmp: torch.save({"epoch": 1}, tmp))
+
+    def full(tmp):
+        tmp.write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(store.DiskFullError) as err:
+        store.atomic_write(path, full)
+    assert str(path) in str(err.value) and "disk is full" in str(err.value)
+    assert err.value.errno == errno.ENOSPC and isinstance(err.value, OSError)
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    assert _no_temporaries(tmp_path) == []
+    # any other failure: the temporary goes too, the error is the writer's own
+    with pytest.raises(ZeroDivisionError):
+        store.atomic_write(path, lambda tmp: (tmp.write_text("x"), 1 / 0))
+    assert _no_temporaries(tmp_path) == []
+
+
+def test_disk_full_is_recognised_from_torchs_words_when_the_disk_is_full(tmp_path, monkeypatch):
+    # torch's writer gives no errno (measured on a full 256 KiB tmpfs: "[enforce fail at
+    # inline_container.cc:672] . unexpected pos 704 vs 598"); the free space decides
+    err = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    assert store.disk_full_error(err, tmp_path / "x.pt") is None  # this disk is not full
+    monkeypatch.setattr(store.shutil, "disk_usage", lambda p: _Usage(0))
+    full = store.disk_full_error(err, tmp_path / "x.pt")
+    assert isinstance(full, store.DiskFullError) and str(tmp_path / "x.pt") in str(full)
+
+
+class _Usage:
+    def __init__(self, free):
+        self.free = free
+
+
+def test_create_once_never_overwrites(tmp_path):
+    path = tmp_path / "config.yaml"
+    assert store.create_once(path, "first")
+    assert not store.create_once(path, "second")
+    assert path.read_text() == "first" and _no_temporaries(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "damage, detail",
+    [
+        (lambda b: b"", "empty"),
+        (lambda b: b[: len(b) // 2], "truncated or corrupt"),
+        (lambda b: b"not a checkpoint" * 10, "truncated or corrupt"),
+    ],
+)
+def test_load_torch_names_a_damaged_file_and_the_remedy(tmp_path, damage, detail):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model": torch.zeros(100)}, path)
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(store.CorruptFileError) as err:
+        store.load_torch(path, "checkpoint of teacher member 0", "delete it to restart that member")
+    message = str(err.value)
+    assert message.startswith(f"{path}: checkpoint of teacher member 0 is not readable ({detail}")
+    assert message.endswith("delete it to restart that member")
+
+
+class Payload:
+    pass
+
+
+def test_load_torch_refuses_pickled_objects_in_ekds_words(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"x": Payload()}, path)
+    with pytest.raises(store.CorruptFileError, match="refuses to load it .unpickling it could run code") as err:
+        store.load_torch(path, "checkpoint", "delete it")
+    assert "weights_only" not in str(err.value)
