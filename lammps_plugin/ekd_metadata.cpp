@@ -49,14 +49,33 @@ ModelInfo parse_metadata(const std::string &text, const std::string &path, const
         throw ModelError(where + "metadata.json is not valid JSON (" + e.what() + ")" + reexport);
     }
     if (!j.is_object()) throw ModelError(where + "metadata.json must hold a JSON object" + reexport);
-    auto format = j.value("format", std::string("<missing>"));
-    if (format != MODEL_FORMAT)
+    std::string format = "<missing>";
+    if (j.contains("format") && j.at("format").is_string()) format = j.at("format").get<std::string>();
+    if (format != MODEL_FORMAT && format != MODEL_FORMAT_1)
         throw ModelError(where + "model format is '" + format + "' but this plugin (ekd " + ekd_version +
-                         ") reads '" + MODEL_FORMAT + "'" + reexport);
+                         ") reads '" + MODEL_FORMAT + "' and '" + MODEL_FORMAT_1 + "'" + reexport);
+    // the same field set as ekd.model_file.ModelMetadata: a missing or unknown field is refused
+    std::set<std::string> fields = {"cutoff",      "n_interactions", "species",     "dtype",
+                                    "ops_library", "role",           "description", "format",
+                                    "energy_unit", "length_unit",    "ekd_version", "torch_version"};
+    if (format == MODEL_FORMAT) fields.insert("kind");
+    for (const auto &f : fields)
+        if (!j.contains(f)) throw ModelError(where + "metadata.json lacks '" + f + "'" + reexport);
+    for (auto it = j.begin(); it != j.end(); ++it)
+        if (!fields.count(it.key()))
+            throw ModelError(where + "metadata.json has an unknown field '" + it.key() + "'" + reexport);
 
     ModelInfo info;
     info.path = path;
+    info.format = format;
+    info.metadata_json = text;
     try {
+        if (format == MODEL_FORMAT) info.kind = j.at("kind").get<std::string>();
+        if (!j.at("cutoff").is_number())
+            throw ModelError(where + "cutoff must be a positive number of Angstrom, got " + j.at("cutoff").dump());
+        if (!j.at("n_interactions").is_number_integer())
+            throw ModelError(where + "n_interactions must be a non-negative integer, got " +
+                             j.at("n_interactions").dump());
         info.cutoff = j.at("cutoff").get<double>();
         info.n_interactions = j.at("n_interactions").get<int>();
         info.species = j.at("species").get<std::vector<std::string>>();
@@ -76,8 +95,12 @@ ModelInfo parse_metadata(const std::string &text, const std::string &path, const
     }
     if (!(info.cutoff > 0.0) || !std::isfinite(info.cutoff))
         throw ModelError(where + "cutoff must be a positive number of Angstrom, got " + std::to_string(info.cutoff));
+    if (format == MODEL_FORMAT && !info.known_kind() && info.kind != "custom")
+        throw ModelError(where + "kind must be hipnn, hipnn-torch, toy or custom, got '" + info.kind + "'" + reexport);
     if (info.n_interactions < 0)
         throw ModelError(where + "n_interactions must be >= 0, got " + std::to_string(info.n_interactions));
+    if (info.known_kind() && info.n_interactions < 1)
+        throw ModelError(where + "n_interactions must be >= 1 for a " + info.kind + " model" + reexport);
     if (info.species.empty()) throw ModelError(where + "species is empty" + reexport);
     std::set<std::string> seen;
     for (const auto &s : info.species) {

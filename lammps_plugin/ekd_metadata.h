@@ -1,5 +1,6 @@
-// metadata.json of a deployed ekd model (format ekd-model-1, written by ekd.export.save_model)
-// and the checks the plugin applies before running a model. Mirrors ekd.export.check_metadata:
+// metadata.json of a deployed ekd model (formats ekd-model-2 and ekd-model-1, written by
+// ekd.model_file.save_model) and the checks the plugin applies before running a model. Mirrors
+// ekd.model_file.check_metadata (tests/unit/test_model_trust.py feeds both the same bad files):
 // every message names the file, the problem and what to do.
 #pragma once
 
@@ -8,7 +9,8 @@
 
 namespace ekd_lammps {
 
-constexpr const char *MODEL_FORMAT = "ekd-model-1";
+constexpr const char *MODEL_FORMAT = "ekd-model-2";    // written by this ekd
+constexpr const char *MODEL_FORMAT_1 = "ekd-model-1";  // still read (trust_code yes; forward only)
 // 1 eV in kcal/mol (CODATA 2018, as ekd.units.EV_TO_KCALMOL and ASE 3.23+)
 constexpr double EV_TO_KCALMOL = 23.060547830619;
 
@@ -20,6 +22,13 @@ struct ModelInfo {
     std::string dtype;        // "float32" or "float64"
     std::string ops_library;  // empty: none
     std::string role, description, ekd_version, torch_version;
+    std::string format;  // MODEL_FORMAT or MODEL_FORMAT_1
+    // ekd-model-2: "hipnn", "hipnn-torch", "toy" (code this ekd writes, with the stage methods) or
+    // "custom" (any other module: needs trust_code yes); empty for ekd-model-1
+    std::string kind;
+    std::string metadata_json;  // the text of metadata.json as read (bound to the weights)
+
+    bool known_kind() const { return kind == "hipnn" || kind == "hipnn-torch" || kind == "toy"; }
 
     // How far out (Angstrom) atoms influence an owned atom's energy: n_interactions * cutoff
     // (a model without interactions still needs its pairs' partners).

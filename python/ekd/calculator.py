@@ -23,7 +23,7 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 
 from . import _ops
-from .export import load_model
+from .model_file import load_model
 from .units import EV_TO_KCALMOL
 
 

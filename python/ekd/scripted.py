@@ -52,18 +52,12 @@ import contextlib
 import math
 import warnings
 from pathlib import Path
-from typing import Final
 
 import torch
 from torch import Tensor, nn
 
 #: what :func:`metadata` names as the op library a model calls (ekd.export.OPS_LIBRARY)
 OPS_LIBRARY = "libekd_ops.so"
-
-# upper components of a flattened symmetric 3 x 3 tensor that hippynn keeps (xx, xy, xz, yy, yz):
-# the zz component follows from tracelessness
-_QUAD_COMPONENTS = (0, 1, 2, 4, 5)
-
 
 # ---------------------------------------------------------------------------------------------
 # environment sums
@@ -84,60 +78,32 @@ def _weigh(env: Tensor, weights: Tensor, n_components: int) -> Tensor:
     return t.reshape(n_atoms, n_components, weights.shape[1])
 
 
-class Contraction(nn.Module):
-    """The interaction sum of a layer, t [A, C, O] (see the module docstring), from angular parts
-    [P, C], sensitivities [P, N], features z [A, F], weights [N * F, O] and the pairs."""
-
-    def forward(
-        self, angular: Tensor, s: Tensor, z: Tensor, weights: Tensor, pair_first: Tensor, pair_second: Tensor
-    ) -> Tensor:
-        raise NotImplementedError
-
-
-class EnvSumOp(Contraction):
+def _contract_envsum(
+    angular: Tensor, s: Tensor, z: Tensor, weights: Tensor, pair_first: Tensor, pair_second: Tensor
+) -> Tensor:
     """hippynn's order (envsum of the stacked sensitivities, then the weights) with
     ``torch.ops.ekd.envsum``: sensitivities [P, S], features [A, F] -> env [A, S, F]."""
-
-    def forward(
-        self, angular: Tensor, s: Tensor, z: Tensor, weights: Tensor, pair_first: Tensor, pair_second: Tensor
-    ) -> Tensor:
-        env = torch.ops.ekd.envsum(_stack(angular, s), z, pair_first, pair_second)
-        return _weigh(env, weights, angular.shape[1])
+    env = torch.ops.ekd.envsum(_stack(angular, s), z, pair_first, pair_second)
+    return _weigh(env, weights, angular.shape[1])
 
 
-class TensorEnvSumOp(Contraction):
+def _contract_tensor_envsum(
+    angular: Tensor, s: Tensor, z: Tensor, weights: Tensor, pair_first: Tensor, pair_second: Tensor
+) -> Tensor:
     """The weights first, then the pair sum with ``torch.ops.ekd.tensor_envsum``:
     x[j, n, o] = sum_f W[n, o, f] z[j, f], t[i, c, o] = sum_{p: first=i} a[p, c] sum_n s[p, n] x[j, n, o].
     Same sum as hippynn's in another order; per pair N O + C O products instead of C N F, and no
     [P, C N] stacked sensitivities (the gain grows with l_max)."""
-
-    def forward(
-        self, angular: Tensor, s: Tensor, z: Tensor, weights: Tensor, pair_first: Tensor, pair_second: Tensor
-    ) -> Tensor:
-        n_sense = s.shape[1]
-        n_feat = z.shape[1]
-        n_out = weights.shape[1]
-        # weights [N * F, O] (row n F + f) -> [F, N * O]
-        w = weights.reshape(n_sense, n_feat, n_out).permute(1, 0, 2).reshape(n_feat, n_sense * n_out)
-        x = torch.mm(z, w).reshape(z.shape[0], n_sense, n_out)
-        return torch.ops.ekd.tensor_envsum(angular, s, x, pair_first, pair_second)
+    n_sense = s.shape[1]
+    n_feat = z.shape[1]
+    n_out = weights.shape[1]
+    # weights [N * F, O] (row n F + f) -> [F, N * O]
+    w = weights.reshape(n_sense, n_feat, n_out).permute(1, 0, 2).reshape(n_feat, n_sense * n_out)
+    x = torch.mm(z, w).reshape(z.shape[0], n_sense, n_out)
+    return torch.ops.ekd.tensor_envsum(angular, s, x, pair_first, pair_second)
 
 
-class EnvSumTorchContraction(Contraction):
-    """hippynn's order with the pure-torch :class:`EnvSumTorch`."""
-
-    def __init__(self):
-        super().__init__()
-        self.envsum = EnvSumTorch()
-
-    def forward(
-        self, angular: Tensor, s: Tensor, z: Tensor, weights: Tensor, pair_first: Tensor, pair_second: Tensor
-    ) -> Tensor:
-        env = self.envsum(_stack(angular, s), z, pair_first, pair_second)
-        return _weigh(env, weights, angular.shape[1])
-
-
-class EnvSumTorch(nn.Module):
+def envsum_torch(sensitivities: Tensor, features: Tensor, pair_first: Tensor, pair_second: Tensor) -> Tensor:
     """Pure-torch envsum: ``env[i, s, f] = sum_{p: first=i} sensitivities[p, s] features[second[p], f]``.
 
     sensitivities [P, S], features [A, F] -> env [A, S, F]. Each pair is scattered into a slot of
@@ -147,24 +113,75 @@ class EnvSumTorch(nn.Module):
     per-pair outer products would build P x S x F elements twice and was ~15x slower than the op
     on a 3,000-atom box); the price is the padding, K * A instead of P rows.
     """
+    n_pairs, n_sense = sensitivities.shape
+    n_atoms, n_feat = features.shape
+    if n_pairs == 0:
+        return torch.zeros((n_atoms, n_sense, n_feat), dtype=features.dtype, device=features.device)
+    # slot of each pair among its first atom's pairs (in pair-list order)
+    counts = torch.bincount(pair_first, minlength=n_atoms)
+    starts = torch.cumsum(counts, 0) - counts
+    order = torch.argsort(pair_first, stable=True)
+    rank = torch.arange(n_pairs, dtype=pair_first.dtype, device=pair_first.device)
+    slot = torch.empty_like(pair_first)
+    slot[order] = rank - starts[pair_first[order]]
+    k_max = int(counts.max())
+    where = (pair_first, slot)
+    sense_table = sensitivities.new_zeros((n_atoms, k_max, n_sense)).index_put(where, sensitivities)
+    feat_table = features.new_zeros((n_atoms, k_max, n_feat)).index_put(where, features[pair_second])
+    return torch.bmm(sense_table.transpose(1, 2), feat_table)
+
+
+def _contract_torch(
+    angular: Tensor, s: Tensor, z: Tensor, weights: Tensor, pair_first: Tensor, pair_second: Tensor
+) -> Tensor:
+    """hippynn's order with the pure-torch :func:`envsum_torch`."""
+    env = envsum_torch(_stack(angular, s), z, pair_first, pair_second)
+    return _weigh(env, weights, angular.shape[1])
+
+
+class Contraction(nn.Module):
+    """The interaction sum of a layer, t [A, C, O] (see the module docstring), from angular parts
+    [P, C], sensitivities [P, N], features z [A, F], weights [N * F, O] and the pairs (the three
+    implementations as modules, for tests; the scripted models call the functions)."""
+
+    def forward(
+        self, angular: Tensor, s: Tensor, z: Tensor, weights: Tensor, pair_first: Tensor, pair_second: Tensor
+    ) -> Tensor:
+        raise NotImplementedError
+
+
+class EnvSumOp(Contraction):
+    """:func:`_contract_envsum`."""
+
+    def forward(
+        self, angular: Tensor, s: Tensor, z: Tensor, weights: Tensor, pair_first: Tensor, pair_second: Tensor
+    ) -> Tensor:
+        return _contract_envsum(angular, s, z, weights, pair_first, pair_second)
+
+
+class TensorEnvSumOp(Contraction):
+    """:func:`_contract_tensor_envsum`."""
+
+    def forward(
+        self, angular: Tensor, s: Tensor, z: Tensor, weights: Tensor, pair_first: Tensor, pair_second: Tensor
+    ) -> Tensor:
+        return _contract_tensor_envsum(angular, s, z, weights, pair_first, pair_second)
+
+
+class EnvSumTorchContraction(Contraction):
+    """:func:`_contract_torch`."""
+
+    def forward(
+        self, angular: Tensor, s: Tensor, z: Tensor, weights: Tensor, pair_first: Tensor, pair_second: Tensor
+    ) -> Tensor:
+        return _contract_torch(angular, s, z, weights, pair_first, pair_second)
+
+
+class EnvSumTorch(nn.Module):
+    """:func:`envsum_torch` as a module."""
 
     def forward(self, sensitivities: Tensor, features: Tensor, pair_first: Tensor, pair_second: Tensor) -> Tensor:
-        n_pairs, n_sense = sensitivities.shape
-        n_atoms, n_feat = features.shape
-        if n_pairs == 0:
-            return torch.zeros((n_atoms, n_sense, n_feat), dtype=features.dtype, device=features.device)
-        # slot of each pair among its first atom's pairs (in pair-list order)
-        counts = torch.bincount(pair_first, minlength=n_atoms)
-        starts = torch.cumsum(counts, 0) - counts
-        order = torch.argsort(pair_first, stable=True)
-        rank = torch.arange(n_pairs, dtype=pair_first.dtype, device=pair_first.device)
-        slot = torch.empty_like(pair_first)
-        slot[order] = rank - starts[pair_first[order]]
-        k_max = int(counts.max())
-        where = (pair_first, slot)
-        sense_table = sensitivities.new_zeros((n_atoms, k_max, n_sense)).index_put(where, sensitivities)
-        feat_table = features.new_zeros((n_atoms, k_max, n_feat)).index_put(where, features[pair_second])
-        return torch.bmm(sense_table.transpose(1, 2), feat_table)
+        return envsum_torch(sensitivities, features, pair_first, pair_second)
 
 
 def available_ops() -> tuple[str, ...]:
@@ -220,153 +237,174 @@ def choose_envsum(l_max: int, envsum: str = "auto") -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# layers
+# the scripted modules
+#
+# The classes below hold every weight in list[Tensor] attributes (one entry per layer) and every
+# hyper-parameter in plain attributes, with no submodules and no Final constants: TorchScript then
+# compiles the same code for every model of a class (width, depth, dtype, cutoff, l_max live in
+# data.pkl). That is what lets ekd.model_file (and the LAMMPS plugin) accept a model file only when
+# its code is byte-identical to the code this ekd writes (the model-trust rule, FORMAT ekd-model-2).
 
 
-class Interaction(nn.Module):
-    """One HIPNN interaction layer (l_max 0, 1 or 2) inside hippynn's ResNet wrapper.
-
-    features [A, F_in], pairs, distances d [P], angular parts a [P, C] -> features [A, F_out].
-    """
-
-    l_max: Final[int]
-    n_components: Final[int]
-    n_sense: Final[int]
-    nf_in: Final[int]
-    nf_out: Final[int]
-    cutoff: Final[float]
-    cusp_reg: Final[float]
-    beta: Final[float]
-    threshold: Final[float]
-
-    def __init__(self, wrapped, l_max: int, contraction: Contraction, beta: float, threshold: float):
-        """wrapped: hippynn's ``ResNetWrapper`` around an ``InteractLayer`` / ``...Vec`` / ``...Quad``."""
-        super().__init__()
-        base = wrapped.base_layer
-        sens = base.sensitivity
-        self.l_max = int(l_max)
-        self.n_components = (1, 4, 9)[l_max]
-        self.n_sense = int(base.n_dist)
-        self.nf_in = int(base.nf_in)
-        self.nf_out = int(base.nf_out)
-        self.cutoff = float(sens.cutoff.hard_max_dist)
-        self.cusp_reg = float(getattr(base, "cusp_reg", 0.0))
-        self.beta = float(beta)
-        self.threshold = float(threshold)
-        self.contraction = contraction
-        # [1, N] each, trained
-        self.mu = nn.Parameter(sens.mu.detach().clone())
-        self.sigma = nn.Parameter(sens.sigma.detach().clone())
-        # int_weights [N, O, F] -> [N * F, O], row n * F + f: the layout of env [A, C, N, F]
-        w = base.int_weights.detach().permute(0, 2, 1).reshape(self.n_sense * self.nf_in, self.nf_out)
-        self.weights = nn.Parameter(w.clone())
-        self.selfint = _copy_linear(base.selfint)
-        out = self.nf_out
-        self.vecscales = nn.Parameter(base.vecscales.detach().clone() if l_max >= 1 else torch.zeros(out))
-        self.quadscales = nn.Parameter(base.quadscales.detach().clone() if l_max >= 2 else torch.zeros(out))
-        self.res = _copy_linear(wrapped.res_layer)
-        self.adjust = _copy_linear(wrapped.adjust_layer) if wrapped.needs_size_adjust else nn.Identity()
-
-    def sensitivities(self, d: Tensor) -> Tensor:
-        """d [P] Angstrom -> [P, N]: inverse sensitivities times the cos^2 cutoff (zero at and
-        beyond the cutoff)."""
-        base = torch.exp(-0.5 * ((d.unsqueeze(1) ** -1 - self.mu**-1) ** 2 / (self.sigma**-2)))
-        cut = torch.cos(math.pi / 2 * d / self.cutoff) ** 2
-        cut = cut * (d < self.cutoff).to(cut.dtype)
-        return base * cut.unsqueeze(1)
-
-    def forward(self, z: Tensor, pair_first: Tensor, pair_second: Tensor, d: Tensor, angular: Tensor) -> Tensor:
-        s = self.sensitivities(d)
-        t = self.contraction(angular, s, z, self.weights, pair_first, pair_second)  # [A, C, O]
-        out = t[:, 0]
-        if self.l_max >= 1:
-            vec = torch.sqrt(torch.square(t[:, 1:4]).sum(dim=1) + self.cusp_reg)
-            out = out + vec * self.vecscales.unsqueeze(0)
-        if self.l_max >= 2:
-            q = t[:, 4:9]
-            quad = 2 * (torch.square(q).sum(dim=1) + q[:, 0] * q[:, 3])
-            out = out + torch.sqrt(quad + self.cusp_reg) * self.quadscales.unsqueeze(0)
-        out = out + self.selfint(z)
-        middle = nn.functional.softplus(out, self.beta, self.threshold)
-        return self.res(middle) + self.adjust(z)
+def _linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """nn.Linear's forward; an empty ``bias`` stands for none (a list[Tensor] cannot hold None)."""
+    if bias.numel() == 0:
+        return nn.functional.linear(x, weight)
+    return nn.functional.linear(x, weight, bias)
 
 
-class AtomLayer(nn.Module):
-    """A HIPNN atom layer in hippynn's ResNet wrapper: ``res(softplus(W x + b)) + x``."""
+def _check_pairs(n_atoms: int, pair_first: Tensor, pair_second: Tensor, r_ij: Tensor) -> None:
+    n_pairs = pair_first.shape[0]
+    if pair_first.dim() != 1 or pair_second.shape != pair_first.shape:
+        raise ValueError(
+            "pair_first, pair_second: expected two 1-d tensors of the same length [P], got shapes "
+            + str(pair_first.shape)
+            + " and "
+            + str(pair_second.shape)
+        )
+    if r_ij.dim() != 2 or r_ij.shape[0] != n_pairs or r_ij.shape[1] != 3:
+        raise ValueError("r_ij: expected [P, 3] with P = " + str(n_pairs) + ", got shape " + str(r_ij.shape))
+    if n_pairs > 0:
+        lo = int(torch.minimum(pair_first.min(), pair_second.min()))
+        hi = int(torch.maximum(pair_first.max(), pair_second.max()))
+        if lo < 0 or hi >= n_atoms:
+            raise ValueError(
+                "pair_first, pair_second: atom indices must lie in [0, "
+                + str(n_atoms)
+                + "), got "
+                + str(lo)
+                + ".."
+                + str(hi)
+            )
 
-    beta: Final[float]
-    threshold: Final[float]
 
-    def __init__(self, wrapped, beta: float, threshold: float):
-        super().__init__()
-        if wrapped.needs_size_adjust:
-            raise NotImplementedError("atom layer with a size-adjusting ResNet wrapper (not built by ekd)")
-        self.beta = float(beta)
-        self.threshold = float(threshold)
-        self.base = _copy_linear(wrapped.base_layer)
-        self.res = _copy_linear(wrapped.res_layer)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.res(nn.functional.softplus(self.base(x), self.beta, self.threshold)) + x
+def _check_stage(k: int, n_interactions: int, z: Tensor, width: int) -> None:
+    if k < 0 or k >= n_interactions:
+        raise ValueError("interaction: k must lie in [0, " + str(n_interactions) + "), got " + str(k))
+    if z.dim() != 2 or z.shape[1] != width:
+        raise ValueError(
+            "interaction " + str(k) + ": features must be [N, " + str(width) + "], got shape " + str(z.shape)
+        )
 
 
-class Block(nn.Module):
-    """Interaction layer, its atom layers, and the energy head's read-out of the block's output."""
+def _empty(dtype: torch.dtype) -> Tensor:
+    return torch.zeros(0, dtype=dtype)
 
-    def __init__(self, interaction: Interaction, atom_layers: list[AtomLayer], readout: nn.Linear):
-        super().__init__()
-        self.interaction = interaction
-        self.atom_layers = nn.ModuleList(atom_layers)
-        self.readout = readout
 
-    def forward(
-        self, z: Tensor, pair_first: Tensor, pair_second: Tensor, d: Tensor, angular: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """-> (features [A, F_out], this block's per-atom energy [A])."""
-        z = self.interaction(z, pair_first, pair_second, d, angular)
-        for layer in self.atom_layers:
-            z = layer(z)
-        return z, self.readout(z).squeeze(1)
+def _copy(x: Tensor, dtype: torch.dtype) -> Tensor:
+    return x.detach().clone().to(dtype)
 
 
 class ScriptedHipnn(nn.Module):
-    """A HIPNN energy model with the deployed-model interface (see the module docstring).
+    """A HIPNN energy model with the deployed-model interface and the stage methods of
+    ``ekd-model-2`` (see the module docstring); pair sums with ekd's ops ("ekd" / "ekd-tensor").
 
-    Build it with :func:`script_member`; weights are copies of a trained member's.
+    Build it with :func:`build_module` / :func:`script_member`; weights are copies of a trained
+    member's. Per interaction block k (one entry per block in each list): the layer's
+    sensitivities (mu, sigma, layer_cutoff), interaction weights [N * F_in, F_out], self-interaction,
+    vector/quadrupole scales, the ResNet's res and adjust linears, the block's atom layers
+    (``atom_*[atom_start[k]:atom_start[k + 1]]``) and the energy head's read-out.
     """
 
-    l_max: Final[int]
-    n_species: Final[int]
-    cutoff: Final[float]
-    n_interactions: Final[int]
-    envsum_impl: Final[str]
-    known_species: Final[str]
+    l_max: int
+    n_species: int
+    known_species: str
+    n_interactions: int
+    cutoff: float
+    envsum_impl: str
+    metadata_json: str
+    feature_widths: list[int]  # TorchScript reads these annotations
+    beta: float
+    threshold: float
+    layer_cutoff: list[float]
+    cusp_reg: list[float]
+    has_adjust: list[bool]
+    atom_start: list[int]
+    mu: list[Tensor]
+    sigma: list[Tensor]
+    int_weights: list[Tensor]
+    selfint_w: list[Tensor]
+    selfint_b: list[Tensor]
+    vecscales: list[Tensor]
+    quadscales: list[Tensor]
+    res_w: list[Tensor]
+    res_b: list[Tensor]
+    adjust_w: list[Tensor]
+    adjust_b: list[Tensor]
+    atom_w: list[Tensor]
+    atom_b: list[Tensor]
+    atom_res_w: list[Tensor]
+    atom_res_b: list[Tensor]
+    readout_w: list[Tensor]
+    readout_b: list[Tensor]
 
-    def __init__(self, network, henergy, species: tuple[int, ...], l_max: int, envsum: str):
+    def __init__(
+        self, network, henergy, species: tuple[int, ...], l_max: int, envsum: str, dtype: torch.dtype = torch.float64
+    ):
         super().__init__()
         _check_supported(network, henergy, species)
         act = network.activation
-        beta, threshold = float(act.beta), float(act.threshold)
+        self.beta, self.threshold = float(act.beta), float(act.threshold)
         self.l_max = int(l_max)
         self.n_species = len(species)
         self.known_species = ", ".join(str(int(z)) for z in species)
         self.n_interactions = len(network.blocks)
         self.envsum_impl = envsum
+        self.metadata_json = ""
         # atomic number -> model species index, -1 for elements the model does not know
         species_index = torch.full((max(species) + 1,), -1, dtype=torch.long)
         species_index[torch.tensor(species)] = torch.arange(len(species))
         self.register_buffer("species_index", species_index)
         # HEnergy's first layer: a bias-free Linear of the one-hot species = per-element offsets
-        self.offsets = nn.Parameter(henergy.layers[0].weight.detach().reshape(-1).clone())
-        blocks = []
+        self.register_buffer("offsets", _copy(henergy.layers[0].weight.reshape(-1), dtype))
+        names = (
+            "mu sigma int_weights selfint_w selfint_b vecscales quadscales res_w res_b adjust_w adjust_b "
+            "atom_w atom_b atom_res_w atom_res_b readout_w readout_b"
+        ).split()
+        lists: dict[str, list[Tensor]] = {name: [] for name in names}
+        self.layer_cutoff, self.cusp_reg, self.has_adjust, self.atom_start = [], [], [], [0]
+        widths = []
+
+        def add_linear(prefix: str, layer: nn.Linear) -> None:
+            lists[prefix + "w"].append(_copy(layer.weight, dtype))
+            lists[prefix + "b"].append(_empty(dtype) if layer.bias is None else _copy(layer.bias, dtype))
+
         for k, block in enumerate(network.blocks):
-            impl = _CONTRACTIONS[envsum]()
-            interaction = Interaction(block[0], l_max, impl, beta, threshold)
-            atom_layers = [AtomLayer(lay, beta, threshold) for lay in block[1:]]
-            blocks.append(Block(interaction, atom_layers, _copy_linear(henergy.layers[k + 1])))
-        self.blocks = nn.ModuleList(blocks)
-        self.cutoff = blocks[0].interaction.cutoff
-        self.register_buffer("quad_components", torch.tensor(_QUAD_COMPONENTS), persistent=False)
+            wrapped = block[0]
+            base = wrapped.base_layer
+            sens = base.sensitivity
+            n_sense, nf_in, nf_out = int(base.n_dist), int(base.nf_in), int(base.nf_out)
+            widths.append(nf_in)
+            self.layer_cutoff.append(float(sens.cutoff.hard_max_dist))
+            self.cusp_reg.append(float(getattr(base, "cusp_reg", 0.0)))
+            lists["mu"].append(_copy(sens.mu, dtype))  # [1, N]
+            lists["sigma"].append(_copy(sens.sigma, dtype))
+            # int_weights [N, O, F] -> [N * F, O], row n * F + f: the layout of env [A, C, N, F]
+            w = base.int_weights.detach().permute(0, 2, 1).reshape(n_sense * nf_in, nf_out)
+            lists["int_weights"].append(_copy(w, dtype))
+            add_linear("selfint_", base.selfint)
+            zeros = torch.zeros(nf_out, dtype=dtype)
+            lists["vecscales"].append(_copy(base.vecscales, dtype) if l_max >= 1 else zeros)
+            lists["quadscales"].append(_copy(base.quadscales, dtype) if l_max >= 2 else zeros.clone())
+            add_linear("res_", wrapped.res_layer)
+            self.has_adjust.append(bool(wrapped.needs_size_adjust))
+            if wrapped.needs_size_adjust:
+                add_linear("adjust_", wrapped.adjust_layer)
+            else:
+                lists["adjust_w"].append(_empty(dtype))
+                lists["adjust_b"].append(_empty(dtype))
+            for lay in block[1:]:
+                if lay.needs_size_adjust:
+                    raise NotImplementedError("atom layer with a size-adjusting ResNet wrapper (not built by ekd)")
+                add_linear("atom_", lay.base_layer)
+                add_linear("atom_res_", lay.res_layer)
+            self.atom_start.append(len(lists["atom_w"]))
+            add_linear("readout_", henergy.layers[k + 1])
+        for name, values in lists.items():
+            setattr(self, name, values)
+        widths.append(int(lists["readout_w"][-1].shape[1]))
+        self.feature_widths = widths
+        self.cutoff = self.layer_cutoff[0]
 
     def _species(self, species: Tensor) -> Tensor:
         """atomic numbers [N] -> model species indices [N]; clear error for unknown elements."""
@@ -385,7 +423,7 @@ class ScriptedHipnn(nn.Module):
             )
         return idx
 
-    def angular(self, r: Tensor, d: Tensor) -> Tensor:
+    def _angular(self, r: Tensor, d: Tensor) -> Tensor:
         """r [P, 3], d [P] -> angular parts a [P, C] (C = 1, 4, 9 for l_max 0, 1, 2)."""
         n_pairs = r.shape[0]
         one = torch.ones((n_pairs, 1), dtype=r.dtype, device=r.device)
@@ -398,60 +436,205 @@ class ScriptedHipnn(nn.Module):
         uu = (uu + uu.transpose(1, 2)) / 2
         trace = torch.diagonal(uu, dim1=1, dim2=2).sum(dim=1) / 3.0
         uu = uu - trace.unsqueeze(1).unsqueeze(2) * torch.eye(3, dtype=r.dtype, device=r.device).unsqueeze(0)
-        quad = uu.reshape(n_pairs, 9)[:, self.quad_components]
+        # the upper components hippynn keeps (xx, xy, xz, yy, yz); zz follows from tracelessness
+        quad = uu.reshape(n_pairs, 9)[:, torch.tensor([0, 1, 2, 4, 5], device=r.device)]
         return torch.cat([one, u, quad], dim=1)
+
+    def _sensitivities(self, k: int, d: Tensor) -> Tensor:
+        """d [P] Angstrom -> [P, N] of block k: inverse sensitivities times the cos^2 cutoff (zero at
+        and beyond the cutoff)."""
+        mu = self.mu[k]
+        sigma = self.sigma[k]
+        cutoff = self.layer_cutoff[k]
+        base = torch.exp(-0.5 * ((d.unsqueeze(1) ** -1 - mu**-1) ** 2 / (sigma**-2)))
+        cut = torch.cos(math.pi / 2 * d / cutoff) ** 2
+        cut = cut * (d < cutoff).to(cut.dtype)
+        return base * cut.unsqueeze(1)
+
+    def _contract(
+        self, angular: Tensor, s: Tensor, z: Tensor, weights: Tensor, pair_first: Tensor, pair_second: Tensor
+    ) -> Tensor:
+        if self.envsum_impl == "ekd":
+            return _contract_envsum(angular, s, z, weights, pair_first, pair_second)
+        return _contract_tensor_envsum(angular, s, z, weights, pair_first, pair_second)
+
+    def _interaction(
+        self, k: int, z: Tensor, pair_first: Tensor, pair_second: Tensor, d: Tensor, angular: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        s = self._sensitivities(k, d)
+        t = self._contract(angular, s, z, self.int_weights[k], pair_first, pair_second)  # [A, C, O]
+        out = t[:, 0]
+        if self.l_max >= 1:
+            vec = torch.sqrt(torch.square(t[:, 1:4]).sum(dim=1) + self.cusp_reg[k])
+            out = out + vec * self.vecscales[k].unsqueeze(0)
+        if self.l_max >= 2:
+            q = t[:, 4:9]
+            quad = 2 * (torch.square(q).sum(dim=1) + q[:, 0] * q[:, 3])
+            out = out + torch.sqrt(quad + self.cusp_reg[k]) * self.quadscales[k].unsqueeze(0)
+        out = out + _linear(z, self.selfint_w[k], self.selfint_b[k])
+        middle = nn.functional.softplus(out, self.beta, self.threshold)
+        adjusted = z
+        if self.has_adjust[k]:
+            adjusted = _linear(z, self.adjust_w[k], self.adjust_b[k])
+        z = _linear(middle, self.res_w[k], self.res_b[k]) + adjusted
+        for a in range(self.atom_start[k], self.atom_start[k + 1]):
+            inner = nn.functional.softplus(_linear(z, self.atom_w[a], self.atom_b[a]), self.beta, self.threshold)
+            z = _linear(inner, self.atom_res_w[a], self.atom_res_b[a]) + z
+        return z, _linear(z, self.readout_w[k], self.readout_b[k]).squeeze(1)
+
+    @torch.jit.export
+    def embed(self, species: Tensor) -> tuple[Tensor, Tensor]:
+        """species [N] int64 atomic numbers -> (one-hot features z0 [N, F_0], offsets e0 [N] kcal/mol)."""
+        if species.dim() != 1:
+            raise ValueError("species: expected a 1-d tensor of atomic numbers [N], got shape " + str(species.shape))
+        idx = self._species(species)
+        z = nn.functional.one_hot(idx, self.n_species).to(self.offsets.dtype)
+        return z, self.offsets[idx]
+
+    @torch.jit.export
+    def interaction(
+        self, k: int, z: Tensor, pair_first: Tensor, pair_second: Tensor, r_ij: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Block k: features z [N, F_k] -> (z [N, F_{k+1}], the block's per-atom energy [N] kcal/mol)."""
+        _check_stage(k, self.n_interactions, z, self.feature_widths[k])
+        _check_pairs(z.shape[0], pair_first, pair_second, r_ij)
+        r = r_ij.to(self.offsets.dtype)
+        d = torch.linalg.vector_norm(r, dim=1)
+        return self._interaction(k, z.to(self.offsets.dtype), pair_first, pair_second, d, self._angular(r, d))
 
     def forward(self, species: Tensor, pair_first: Tensor, pair_second: Tensor, r_ij: Tensor) -> Tensor:
         """species [N] int64, pair_first/pair_second [P] int64, r_ij [P, 3] Angstrom -> energies [N] kcal/mol."""
         if species.dim() != 1:
             raise ValueError("species: expected a 1-d tensor of atomic numbers [N], got shape " + str(species.shape))
-        n_atoms = species.shape[0]
-        n_pairs = pair_first.shape[0]
-        if pair_first.dim() != 1 or pair_second.shape != pair_first.shape:
-            raise ValueError(
-                "pair_first, pair_second: expected two 1-d tensors of the same length [P], got shapes "
-                + str(pair_first.shape)
-                + " and "
-                + str(pair_second.shape)
-            )
-        if r_ij.dim() != 2 or r_ij.shape[0] != n_pairs or r_ij.shape[1] != 3:
-            raise ValueError("r_ij: expected [P, 3] with P = " + str(n_pairs) + ", got shape " + str(r_ij.shape))
-        if n_pairs > 0:
-            lo = int(torch.minimum(pair_first.min(), pair_second.min()))
-            hi = int(torch.maximum(pair_first.max(), pair_second.max()))
-            if lo < 0 or hi >= n_atoms:
-                raise ValueError(
-                    "pair_first, pair_second: atom indices must lie in [0, "
-                    + str(n_atoms)
-                    + "), got "
-                    + str(lo)
-                    + ".."
-                    + str(hi)
-                )
-        idx = self._species(species)
-        dtype = self.offsets.dtype
-        r = r_ij.to(dtype)
+        _check_pairs(species.shape[0], pair_first, pair_second, r_ij)
+        z, energy = self.embed(species)
+        r = r_ij.to(self.offsets.dtype)
         d = torch.linalg.vector_norm(r, dim=1)
-        angular = self.angular(r, d)
-        z = nn.functional.one_hot(idx, self.n_species).to(dtype)
-        energy = self.offsets[idx]
-        for block in self.blocks:
-            z, e = block(z, pair_first, pair_second, d, angular)
+        angular = self._angular(r, d)
+        for k in range(self.n_interactions):
+            z, e = self._interaction(k, z, pair_first, pair_second, d, angular)
             energy = energy + e
         return energy.to(r_ij.dtype)
 
 
+class ScriptedHipnnTorch(ScriptedHipnn):
+    """:class:`ScriptedHipnn` with the pure-torch pair sums (envsum "torch"): its code calls no op of
+    ekd's library, so it loads where the library is missing (model kind "hipnn-torch")."""
+
+    def _contract(
+        self, angular: Tensor, s: Tensor, z: Tensor, weights: Tensor, pair_first: Tensor, pair_second: Tensor
+    ) -> Tensor:
+        return _contract_torch(angular, s, z, weights, pair_first, pair_second)
+
+
+class ScriptedToy(nn.Module):
+    """TESTS AND BENCHMARKS ONLY: a small message-passing model with the deployed-model interface
+    and the stage methods (model kind "toy"; random weights, no chemistry).
+
+    Species embedding h_i, then per layer h_i <- tanh(h_i + sum_j W_k(|r_ij|) * h_j), with the
+    radial weights W_k a linear map of Gaussians times the smooth cutoff
+    f_c(r) = (cos(pi r / rc) + 1) / 2; energy e_i = e0[species_i] + a short-range repulsion
+    1/2 sum_j A exp(-r / rho) f_c(r) (that keeps MD from collapsing; block 0's energy) +
+    MLP(h_i) after the last layer (the last block's energy). All in kcal/mol; r_ij and the
+    results in the model dtype.
+    """
+
+    cutoff: float
+    n_interactions: int
+    metadata_json: str
+    feature_widths: list[int]
+    gamma: float
+    repulsion: float
+    rho: float
+    radial: list[Tensor]
+
+    def __init__(
+        self,
+        atomic_numbers: list[int],
+        cutoff: float,
+        n_interactions: int,
+        width: int,
+        n_basis: int,
+        dtype: torch.dtype = torch.float64,
+    ):
+        super().__init__()
+        if n_interactions < 1:
+            raise ValueError(f"toy model: n_interactions must be >= 1, got {n_interactions}")
+        self.cutoff = float(cutoff)
+        self.n_interactions = int(n_interactions)
+        self.metadata_json = ""
+        self.feature_widths = [int(width)] * (n_interactions + 1)
+        z_index = torch.full((max(atomic_numbers) + 1,), -1, dtype=torch.long)
+        z_index[torch.tensor(atomic_numbers)] = torch.arange(len(atomic_numbers))
+        self.register_buffer("z_index", z_index)
+        self.register_buffer("centers", torch.linspace(0.6, cutoff, n_basis).to(dtype))
+        self.gamma = float((n_basis / cutoff) ** 2)
+        # random draws in this order and in float32, as ekd's earlier toy model made them
+        embedding = torch.randn(len(atomic_numbers), width)
+        radial = [nn.Linear(n_basis, width, bias=False).weight.detach() for _ in range(n_interactions)]
+        hidden, out = nn.Linear(width, width), nn.Linear(width, 1)
+        e0 = 10.0 * torch.randn(len(atomic_numbers))
+        self.register_buffer("embedding", embedding.to(dtype))
+        self.radial = [w.to(dtype) for w in radial]
+        self.register_buffer("hidden_w", hidden.weight.detach().to(dtype))
+        self.register_buffer("hidden_b", hidden.bias.detach().to(dtype))
+        self.register_buffer("out_w", out.weight.detach().to(dtype))
+        self.register_buffer("out_b", out.bias.detach().to(dtype))
+        self.register_buffer("e0", e0.to(dtype))
+        self.repulsion = 300.0
+        self.rho = 0.3
+
+    def _basis(self, r_ij: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        d = torch.linalg.vector_norm(r_ij, dim=1)
+        inside = d < self.cutoff
+        # where(inside) twice: no NaN gradients from cos beyond the cutoff
+        fc = torch.where(inside, 0.5 * (torch.cos(math.pi * d / self.cutoff) + 1.0), torch.zeros_like(d))
+        basis = torch.exp(-self.gamma * (d.unsqueeze(1) - self.centers.to(d.dtype)) ** 2) * fc.unsqueeze(1)
+        return d, fc, basis
+
+    def _interaction(
+        self, k: int, h: Tensor, pair_first: Tensor, pair_second: Tensor, d: Tensor, fc: Tensor, basis: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        message = nn.functional.linear(basis, self.radial[k]) * h[pair_second]
+        h = torch.tanh(h + torch.zeros_like(h).index_add(0, pair_first, message))
+        e = torch.zeros(h.shape[0], dtype=h.dtype, device=h.device)
+        if k == 0:
+            e = e.index_add(0, pair_first, 0.5 * self.repulsion * torch.exp(-d / self.rho) * fc)
+        if k == self.n_interactions - 1:
+            hidden = torch.tanh(nn.functional.linear(h, self.hidden_w, self.hidden_b))
+            e = e + nn.functional.linear(hidden, self.out_w, self.out_b).squeeze(1)
+        return h, e
+
+    @torch.jit.export
+    def embed(self, species: Tensor) -> tuple[Tensor, Tensor]:
+        """species [N] -> (embedding h0 [N, width], offsets e0 [N] kcal/mol)."""
+        z = species.clamp(0, self.z_index.shape[0] - 1)
+        idx = self.z_index[z]
+        if bool(((idx < 0) | (species != z)).any()):
+            raise ValueError("toy model: an atomic number is not among the model's species")
+        return self.embedding[idx], self.e0[idx]
+
+    @torch.jit.export
+    def interaction(
+        self, k: int, z: Tensor, pair_first: Tensor, pair_second: Tensor, r_ij: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Layer k: h [N, width] -> (h [N, width], the layer's per-atom energy [N] kcal/mol)."""
+        _check_stage(k, self.n_interactions, z, self.feature_widths[k])
+        _check_pairs(z.shape[0], pair_first, pair_second, r_ij)
+        d, fc, basis = self._basis(r_ij)
+        return self._interaction(k, z, pair_first, pair_second, d, fc, basis)
+
+    def forward(self, species: Tensor, pair_first: Tensor, pair_second: Tensor, r_ij: Tensor) -> Tensor:
+        h, energy = self.embed(species)
+        d, fc, basis = self._basis(r_ij)
+        for k in range(self.n_interactions):
+            h, e = self._interaction(k, h, pair_first, pair_second, d, fc, basis)
+            energy = energy + e
+        return energy
+
+
 # ---------------------------------------------------------------------------------------------
 # building from a trained member
-
-
-def _copy_linear(layer: nn.Linear) -> nn.Linear:
-    out = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-    out = out.to(layer.weight.dtype)
-    out.weight.data.copy_(layer.weight.detach())
-    if layer.bias is not None:
-        out.bias.data.copy_(layer.bias.detach())
-    return out
 
 
 def _check_supported(network, henergy, species) -> None:
@@ -506,7 +689,8 @@ def _quiet_jit():
 
 
 def build_module(member_or_dir, dtype: torch.dtype = torch.float64, envsum: str = "auto") -> ScriptedHipnn:
-    """The unscripted :class:`ScriptedHipnn` of a member (eval mode, no parameter gradients).
+    """The unscripted :class:`ScriptedHipnn` (:class:`ScriptedHipnnTorch` for envsum "torch") of a
+    member, in eval mode; its weights are plain tensors (no parameters, nothing requires gradients).
 
     member_or_dir: an :class:`ekd.train.Member`, an :class:`ekd.models.Model` or a member's
     directory (with ``model.pt``). dtype: of the weights, r_ij and the energies.
@@ -522,11 +706,8 @@ def build_module(member_or_dir, dtype: torch.dtype = torch.float64, envsum: str 
     envsum = choose_envsum(model.config.l_max, envsum)
     network = model.network.torch_module
     henergy = model.henergy.torch_module
-    module = ScriptedHipnn(network, henergy, model.species, model.config.l_max, envsum)
-    module = module.to(dtype).eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
+    cls = ScriptedHipnnTorch if envsum == "torch" else ScriptedHipnn
+    return cls(network, henergy, model.species, model.config.l_max, envsum, dtype).eval()
 
 
 def script_member(member_or_dir, dtype: torch.dtype = torch.float64, envsum: str = "auto") -> torch.jit.ScriptModule:
@@ -535,7 +716,9 @@ def script_member(member_or_dir, dtype: torch.dtype = torch.float64, envsum: str
     Returns ``torch.jit.script`` of :func:`build_module` (same arguments). The module's
     ``envsum_impl`` says which pair sums it calls ("ekd" / "ekd-tensor": ekd's ops, which need the
     op library loaded before ``torch.jit.load``; "torch": pure torch); ``cutoff`` (Angstrom) and
-    ``n_interactions`` are attributes too. Inference only: no parameter requires gradients.
+    ``n_interactions``, ``feature_widths`` and ``metadata_json`` (empty until
+    :func:`ekd.model_file.save_model` binds the metadata) are attributes too; ``embed`` and
+    ``interaction`` are the stage methods of ``ekd-model-2``. Inference only.
     """
     module = build_module(member_or_dir, dtype=dtype, envsum=envsum)
     with _quiet_jit():
@@ -548,7 +731,8 @@ def metadata(member_or_dir, module: nn.Module | None = None) -> dict:
     module: the (scripted) module returned by :func:`script_member`; its dtype and envsum choice
     are recorded. Without it: float64 and the envsum "auto" would pick now.
     Returns cutoff (the hard cutoff, Angstrom), n_interactions, species (element symbols in model
-    order), dtype, ops_library (``libekd_ops.so`` if the module calls ekd's ops, else None), role,
+    order), dtype, ops_library (``libekd_ops.so`` if the module calls ekd's ops, else None), kind
+    ("hipnn", or "hipnn-torch" for the pure-torch pair sums: the module's class), role,
     description (architecture and envsum), energy_unit, length_unit.
     """
     from ase.data import chemical_symbols
@@ -566,6 +750,7 @@ def metadata(member_or_dir, module: nn.Module | None = None) -> dict:
         "species": [chemical_symbols[z] for z in model.species],
         "dtype": dtype,
         "ops_library": OPS_LIBRARY if impl in ("ekd", "ekd-tensor") else None,
+        "kind": "hipnn-torch" if impl == "torch" else "hipnn",
         "role": role,
         "description": (
             f"ekd HIPNN ({('Hipnn', 'HipnnVec', 'HipnnQuad')[cfg.l_max]}, l_max={cfg.l_max}, width={cfg.width}, "
@@ -574,3 +759,28 @@ def metadata(member_or_dir, module: nn.Module | None = None) -> dict:
         "energy_unit": "kcal/mol",
         "length_unit": "angstrom",
     }
+
+
+def example_hipnn(
+    envsum: str = "torch", l_max: int = 2, n_interactions: int = 1, width: int = 4, dtype: torch.dtype = torch.float64
+) -> ScriptedHipnn:
+    """A small unscripted HIPNN module with random weights (no training): what the canonical-code
+    generator (:func:`ekd.model_file.regenerate`) and tests script. Seeds torch's generator in a
+    fork (the caller's random state is left alone)."""
+    from .config import ModelConfig
+    from .models import build_model
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        arch = ModelConfig(
+            l_max=l_max,
+            n_interactions=n_interactions,
+            n_atom_layers=1,
+            width=width,
+            n_sensitivities=3,
+            cutoff_soft_min=0.8,
+            cutoff_soft_max=2.0,
+            cutoff_hard=2.5,
+        )
+        model = build_model(arch, [1, 6])
+        return build_module(model, dtype=dtype, envsum=envsum)

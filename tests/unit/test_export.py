@@ -38,14 +38,25 @@ def toy_file(tmp_path_factory):
 
 
 def _rewrite(src, dst, **changes):
-    """Copy of a model file with metadata fields changed (bypassing save_model's checks)."""
+    """Copy of a model file with metadata fields changed inside the zip (bypassing save_model's
+    checks; the weights and their bound copy of the metadata stay as they were)."""
     with zipfile.ZipFile(src) as z:
         meta = json.loads(z.read(next(n for n in z.namelist() if n.endswith("extra/metadata.json"))))
     meta.update(changes)
     for k in [k for k, v in changes.items() if v is _DROP]:
         del meta[k]
-    with _quiet_jit():
-        torch.jit.save(torch.jit.load(str(src)), str(dst), _extra_files={"metadata.json": json.dumps(meta)})
+    return replace_entry(src, dst, "extra/metadata.json", json.dumps(meta).encode())
+
+
+def replace_entry(src, dst, suffix: str, data: bytes | None):
+    """Copy of the zip ``src`` with the entry ending in ``suffix`` replaced by ``data`` (None: dropped)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            if info.filename.endswith(suffix):
+                if data is not None:
+                    zout.writestr(info.filename, data)
+            else:
+                zout.writestr(info.filename, zin.read(info.filename))
     return dst
 
 
@@ -97,7 +108,9 @@ BAD_METADATA = {
     "ekd version": ({"ekd_version": "9.1.0"}, "exported by ekd 9.1.0"),
     "torch version": ({"torch_version": "1.13.1"}, "exported with torch 1.13.1"),
     "ops library": ({"ops_library": "libother.so"}, "needs op library 'libother.so'"),
-    "dtype vs parameters": ({"dtype": "float32"}, "metadata says dtype float32"),
+    # the weights carry their own copy of the metadata: any edit of a valid field is refused
+    "dtype vs parameters": ({"dtype": "float32"}, "metadata.json was edited or does not belong to these weights"),
+    "cutoff edited": ({"cutoff": 3.0}, "metadata.json was edited or does not belong to these weights"),
 }
 
 
