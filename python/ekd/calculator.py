@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
-from . import _ops
+from . import _ops, _threads
 from .model_file import load_model
 from .units import EV_TO_KCALMOL
 
@@ -30,23 +30,35 @@ from .units import EV_TO_KCALMOL
 class EKDCalculator(Calculator):
     """ASE calculator for one exported model or an ensemble of them (see the module docstring).
 
-    model_path: a file or a list of files written by :func:`ekd.export.save_model`; the members
-    may differ in cutoff and depth but must cover the elements of the structures they see.
-    device: torch device string.
+    model_path: a file or a list of files written by :func:`ekd.model_file.save_model`; the
+    members may differ in cutoff and depth but must cover the elements of the structures they see.
+    device: torch device string. trust_code: load files whose code is not the code this ekd writes
+    (ekd-model-1 files, custom modules) -- only for files you trust, since loading runs their code
+    (see :mod:`ekd.model_file`, "Model files and trust").
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "forces_std", "energy_std"]
 
-    def __init__(self, model_path: str | Path | Sequence[str | Path], device: str = "cpu", **kwargs):
+    #: atoms closer than this (Angstrom, periodic images included) are an error, not a NaN
+    MIN_DISTANCE = 1e-8
+
+    def __init__(
+        self,
+        model_path: str | Path | Sequence[str | Path],
+        device: str = "cpu",
+        trust_code: bool = False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         paths = [model_path] if isinstance(model_path, str | Path) else list(model_path)
         if not paths:
             raise ValueError("EKDCalculator: give at least one model file")
         self.device = torch.device(device)
+        _threads.check_wait_policy(torch.get_num_threads(), "EKDCalculator")
         self.models = []
         self.metadata = []
         for p in paths:
-            module, meta = load_model(p, device=device)
+            module, meta = load_model(p, device=device, trust_code=trust_code)
             self.models.append(module)
             self.metadata.append(meta)
         self.cutoff = max(m.cutoff for m in self.metadata)
@@ -71,6 +83,7 @@ class EKDCalculator(Calculator):
             positions, self.cutoff, cell if periodic else None, pbc if periodic else False
         )
         r_ij = _ops.pair_vectors(positions, first, second, shifts, cell)
+        self._check_distances(r_ij, first, second, shifts)
         species = torch.tensor(numbers, dtype=torch.long, device=dev)
         n = len(atoms)
 
@@ -102,3 +115,22 @@ class EKDCalculator(Calculator):
             self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
         # the virial is useful for comparisons with LAMMPS also without a periodic cell (eV)
         self.results["virial"] = (w * to_ev).cpu().numpy()
+
+    def _check_distances(self, r_ij, first, second, shifts) -> None:
+        """Two atoms at one position (or an atom on its own periodic image) have no finite energy:
+        say which instead of returning NaN."""
+        close = torch.linalg.vector_norm(r_ij, dim=1) < self.MIN_DISTANCE
+        if not bool(close.any()):
+            return
+        p = int(torch.nonzero(close)[0, 0])
+        i, j = int(first[p]), int(second[p])
+        shift = [int(v) for v in shifts[p].tolist()] if shifts is not None and len(shifts) else [0, 0, 0]
+        if any(shift):
+            which = f"atom {i} and a periodic image of atom {j} (cell shift {shift}) are"
+        else:
+            which = f"atoms {min(i, j)} and {max(i, j)} are"
+        d = float(torch.linalg.vector_norm(r_ij[p]))
+        raise ValueError(
+            f"EKDCalculator: {which} at the same position (distance {d:.3g} Angstrom, atom indices from 0); "
+            "the energy is not finite. Remove or move one of them"
+        )
