@@ -34,7 +34,7 @@ import numpy as np
 
 from . import store
 from .config import Config
-from .data import Dataset, Units, load_dataset, random_split
+from .data import DataFileError, Dataset, Units, load_dataset, random_split, resolve_units
 from .jobs import run_parallel
 
 
@@ -130,8 +130,31 @@ def prepare_data(cfg: Config, run_dir: Path, progress: bool = True) -> DataPaths
     return DataPaths(train, test)
 
 
-def _units(cfg: Config) -> Units:
-    return Units(cfg.data.energy_unit, cfg.data.length_unit)
+def data_units(cfg: Config, path: Path, which: str = "train") -> Units:
+    """The units of data file ``path``: THE one place where they are decided, in the main process;
+    member jobs receive the result (see :meth:`Run.member_inputs`).
+
+    which: "train" (``data.train`` and the labels files made from it) or "test" (``data.test``).
+    A given file is in the configured units (``data.energy_unit`` / ``data.length_unit``; for the
+    test file ``data.test_energy_unit`` if set), which must agree with the file's own
+    ``energy_unit`` / ``length_unit`` attributes if it has them; a generated file carries ekd's.
+    """
+    d = cfg.data
+    if which == "train":
+        declared = None if d.train == "generate" else Units(d.energy_unit, d.length_unit)
+        names = ("data.energy_unit", "data.length_unit")
+    elif which == "test":
+        declared = None if d.test == "generate" else Units(d.test_energy_unit or d.energy_unit, d.length_unit)
+        names = ("data.test_energy_unit" if d.test_energy_unit else "data.energy_unit", "data.length_unit")
+    else:
+        raise ValueError(f"data_units: which must be 'train' or 'test', got {which!r}")
+    return resolve_units(path, declared, names)
+
+
+def load_pool(path: Path, keys: dict[str, str], units: Units, check_plausible: bool = True) -> Dataset:
+    """Every configuration of ``path`` with a known energy, in internal units: what the main
+    process and every member job read, so that both see the same configurations."""
+    return load_dataset(path, keys, units, check_plausible=check_plausible).require("energy")
 
 
 def train_keys(cfg: Config) -> dict[str, str]:
@@ -143,9 +166,7 @@ def train_keys(cfg: Config) -> dict[str, str]:
 
 def load_train(cfg: Config, paths: DataPaths) -> Dataset:
     """The training pool: every configuration with a known energy."""
-    return load_dataset(paths.train, train_keys(cfg), _units(cfg) if cfg.data.train != "generate" else None).require(
-        "energy"
-    )
+    return load_pool(paths.train, train_keys(cfg), data_units(cfg, paths.train, "train"))
 
 
 def load_test_pool(cfg: Config, paths: DataPaths) -> Dataset | None:
@@ -157,20 +178,51 @@ def load_test_pool(cfg: Config, paths: DataPaths) -> Dataset | None:
     forces = d.test_reference_forces_key or d.reference_forces_key
     if forces:
         keys["reference_forces"] = forces
-    units = None if d.test == "generate" else Units(d.test_energy_unit or d.energy_unit, d.length_unit)
-    return load_dataset(paths.test, keys, units).require("energy")
+    return load_pool(paths.test, keys, data_units(cfg, paths.test, "test"))
+
+
+def check_test_elements(train: Dataset, test: Dataset | None, test_path: Path | None = None) -> None:
+    """Refuse an out-of-sample pool with elements the training pool does not have: no member
+    could predict them, and it would only show after all training."""
+    if test is None:
+        return
+    from ase.data import chemical_symbols
+
+    missing = sorted(set(test.elements) - set(train.elements))
+    if not missing:
+        return
+    parts = []
+    for z in missing:
+        names = sorted({test.molecule_names[m] for m in np.unique(test.molecule[(test.species == z).any(axis=1)])})
+        shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        parts.append(f"{chemical_symbols[z]} (in {shown})")
+    raise DataFileError(
+        f"data.test {test_path or test.source}: element(s) {'; '.join(parts)} occur only in the out-of-sample pool, "
+        f"not in the training pool {train.source} (elements {[chemical_symbols[z] for z in train.elements]}); "
+        "no model can predict them: remove those molecules from the test file or add the elements to the training data"
+    )
 
 
 # ------------------------------------------------------------------------------------------
 # splits
 
 
-def make_splits(cfg: Config, n: int) -> dict[str, np.ndarray]:
-    """The common test split and one (train, valid) split per member seed slot.
+#: configurations the splits need at the least: one test, one validation, one training
+MIN_CONFIGURATIONS = 3
+
+
+def make_splits(cfg: Config, n: int, source: str = "the training pool") -> dict[str, np.ndarray]:
+    """The common test split and one (train, valid) split per member seed slot, as positions in
+    the training pool (see :meth:`Run.member_inputs` for what jobs receive).
 
     Member m of any role uses split slot m: teacher m and student m see the same training
     configurations, while different members see different ones.
     """
+    if n < MIN_CONFIGURATIONS:
+        raise DataFileError(
+            f"{source}: {n} configuration(s) with a known energy; the splits need at least {MIN_CONFIGURATIONS} "
+            "(one for the test split, one for validation, one to train on), and many more to train a useful model"
+        )
     all_idx = np.arange(n)
     pool, test = random_split(all_idx, cfg.data.test_fraction, seed=cfg.seed)
     out = {"test": test, "pool": pool}
@@ -293,14 +345,36 @@ def _seed(cfg: Config, group: Group, member: int) -> int:
 # training jobs (run in worker processes)
 
 
+def load_member_data(inputs: dict) -> tuple[Dataset, dict[str, np.ndarray]]:
+    """The dataset and splits (positions in it) that a member job trains on, from its inputs
+    (:meth:`Run.member_inputs`): the data file read with the units the main process decided, and
+    the splits mapped from configuration identities (never from positions, which a filter
+    shifts). Configurations whose force target is unknown (NaN) leave the train/valid splits:
+    what remains is the member's split minus those."""
+    dataset = load_pool(Path(inputs["data"]), inputs["keys"], Units(*inputs["units"]), check_plausible=False)
+    targets = [name for name in inputs["keys"] if name != "energy"]
+    splits = {}
+    for name, ids in inputs["splits"].items():
+        pos = dataset.positions(ids, f"the {name} split of {inputs['what']}")
+        if name != "test":
+            for target in targets:
+                pos = pos[dataset.mask(target)[pos]]
+            if len(pos) == 0:
+                raise DataFileError(
+                    f"{dataset.source}: no configuration of the {name} split of {inputs['what']} has {targets} "
+                    f"(all NaN); {inputs['what']} cannot be trained on this data"
+                )
+        splits[name] = pos
+    return dataset, splits
+
+
 def _train_job(args: dict) -> dict:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from . import config as config_mod
     from .train import MemberSpec, train_member
 
     cfg = config_mod.loads(args["config"])
-    dataset = load_dataset(args["data"], args["keys"]).require(*args["keys"])
-    splits = {k: np.asarray(v) for k, v in args["splits"].items()}
+    dataset, splits = load_member_data(args)
     spec = MemberSpec(**args["spec"])
     return train_member(spec, cfg, dataset, splits, Path(args["out_dir"]), progress=False)
 
@@ -358,7 +432,7 @@ class Run:
     @property
     def splits(self) -> dict[str, np.ndarray]:
         if self._splits is None:
-            self._splits = make_splits(self.cfg, len(self.train_data))
+            self._splits = make_splits(self.cfg, len(self.train_data), f"data.train {self.paths.train}")
             path = self.run_dir / "splits.npz"
             if not path.exists():
                 splits = self._splits
@@ -425,7 +499,9 @@ class Run:
             from .distill import check_labels_file
 
             check_labels_file(path, len(self.train_data))
-            return path
+            if self._labels_hold_the_pool(path):
+                return path
+            _log(f"{path} was written before files recorded configuration identities; remaking it")
         _log(f"labelling {len(self.train_data)} configurations with the ensemble of {what} -> {path}")
         labelled = label_dataset(members, self.train_data)
         write_augmented(
@@ -438,8 +514,20 @@ class Run:
         _atomic_json(done, {"digest": digest, "teachers": group.labels_from, "n_members": len(members)})
         return path
 
+    def _labels_hold_the_pool(self, path: Path) -> bool:
+        """Whether a labels file holds exactly the training pool's configurations by identity.
+        Only a pool that a filter thinned (NaN energies) can differ: labels files written before
+        they recorded each configuration's index in its group numbered the survivors 0, 1, ..."""
+        pool = self.train_data
+        if all(np.array_equal(np.sort(pool.conformer[pool.molecule == m]), np.arange((pool.molecule == m).sum()))
+               for m in np.unique(pool.molecule)):  # fmt: skip
+            return True
+        labels = load_dataset(path, {"energy": self.cfg.data.energy_key}, self._file_units(), check_plausible=False)
+        return sorted(labels.ids()) == sorted(pool.ids())
+
     def _file_units(self) -> Units:
-        return _units(self.cfg) if self.cfg.data.train != "generate" else Units()
+        """The training file's units: labels files are written in them and read back with them."""
+        return data_units(self.cfg, self.paths.train, "train")
 
     def data_digest(self) -> str:
         return _file_digest(self.paths.train)
@@ -471,13 +559,30 @@ class Run:
 
     def training_inputs(self, group: Group) -> tuple[Path, dict[str, str]]:
         """(data file, {dataset property: file key}) that ``group``'s members train on; a student
-        group's labels are made first if needed."""
+        group's labels are made first if needed. Read it with :meth:`member_inputs` and
+        :func:`load_member_data`, which also carry its units and the member's split."""
         keys = {"energy": self.cfg.data.energy_key}
         if group.labels_from:
             return self.make_labels(group), {**keys, "ensemble_forces": "ekd_ensemble.forces"}
         if group.forces == "reference_forces":
             keys["reference_forces"] = self.cfg.data.reference_forces_key
         return self.paths.train, keys
+
+    def member_inputs(self, group: Group, m: int, source: tuple[Path, dict[str, str]] | None = None) -> dict:
+        """What member ``m`` of ``group`` trains on, as plain data for its job: the data file, its
+        keys, its units (decided here, :func:`data_units`) and the member's train/valid/test
+        splits as configuration identities (molecule name, conformer). Load it with
+        :func:`load_member_data`. source: :meth:`training_inputs` if already made."""
+        data_path, keys = source or self.training_inputs(group)
+        units = self._file_units()
+        pool = self.train_data
+        return {
+            "data": str(data_path),
+            "keys": keys,
+            "units": [units.energy, units.length],
+            "splits": {name: pool.ids(idx) for name, idx in member_splits(self.splits, m).items()},
+            "what": f"{group.label} member {m}",
+        }
 
     def member_spec(self, group: Group, m: int) -> dict:
         """The :class:`ekd.train.MemberSpec` fields of member ``m`` of ``group``."""
@@ -513,7 +618,7 @@ class Run:
             return self._train_members(group, members)
 
     def _train_members(self, group: Group, members: Sequence[int]) -> list[dict]:
-        data_path, keys = self.training_inputs(group)
+        source = self.training_inputs(group)  # labels first: the members' digests name them
         jobs, results = [], {}
         for m in members:
             out = self.member_dir(group, m)
@@ -525,9 +630,7 @@ class Run:
             jobs.append(
                 {
                     "config": self.cfg.to_yaml(),
-                    "data": str(data_path),
-                    "keys": keys,
-                    "splits": {k: v.tolist() for k, v in member_splits(self.splits, m).items()},
+                    **self.member_inputs(group, m, source),
                     "spec": spec,
                     "out_dir": str(out),
                     "member": m,
@@ -649,6 +752,8 @@ class Run:
             # a misspelt md.roles entry is found before the training, not after it
             select_roles(self.cfg.md.roles, [g.label for g in self.groups()])
         _ = self.paths
+        # bad data is found before any training, not after it
+        check_test_elements(self.train_data, load_test_pool(self.cfg, self.paths), self.paths.test)
         _log(f"training pool: {len(self.train_data)} configurations; test split {len(self.splits['test'])}")
         for group in self.groups():
             self.train_group(group)
