@@ -18,6 +18,7 @@ pytest.importorskip("rdkit")
 pytest.importorskip("tblite.interface")
 
 from ekd.data import generate as gen  # noqa: E402
+from ekd.data.generate import parts as gen_parts  # noqa: E402
 from ekd.data import load_dataset, read_ani, read_file_attrs  # noqa: E402
 from ekd.data.generate import (  # noqa: E402
     POOLS,
@@ -169,16 +170,16 @@ class _Interrupted(Exception):
 
 def test_interrupted_run_resumes_without_recomputing(tiny, tmp_path, monkeypatch):
     _, train, test = tiny
-    real_save = gen._save_part
+    real_save = gen_parts.save_part
     saved = []
 
     def save_then_die(parts, result, options_hash):
         if len(saved) == 2:
             raise _Interrupted
-        saved.append(result["task"]["name"])
+        saved.append(result.task["name"])
         return real_save(parts, result, options_hash)
 
-    monkeypatch.setattr(gen, "_save_part", save_then_die)
+    monkeypatch.setattr(gen_parts, "save_part", save_then_die)
     with pytest.raises(_Interrupted):
         generate(TINY, tmp_path, progress=False)
     assert not (tmp_path / "train.h5").exists()
@@ -187,10 +188,10 @@ def test_interrupted_run_resumes_without_recomputing(tiny, tmp_path, monkeypatch
     computed = []
 
     def counting_save(parts, result, options_hash):
-        computed.append(result["task"]["name"])
+        computed.append(result.task["name"])
         return real_save(parts, result, options_hash)
 
-    monkeypatch.setattr(gen, "_save_part", counting_save)
+    monkeypatch.setattr(gen_parts, "save_part", counting_save)
     again = generate(TINY, tmp_path, progress=False)
     assert len(computed) == N_MOLECULES - 2
     _assert_same_files(train, again[0])
@@ -209,13 +210,13 @@ def test_resume_with_other_options_is_refused(tiny):
 
 def test_fresh_start_discards_old_parts(tmp_path):
     parts = tmp_path / ".parts"
-    gen._prepare_parts(parts, TINY, resume=True)
+    gen_parts.prepare_parts(parts, TINY, resume=True)
     (parts / "train").mkdir()
     (parts / "train" / "mol0000_X.npz").write_bytes(b"old")
     other = GenerateOptions(**{**TINY.to_dict(), "temperature": 300.0})
     with pytest.raises(GenerateError, match="temperature"):
-        gen._prepare_parts(parts, other, resume=True)
-    gen._prepare_parts(parts, other, resume=False)
+        gen_parts.prepare_parts(parts, other, resume=True)
+    gen_parts.prepare_parts(parts, other, resume=False)
     assert not any(parts.rglob("*.npz"))
     assert json.loads((parts / "manifest.json").read_text())["options_hash"] == other.content_hash()
 
@@ -367,8 +368,8 @@ def test_pyscf_labels_on_formaldehyde():
         levels=("gfn2_xtb", "wb97x_631gd", "ccsd(t)_ccpvdz", "ccsd(t)_ccpvdz_mp2cbs"),
     )
     result = compute_molecule(task, opts)
-    props = result["properties"]
-    assert result["coordinates"].shape == (2, 4, 3)
+    props = result.properties
+    assert result.coordinates.shape == (2, 4, 3)
     assert set(props) == {
         "gfn2_xtb.energy",
         "gfn2_xtb.forces",

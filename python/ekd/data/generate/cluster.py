@@ -8,13 +8,13 @@ then atoms of neighbouring molecules closer than 0.5 A). The paper's ANI-1x data
 molecules whose distant atoms fill the same region of descriptor space; our small stand-in pool
 does not, so the generator adds clusters of the MD molecule itself, cut from condensed boxes.
 
-One group per cluster size ``m`` (``generate.cluster_sizes``): ``cluster_samples``
+One group per cluster size ``m`` (``GenerateOptions.cluster_sizes``): ``cluster_samples``
 configurations, each made as follows (one random stream per size, seeded by the generator's
 seed):
 
 1. CH3ONO is relaxed with GFN2-xTB (ETKDG start) and its normal modes computed, once per group.
 2. ``max(27, 2m)`` rigid copies of the minimum are placed in a periodic cube by
-   :func:`ekd.md.box.place_molecules` at a density drawn from ``cluster_density`` (a range, g/cm^3:
+   :func:`ekd.data.packing.place_molecules` at a density drawn from ``cluster_density`` (a range, g/cm^3:
    below and above the liquid's, so compressed contacts are sampled too), with the smallest
    intermolecular contact drawn from ``cluster_min_contact`` (Angstrom).
 3. A random molecule and its ``m - 1`` nearest neighbours (minimum image of the centres of mass)
@@ -35,7 +35,11 @@ import time
 
 import numpy as np
 
-from ..units import HARTREE_TO_KCALMOL
+from ...units import HARTREE_TO_KCALMOL
+from ..packing import place_molecules
+from .levels import label_levels
+from .options import POOL_CODE
+from .record import MoleculeRecord, finish
 
 #: the cluster molecule (the MD-stability test's), SMILES
 CLUSTER_SMILES = "CON=O"
@@ -43,7 +47,7 @@ CLUSTER_SMILES = "CON=O"
 
 def cut_cluster(placed, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Molecule indices (nearest first) and their (size, 3) unwrapped centres of a ``size``
-    cluster around a random molecule of ``placed`` (an :class:`ekd.md.box.Placement`)."""
+    cluster around a random molecule of ``placed`` (an :class:`ekd.data.packing.Placement`)."""
     n = len(placed.centers)
     if not 1 <= size <= n:
         raise ValueError(f"cluster size: must be between 1 and the {n} placed molecules, got {size}")
@@ -54,19 +58,17 @@ def cut_cluster(placed, size: int, rng: np.random.Generator) -> tuple[np.ndarray
     return order, placed.centers[c] + d[order]
 
 
-def compute_cluster(task, options) -> dict:
+def compute_cluster(task, options) -> MoleculeRecord:
     """Configurations and labels of the ``task.heavy_atoms // 4``-molecule CH3ONO cluster group
-    (see the module docstring); same result layout as :func:`ekd.data.generate.compute_molecule`."""
-    from ..md.box import place_molecules
-    from .generate import _POOL_CODE, _result, label_levels
-    from .labels import XTB, LabelError, XTBCalculator
-    from .molecules import connectivity, embed_conformers, min_distance
-    from .sampling import hessian, normal_mode_displacement, normal_modes, relax
+    (see the module docstring); a record like :func:`.molecule.compute_molecule`'s."""
+    from ..labels import XTB, LabelError, XTBCalculator
+    from ..molecules import connectivity, embed_conformers, min_distance
+    from ..sampling import hessian, normal_mode_displacement, normal_modes, relax
 
     t0 = time.perf_counter()
     size = int(task.index)
     stats = {"placements_failed": 0, "samples_rejected": 0, "label_failures": 0, "skipped": "", "relax_unconverged": 0}
-    seq = np.random.SeedSequence([options.seed, _POOL_CODE["cluster"], size])
+    seq = np.random.SeedSequence([options.seed, POOL_CODE["cluster"], size])
     rng = np.random.default_rng(seq)
     rdkit_seed = int(seq.spawn(1)[0].generate_state(1)[0] & 0x7FFFFFFF)
     levels = options.levels
@@ -131,9 +133,9 @@ def compute_cluster(task, options) -> dict:
         forces_list.append(forces)
     if not coords:
         stats["skipped"] = "every cluster sample was rejected (contacts, bonds or energy cap)"
-        return _result(task, numbers, np.zeros((0, len(numbers), 3)), {}, 0, stats, t0, levels)
+        return finish(task, numbers, np.zeros((0, len(numbers), 3)), {}, 0, stats, t0, levels)
     coordinates = np.stack(coords)
     properties = {f"{XTB}.energy": np.array(energies), f"{XTB}.forces": np.stack(forces_list)}
     properties.update(label_levels(levels, numbers, coordinates, stats, f"cluster {task.name}"))
     stats["xtb_calls"] = xtb.n_calls + xtb1.n_calls
-    return _result(task, numbers, coordinates, properties, 0, stats, t0, levels)
+    return finish(task, numbers, coordinates, properties, 0, stats, t0, levels)

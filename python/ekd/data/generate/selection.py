@@ -1,0 +1,126 @@
+"""Which molecules a run generates: the NCI draws of both pools, the required molecules, the
+CH3ONO clusters (:func:`plan`), as :class:`MoleculeTask` s in output order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .cluster import CLUSTER_SMILES
+from .options import DEFAULT_MAX_HEAVY, POOL_CODE, GenerateOptions, GenerateOptionsError, wanted_levels
+
+
+@dataclass(frozen=True)
+class MoleculeTask:
+    """One group to generate: pool ("train"/"test"), index in the pool (for a cluster: its number
+    of molecules), group name; kind "molecule" (an NCI molecule) or "cluster" (CH3ONO cluster)."""
+
+    pool: str
+    index: int
+    name: str
+    smiles: str
+    nci_id: str
+    formula: str
+    heavy_atoms: int
+    kind: str = "molecule"
+
+
+def plan(options: GenerateOptions) -> list[MoleculeTask]:
+    """The molecules of both pools, train first, in output order (deterministic for the seed)."""
+    from ..molecules import METHYL_NITRITE, candidate_from_smiles, load_nci_candidates, select_molecules
+
+    # at least the default limit, so that one (cached, ~4 s) load serves the usual option sets
+    limit = max(options.train_max_heavy_atoms, options.test_max_heavy_atoms, DEFAULT_MAX_HEAVY)
+    candidates = load_nci_candidates(None, limit)
+    if options.extra_smiles:
+        known = {c.smiles for c in candidates}
+        extra = []
+        for smi in options.extra_smiles:
+            cand = candidate_from_smiles(smi, "extra")
+            if cand is None:
+                raise GenerateOptionsError(
+                    f"GenerateOptions.extra_smiles: {smi!r} is not a usable molecule (expected a neutral, "
+                    "single-fragment molecule of H, C, N and O that RDKit parses)"
+                )
+            if cand.smiles not in known:
+                known.add(cand.smiles)
+                extra.append(cand)
+        candidates = (*candidates, *extra)
+    train = select_molecules(
+        candidates,
+        options.n_train_molecules,
+        options.train_min_heavy_atoms,
+        options.train_max_heavy_atoms,
+        seed=int(np.random.SeedSequence([options.seed, POOL_CODE["train"]]).generate_state(1)[0]),
+        required=(METHYL_NITRITE,) if options.include_methyl_nitrite else (),
+        what="GenerateOptions.n_train_molecules",
+    )
+    train = append_required(train, "train", candidates, options)
+    test = []
+    if options.n_test_molecules:
+        test = select_molecules(
+            candidates,
+            options.n_test_molecules,
+            options.test_min_heavy_atoms,
+            options.test_max_heavy_atoms,
+            seed=int(np.random.SeedSequence([options.seed, POOL_CODE["test"]]).generate_state(1)[0]),
+            # disjoint from train even if the heavy-atom ranges overlap
+            exclude=frozenset(c.smiles for c in train),
+            min_rotatable_bonds=options.test_min_rotatable_bonds,
+            what="GenerateOptions.n_test_molecules",
+        )
+    test = append_required(test, "test", candidates, options)
+    in_train = {c.smiles for c in train}
+    clash = [c.smiles for c in test if c.smiles in in_train]
+    if clash:
+        raise GenerateOptionsError(
+            f"GenerateOptions.test_required_smiles: {clash} are train molecules too; a test molecule must be "
+            "out of sample (remove it from train_required_smiles, or set include_methyl_nitrite: false for CON=O)"
+        )
+    clusters = [
+        MoleculeTask(
+            "train", m, f"clu{m:03d}_CH3NO2_x{m}", ".".join([CLUSTER_SMILES] * m), "", f"(CH3NO2){m}", 4 * m, "cluster"
+        )
+        for m in options.cluster_sizes
+    ]
+    return [
+        *(
+            MoleculeTask(pool, i, f"mol{i:04d}_{c.formula}", c.smiles, c.nci_id, c.formula, c.heavy_atoms)
+            for pool, chosen in (("train", train), ("test", test))
+            for i, c in enumerate(chosen)
+        ),
+        *clusters,
+    ]
+
+
+def append_required(chosen: list, pool: str, candidates, options: GenerateOptions) -> list:
+    """``chosen`` plus the ``<pool>_required_smiles`` not in it yet (checked: usable, affordable)."""
+    from ..labels import MAX_HEAVY_ATOMS
+    from ..molecules import candidate_from_smiles
+
+    field = f"{pool}_required_smiles"
+    smiles = getattr(options, field)
+    if not smiles:
+        return chosen
+    levels = wanted_levels(options, pool)
+    out, have = list(chosen), {c.smiles for c in chosen}
+    for smi in smiles:
+        cand = candidate_from_smiles(smi, "required")
+        if cand is None:
+            raise GenerateOptionsError(
+                f"GenerateOptions.{field}: {smi!r} is not a usable molecule (expected a neutral, single-fragment "
+                "molecule of H, C, N and O that RDKit parses)"
+            )
+        cand = next((c for c in candidates if c.smiles == cand.smiles), cand)
+        for level in levels:
+            limit = MAX_HEAVY_ATOMS.get(level)
+            if limit is not None and cand.heavy_atoms > limit:
+                raise GenerateOptionsError(
+                    f"GenerateOptions.{field}: {smi!r} has {cand.heavy_atoms} heavy atoms, but {level!r} is only "
+                    f"affordable for <= {limit}"
+                )
+        if cand.smiles not in have:
+            have.add(cand.smiles)
+            out.append(cand)
+    return out
