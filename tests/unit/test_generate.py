@@ -18,7 +18,6 @@ pytest.importorskip("rdkit")
 pytest.importorskip("tblite.interface")
 
 from ekd.data import generate as gen  # noqa: E402
-from ekd.data.generate import parts as gen_parts  # noqa: E402
 from ekd.data import load_dataset, read_ani, read_file_attrs  # noqa: E402
 from ekd.data.generate import (  # noqa: E402
     POOLS,
@@ -30,6 +29,7 @@ from ekd.data.generate import (  # noqa: E402
     generate,
     summarize,
 )
+from ekd.data.generate import parts as gen_parts  # noqa: E402
 from ekd.data.labels import XTBCalculator, xtb_energy_forces  # noqa: E402
 from ekd.data.molecules import METHYL_NITRITE, candidate_from_smiles  # noqa: E402
 from ekd.data.sampling import normal_mode_displacement, normal_modes  # noqa: E402
