@@ -331,7 +331,7 @@ def test_implausible_energies_and_distances_warn(tmp_path):
     with pytest.warns(DataUnitWarning) as record:
         load_dataset(path, KEYS)
     texts = [str(w.message) for w in record]
-    assert any("energies ('ccsd(t)_cbs.energy', declared hartree)" in t and "kcal/mol or eV" in t for t in texts)
+    assert any("energies ('ccsd(t)_cbs.energy', read as hartree)" in t and "kcal/mol or eV" in t for t in texts)
     assert any("Bohr read as Angstrom" in t for t in texts)
     # declared correctly: no warning (pytest turns warnings into errors), Hartree/Angstrom values
     right = load_dataset(path, KEYS, Units("kcal/mol", "bohr"))

@@ -345,7 +345,7 @@ def load_dataset(
     keys: Mapping[str, str],
     units: Units | None = None,
     *,
-    declared_as: tuple[str, str] = ("the declared energy unit", "the declared length unit"),
+    declared_as: tuple[str, str] | None = None,
     check_plausible: bool = True,
 ) -> Dataset:
     """Read an ANI-layout file into internal units (kcal/mol, Angstrom): THE loader, for every
@@ -357,15 +357,16 @@ def load_dataset(
         field (or None) is not declared. See :func:`resolve_units`: a declaration must agree with
         the file's ``energy_unit`` / ``length_unit`` attribute; undeclared units are the
         attribute's, else the ANI releases' Hartree and Angstrom.
-    declared_as: how error messages name the declaration (e.g. the config fields).
+    declared_as: how messages name where units are declared, e.g. ``("data.energy_unit",
+        "data.length_unit")`` or ``("--energy-unit", "--length-unit")``.
     check_plausible: warn (:class:`DataUnitWarning`) when energies per atom or nearest-neighbour
         distances do not fit the units (see :func:`check_plausible_units`).
     """
-    units = resolve_units(path, units, declared_as)
+    units = resolve_units(path, units, declared_as or ("the declared energy unit", "the declared length unit"))
     groups = read_ani(path, keys.values())
     dataset = from_groups(groups, keys, units, source=str(Path(path)))
     if check_plausible:
-        check_plausible_units(dataset, units, keys)
+        check_plausible_units(dataset, units, keys, declared_as)
     return dataset
 
 
@@ -374,7 +375,12 @@ def _atom_energy_scale(z: np.ndarray) -> np.ndarray:
     return 0.5 * np.asarray(z, dtype=np.float64) ** 2.4 * HARTREE_TO_KCALMOL
 
 
-def check_plausible_units(dataset: Dataset, units: Units, keys: Mapping[str, str] | None = None) -> list[str]:
+def check_plausible_units(
+    dataset: Dataset,
+    units: Units,
+    keys: Mapping[str, str] | None = None,
+    declared_as: tuple[str, str] | None = None,
+) -> list[str]:
     """Warn (:class:`DataUnitWarning`) when the data do not look like their declared units;
     returns the warnings' texts.
 
@@ -388,6 +394,11 @@ def check_plausible_units(dataset: Dataset, units: Units, keys: Mapping[str, str
     Medians over at most 2000 evenly spaced configurations, so one odd configuration is no alarm.
     """
     keys = keys or {}
+    where = declared_as or ("the config's data.energy_unit", "the config's data.length_unit")
+    fix = [
+        f"declare the file's unit with {w}, or set the file's {a} attribute"
+        for w, a in zip(where, UNIT_ATTRS.values(), strict=True)
+    ]
     found = []
     n = len(dataset)
     pick = np.unique(np.linspace(0, n - 1, min(n, 2000)).astype(np.int64)) if n else np.zeros(0, np.int64)
@@ -402,9 +413,9 @@ def check_plausible_units(dataset: Dataset, units: Units, keys: Mapping[str, str
             ratio = float(np.median(-e[ok] / scale[ok]))
             if ratio > 1.5:
                 found.append(
-                    f"{dataset.source or 'dataset'}: energies ({keys.get('energy', 'energy')!r}, declared "
+                    f"{dataset.source or 'dataset'}: energies ({keys.get('energy', 'energy')!r}, read as "
                     f"{units.energy}) are {ratio:.0f}x lower than the free atoms' total energies, which is "
-                    "impossible; is the file in kcal/mol or eV? Declare its energy unit (data.energy_unit)"
+                    f"impossible; is the file in kcal/mol or eV? If so, {fix[0]}"
                 )
     radii = covalent_radii[species]
     xyz = dataset.coordinates[pick]
@@ -423,8 +434,8 @@ def check_plausible_units(dataset: Dataset, units: Units, keys: Mapping[str, str
             guess = "Bohr read as Angstrom" if ratio > 1.5 else "Angstrom read as Bohr"
             found.append(
                 f"{dataset.source or 'dataset'}: the closest atoms of a configuration are typically {ratio:.2f}x "
-                f"the sum of their covalent radii (declared length unit {units.length}; ~1 expected in "
-                f"molecules): {guess}? Declare the file's length unit (data.length_unit)"
+                f"the sum of their covalent radii (read as {units.length}; ~1 expected in "
+                f"molecules): {guess}? If so, {fix[1]}"
             )
     for text in found:
         warnings.warn(text, DataUnitWarning, stacklevel=3)
