@@ -16,11 +16,14 @@
 //   is the output plus O(P + A) indices.
 #include "ekd/sensitivity.hpp"
 
+#include "ekd/parallel.hpp"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <numeric>
 #include <vector>
 
@@ -85,28 +88,50 @@ std::vector<int64_t> chunk_bounds(const Groups& g, int64_t k) {
     return bounds;
 }
 
+// Runs body(c) for every chunk c in [0, n_chunks) on `threads` threads, in one parallel region;
+// chunks are taken first come, first served (include/ekd/parallel.hpp says why).
+template <typename Body>
+void run_chunks(int64_t n_chunks, int64_t threads, const Body& body) {
+    if (threads <= 1 || n_chunks <= 1) {
+        for (int64_t c = 0; c < n_chunks; ++c) body(c);
+        return;
+    }
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, std::min(threads, n_chunks), 1, [&](int64_t, int64_t) {
+        for (int64_t c = next.fetch_add(1); c < n_chunks; c = next.fetch_add(1)) body(c);
+    });
+}
+
 // Runs body(a0, a1) over the atoms (pairs grouped by atom) in chunks of roughly equal pair count.
 template <typename Body>
 void for_atom_chunks(const Groups& g, int64_t work_per_pair, const Body& body) {
     const int64_t n_atoms = static_cast<int64_t>(g.ptr.size()) - 1;
-    const int64_t n_pairs = g.ptr.back();
-    const int64_t threads = at::get_num_threads();
-    // Below ~64k multiply-adds a thread team costs more than it saves.
-    if (n_pairs * work_per_pair < (1 << 16) || threads == 1 || n_atoms < 2) {
+    const ParallelPlan plan = parallel_plan(g.ptr.back() * work_per_pair, n_atoms);
+    if (plan.threads == 1 || plan.chunks == 1) {
         body(0, n_atoms);
         return;
     }
-    const std::vector<int64_t> bounds = chunk_bounds(g, std::min(n_atoms, 4 * threads));
-    at::parallel_for(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t c0, int64_t c1) {
-        for (int64_t c = c0; c < c1; ++c) body(bounds[c], bounds[c + 1]);
+    const std::vector<int64_t> bounds = chunk_bounds(g, plan.chunks);
+    run_chunks(plan.chunks, plan.threads, [&](int64_t c) { body(bounds[c], bounds[c + 1]); });
+}
+
+// Runs body(p0, p1) over consecutive pair ranges.
+template <typename Body>
+void for_pairs(int64_t n_pairs, int64_t work_per_pair, const Body& body) {
+    const ParallelPlan plan = parallel_plan(n_pairs * work_per_pair, n_pairs);
+    run_chunks(plan.chunks, plan.threads, [&](int64_t c) {
+        body(n_pairs * c / plan.chunks, n_pairs * (c + 1) / plan.chunks);
     });
 }
 
-template <typename Body>
-void for_pairs(int64_t n_pairs, int64_t work_per_pair, const Body& body) {
-    const int64_t grain = std::max<int64_t>(64, (1 << 16) / std::max<int64_t>(1, work_per_pair));
-    at::parallel_for(0, n_pairs, grain, body);
+}  // namespace
+
+ParallelPlan parallel_plan(int64_t work, int64_t units) {
+    const int64_t threads = threads_for(work, at::in_parallel_region() ? 1 : at::get_num_threads());
+    return {threads, threads == 1 ? 1 : chunks_for(work, units)};
 }
+
+namespace {
 
 // ------------------------------------------------------------------------------------------------
 // Micro-kernels, written with GCC/Clang vector extensions: Vec<T> is 256 bits (one AVX register in
@@ -395,11 +420,13 @@ at::Tensor featsum_cpu(const at::Tensor& env_, const at::Tensor& sense_, const a
     const int64_t A = env.size(0), N = env.size(1), F = env.size(2), P = sense.size(0);
     check_index_range("ekd::featsum", "pair_second", second.data_ptr<int64_t>(), P, A);
     const Groups g = group_pairs("ekd::featsum", "pair_first", first.data_ptr<int64_t>(), P, A);
-    // Scatter onto pair_second without races: a fixed number K of pair chunks (chosen from the
-    // problem size, never from the thread count, so results do not depend on it) each sum into a
-    // private [A, F] buffer, reduced in chunk order. Reading env[i] once per source atom instead of
-    // once per pair is what makes this fast: env is N times larger than the output.
-    const int64_t K = (P * N * F < (1 << 20)) ? 1 : std::min<int64_t>(8, std::max<int64_t>(1, A));
+    // Scatter onto pair_second without races: K pair chunks (K from the problem size, never from
+    // the thread count, so results do not depend on it) each sum into a private [A, F] buffer,
+    // reduced in chunk order. Reading env[i] once per source atom instead of once per pair is what
+    // makes this fast: env is N times larger than the output.
+    const int64_t work = P * N * F;
+    const int64_t K = chunks_for(work, A, 8);
+    const int64_t threads = parallel_plan(work, A).threads;
     const std::vector<int64_t> bounds = chunk_bounds(g, K);
     dispatch_float(env, [&](auto tag) {
         using T = decltype(tag);
@@ -408,16 +435,17 @@ at::Tensor featsum_cpu(const at::Tensor& env_, const at::Tensor& sense_, const a
         const int64_t* sec = second.data_ptr<int64_t>();
         T* o = out.data_ptr<T>();
         std::vector<T> bufs(static_cast<size_t>((K - 1) * A * F));
-        at::parallel_for(0, K, 1, [&](int64_t k0, int64_t k1) {
+        run_chunks(K, threads, [&](int64_t k) {
             std::vector<T> tmp(F);
-            for (int64_t k = k0; k < k1; ++k) {
-                T* dst = k == 0 ? o : bufs.data() + (k - 1) * A * F;
-                std::fill(dst, dst + A * F, T(0));
-                featsum_run(e, s, sec, &g, N, F, dst, tmp.data(), bounds[k], bounds[k + 1]);
-            }
+            T* dst = k == 0 ? o : bufs.data() + (k - 1) * A * F;
+            std::fill(dst, dst + A * F, T(0));
+            featsum_run(e, s, sec, &g, N, F, dst, tmp.data(), bounds[k], bounds[k + 1]);
         });
         if (K > 1) {
-            at::parallel_for(0, A * F, 4096, [&](int64_t i0, int64_t i1) {
+            const int64_t n = A * F;
+            const ParallelPlan plan = parallel_plan(n * (K - 1), n);
+            run_chunks(plan.chunks, plan.threads, [&](int64_t c) {
+                const int64_t i0 = n * c / plan.chunks, i1 = n * (c + 1) / plan.chunks;
                 for (int64_t k = 1; k < K; ++k) {
                     const T* src = bufs.data() + (k - 1) * A * F;
                     for (int64_t i = i0; i < i1; ++i) o[i] += src[i];

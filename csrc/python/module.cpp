@@ -1,6 +1,7 @@
 // ekd._C: Python helpers that are not tensor ops. It calls the op library's plain C++ API
 // (include/ekd) directly, on numpy arrays, without the dispatcher or torch tensors.
 #include "ekd/neighbors.hpp"
+#include "ekd/parallel.hpp"
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -83,4 +84,13 @@ PYBIND11_MODULE(_C, m) {
           py::arg("cutoff"),
           "Full neighbor list of one structure as numpy arrays (first, second, shifts); the same "
           "search as the torch op ekd::neighbor_list.");
+    m.def(
+        "parallel_plan",
+        [](int64_t work, int64_t units) {
+            const ekd::ParallelPlan p = ekd::parallel_plan(work, units);
+            return py::make_tuple(p.threads, p.chunks);
+        },
+        py::arg("work"), py::arg("units"),
+        "(threads, chunks) an interaction kernel uses for `work` multiply-adds over `units` atoms or "
+        "pairs at the current torch thread count (include/ekd/parallel.hpp).");
 }

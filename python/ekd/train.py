@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._threads import check_wait_policy
 from .config import Config, ModelConfig
 from .data import Dataset
 from .data.database import database_arrays
@@ -117,6 +118,7 @@ def _train(spec, cfg: Config, dataset: Dataset, splits, out_dir: Path, progress:
     arch = cfg.model if spec.role == "teacher" else cfg.variant_model(spec.variant)
     dtype = getattr(torch, tc.dtype)
     torch.set_num_threads(tc.threads)
+    check_wait_policy(tc.threads, "train")
     kernels = use_kernels(tc.kernels)
     train_idx, valid_idx = _check_splits(splits, len(dataset))
     check_padding(dataset.species, f"{dataset.source or 'dataset'}: species")

@@ -1,0 +1,81 @@
+"""Thread policy: OpenMP threads sleep between parallel regions unless the user chose otherwise,
+and ekd's kernels use a second thread only for enough work (no timed tests: the policy itself)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ekd import _threads
+from ekd._ops import _C
+
+PROBE = (
+    "import os, sys\n"
+    "{pre}\n"
+    "import ekd, ekd._threads as t\n"
+    "print(t.wait_policy_state(), os.environ.get('OMP_WAIT_POLICY'))\n"
+)
+
+
+def _probe(pre="", **env_extra):
+    env = {k: v for k, v in os.environ.items() if k not in _threads.USER_POLICY_VARS}
+    env.update(env_extra)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE.format(pre=pre)], env=env, capture_output=True, text=True, check=True
+    )
+    return out.stdout.split()
+
+
+def test_importing_ekd_first_makes_openmp_waits_passive():
+    assert _probe() == ["set", "PASSIVE"]
+
+
+def test_a_users_wait_policy_is_left_alone():
+    assert _probe(OMP_WAIT_POLICY="ACTIVE") == ["user", "ACTIVE"]
+    assert _probe(GOMP_SPINCOUNT="1000") == ["user", "None"]
+
+
+def test_torch_imported_first_is_detected_not_papered_over():
+    assert _probe(pre="import torch") == ["too-late", "None"]
+
+
+def test_check_wait_policy_warns_once_for_threads_with_spinning_waits(monkeypatch):
+    monkeypatch.setattr(_threads, "_state", "too-late")
+    monkeypatch.setattr(_threads, "_warned", False)
+    with pytest.warns(RuntimeWarning, match="OMP_WAIT_POLICY=PASSIVE"):
+        _threads.check_wait_policy(2, "train")
+    _threads.check_wait_policy(2, "train")  # once only: a second call is silent (filterwarnings=error)
+    monkeypatch.setattr(_threads, "_warned", False)
+    _threads.check_wait_policy(1, "train")  # one thread never waits
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_small_kernels_stay_on_one_thread(two_threads):
+    # a tiny call: a parallel region would cost more than the work
+    assert _C.parallel_plan(1000, 100) == (1, 1)
+    assert _C.parallel_plan(1 << 20, 100) == (1, 1)
+    # the box's envsum (~3e5 pairs x 20 x 128) uses both threads, in more chunks than threads
+    threads, chunks = _C.parallel_plan(300_000 * 20 * 128, 3136)
+    assert threads == 2 and chunks > 2
+    # never more chunks than atoms
+    assert _C.parallel_plan(1 << 30, 3)[1] == 3
+
+
+def test_one_thread_runs_one_chunk():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert _C.parallel_plan(1 << 30, 3136) == (1, 1)
+    finally:
+        torch.set_num_threads(before)
