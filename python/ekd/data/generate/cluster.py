@@ -37,7 +37,7 @@ import numpy as np
 
 from ...units import HARTREE_TO_KCALMOL
 from ..packing import place_molecules
-from .levels import label_levels
+from .levels import xtb_record, xtb_sample
 from .options import POOL_CODE
 from .record import MoleculeRecord, finish
 
@@ -61,8 +61,8 @@ def cut_cluster(placed, size: int, rng: np.random.Generator) -> tuple[np.ndarray
 def compute_cluster(task, options) -> MoleculeRecord:
     """Configurations and labels of the ``task.heavy_atoms // 4``-molecule CH3ONO cluster group
     (see the module docstring); a record like :func:`.molecule.compute_molecule`'s."""
-    from ..labels import XTB, LabelError, XTBCalculator
-    from ..molecules import connectivity, embed_conformers, min_distance
+    from ..labels import XTBCalculator
+    from ..molecules import connectivity, embed_conformers
     from ..sampling import hessian, normal_mode_displacement, normal_modes, relax
 
     t0 = time.perf_counter()
@@ -117,25 +117,14 @@ def compute_cluster(task, options) -> MoleculeRecord:
         )
         pos = (np.einsum("mab,mkb->mka", placed.rotations[chosen], local) + centers[:, None, :]).reshape(-1, 3)
         pos -= pos.mean(axis=0)
-        if min_distance(pos) < 0.5 or not np.array_equal(connectivity(numbers, pos), bonds):
-            stats["samples_rejected"] += 1
-            continue
-        try:
-            energy, forces = xtb(pos)
-        except LabelError:
-            stats["samples_rejected"] += 1
-            continue
-        if energy - size * e1 > size * cap:
-            stats["samples_rejected"] += 1
+        labelled = xtb_sample(xtb, numbers, pos, bonds, size * e1, size * cap, stats)
+        if labelled is None:
             continue
         coords.append(pos)
-        energies.append(energy)
-        forces_list.append(forces)
+        energies.append(labelled[0])
+        forces_list.append(labelled[1])
     if not coords:
         stats["skipped"] = "every cluster sample was rejected (contacts, bonds or energy cap)"
         return finish(task, numbers, np.zeros((0, len(numbers), 3)), {}, 0, stats, t0, levels)
-    coordinates = np.stack(coords)
-    properties = {f"{XTB}.energy": np.array(energies), f"{XTB}.forces": np.stack(forces_list)}
-    properties.update(label_levels(levels, numbers, coordinates, stats, f"cluster {task.name}"))
     stats["xtb_calls"] = xtb.n_calls + xtb1.n_calls
-    return finish(task, numbers, coordinates, properties, 0, stats, t0, levels)
+    return xtb_record(task, numbers, coords, energies, forces_list, 0, levels, stats, t0, f"cluster {task.name}")

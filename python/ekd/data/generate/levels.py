@@ -49,3 +49,37 @@ def label_levels(
         if LEVELS[level]:
             properties[f"{level}.forces"] = f_arr
     return properties
+
+
+def xtb_sample(xtb, numbers: np.ndarray, pos: np.ndarray, bonds: np.ndarray, reference: float, cap: float, stats: dict):
+    """GFN2-xTB (energy Hartree, forces Hartree/Angstrom) of a sampled geometry ``pos``, or None
+    when the sample is rejected -- two atoms closer than 0.5 Angstrom, a bond graph other than
+    ``bonds``, a failed calculation, or an energy more than ``cap`` above ``reference`` (Hartree) -- which is counted
+    in ``stats["samples_rejected"]``."""
+    from ..labels import LabelError
+    from ..molecules import connectivity, min_distance
+
+    result = None
+    if min_distance(pos) >= 0.5 and np.array_equal(connectivity(numbers, pos), bonds):
+        try:
+            energy, forces = xtb(pos)
+        except LabelError:
+            pass
+        else:
+            if not energy - reference > cap:
+                result = energy, forces
+    if result is None:
+        stats["samples_rejected"] += 1
+    return result
+
+
+def xtb_record(task, numbers, coords, energies, forces, n_relaxed: int, levels, stats: dict, t0: float, what: str):
+    """The record of a group whose GFN2-xTB configurations are ``coords`` / ``energies`` /
+    ``forces`` (lists, one entry per configuration), with the other ``levels`` labelled here."""
+    from ..labels import XTB
+    from .record import finish
+
+    coordinates = np.stack(coords)
+    properties = {f"{XTB}.energy": np.array(energies), f"{XTB}.forces": np.stack(forces)}
+    properties.update(label_levels(levels, numbers, coordinates, stats, what))
+    return finish(task, numbers, coordinates, properties, n_relaxed, stats, t0, levels)

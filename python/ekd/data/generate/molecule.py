@@ -10,7 +10,7 @@ import numpy as np
 
 from ...units import HARTREE_TO_KCALMOL
 from .cluster import compute_cluster
-from .levels import label_levels
+from .levels import xtb_record, xtb_sample
 from .options import POOL_CODE, GenerateOptions
 from .record import MoleculeRecord, finish
 from .selection import MoleculeTask
@@ -19,8 +19,8 @@ from .selection import MoleculeTask
 def compute_molecule(task: MoleculeTask, options: GenerateOptions) -> MoleculeRecord:
     """Geometries and labels of one molecule (see the module docstring). Pure function of
     (task, options); clusters are delegated to :func:`.cluster.compute_cluster`."""
-    from ..labels import XTB, LabelError, XTBCalculator
-    from ..molecules import connectivity, embed_conformers, heavy_rmsd_coords, min_distance
+    from ..labels import LabelError, XTBCalculator
+    from ..molecules import connectivity, embed_conformers, heavy_rmsd_coords
     from ..sampling import hessian, normal_mode_displacement, normal_modes, relax
 
     if task.kind == "cluster":
@@ -118,24 +118,15 @@ def compute_molecule(task: MoleculeTask, options: GenerateOptions) -> MoleculeRe
             if kept == n_samples:
                 break
             pos = centre + normal_mode_displacement(rng, directions, force_constants, options.temperature)
-            if min_distance(pos) < 0.5 or not np.array_equal(connectivity(numbers, pos), bonds):
-                stats["samples_rejected"] += 1
-                continue
-            try:
-                energy, forces = xtb(pos)
-            except LabelError:
-                stats["samples_rejected"] += 1
-                continue
-            if energy - e_min > cap:
-                stats["samples_rejected"] += 1
+            labelled = xtb_sample(xtb, numbers, pos, bonds, e_min, cap, stats)
+            if labelled is None:
                 continue
             coords.append(pos)
-            energies.append(energy)
-            forces_list.append(forces)
+            energies.append(labelled[0])
+            forces_list.append(labelled[1])
             kept += 1
 
-    coordinates = np.stack(coords)
-    properties = {f"{XTB}.energy": np.array(energies), f"{XTB}.forces": np.stack(forces_list)}
-    properties.update(label_levels(levels, numbers, coordinates, stats, f"{task.pool} {task.name}"))
     stats["xtb_calls"] = xtb.n_calls
-    return finish(task, numbers, coordinates, properties, n_relaxed, stats, t0, levels)
+    return xtb_record(
+        task, numbers, coords, energies, forces_list, n_relaxed, levels, stats, t0, f"{task.pool} {task.name}"
+    )
