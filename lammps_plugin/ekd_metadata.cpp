@@ -32,6 +32,18 @@ std::string major_minor(const std::string &v) {
 
 }  // namespace
 
+std::string metadata_kind(const std::string &text, const std::string &path) {
+    const std::string reexport = "; re-export the model with this ekd (`ekd export`)";
+    try {
+        const json j = json::parse(text);
+        if (j.is_object() && j.value("format", std::string()) == MODEL_FORMAT_1) return "";
+        if (j.is_object() && j.value("format", std::string()) == MODEL_FORMAT) return j.at("kind").get<std::string>();
+    } catch (const json::exception &e) {
+        throw ModelError("model " + path + ": metadata.json is not readable (" + e.what() + ")" + reexport);
+    }
+    throw ModelError("model " + path + ": metadata.json names no format this plugin reads" + reexport);
+}
+
 int atomic_number(const std::string &symbol) {
     for (int z = 1; z < static_cast<int>(sizeof(ELEMENTS) / sizeof(ELEMENTS[0])); ++z)
         if (symbol == ELEMENTS[z]) return z;

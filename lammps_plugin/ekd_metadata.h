@@ -40,6 +40,10 @@ struct ModelInfo {
 ModelInfo parse_metadata(const std::string &json, const std::string &path, const std::string &ekd_version,
                          const std::string &torch_version);
 
+// The model kind named by metadata.json `json` of `path`: "" for ekd-model-1 files (no kind),
+// else the kind field ("hipnn", "hipnn-torch", "toy", "custom"). Throws ModelError if unreadable.
+std::string metadata_kind(const std::string &json, const std::string &path);
+
 // Atomic number of an element symbol ("C" -> 6), 0 if it is not one.
 int atomic_number(const std::string &symbol);
 

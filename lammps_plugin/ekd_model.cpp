@@ -1,6 +1,7 @@
 // The torch side of the plugin: reading model files and running them. No LAMMPS headers here
 // (see ekd_model.h for why).
 #include "ekd_model.h"
+#include "ekd_trust.h"
 
 #include <ATen/Parallel.h>
 #include <caffe2/serialize/inline_container.h>
@@ -98,7 +99,7 @@ torch::Tensor own_double(const torch::Tensor &t) {
 
 }  // namespace
 
-Model::Model(const std::string &path, const std::string &ops_library, bool float32)
+Model::Model(const std::string &path, const std::string &ops_library, bool float32, bool trust_code)
     : impl_(std::make_unique<Impl>()) {
     impl_->path = path;
     impl_->dtype = float32 ? torch::kFloat32 : torch::kFloat64;
@@ -106,12 +107,14 @@ Model::Model(const std::string &path, const std::string &ops_library, bool float
     // The pair count changes every step: the profiling executor would re-specialise the graph
     // on new shapes; the plain interpreter has a steady cost per call.
     torch::jit::setGraphExecutorOptimize(false);
+    check_model_file(path, trust_code);  // nothing of the file runs before this
     try {
         impl_->module = torch::jit::load(path, torch::kCPU);
     } catch (const c10::Error &e) {
         throw ModelError("cannot load the TorchScript code of " + path + " (" + first_line(e.what_without_backtrace()) +
                          "); re-export the model with this ekd and torch");
     }
+    check_binding(impl_->module, path);
     impl_->module.eval();
     // format ekd-model-2: per-stage methods, for the per-layer halo exchange
     auto &m = impl_->module;

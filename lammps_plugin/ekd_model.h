@@ -47,8 +47,9 @@ public:
 class Model {
 public:
     // Loads the TorchScript code of `path`; `ops_library` (may be empty) is the file name of the
-    // op library the code calls, looked up next to this plugin and loaded first.
-    Model(const std::string &path, const std::string &ops_library, bool float32);
+    // op library the code calls, looked up next to this plugin and loaded first. Before loading,
+    // the file must pass the trust check of ekd_trust.h unless `trust_code` (the user's opt-in).
+    Model(const std::string &path, const std::string &ops_library, bool float32, bool trust_code = false);
     ~Model();
     Model(const Model &) = delete;
     Model &operator=(const Model &) = delete;

@@ -148,9 +148,13 @@ void PairEKD::settings(int narg, char **arg) {
             else if (m == "images") mode = IMAGES;
             else error->all(FLERR, "pair_style ekd: mode must be auto, halo, ghosts or images, got " + m);
             iarg += 2;
+        } else if (strcmp(arg[iarg], "trust_code") == 0) {
+            if (iarg + 2 > narg) utils::missing_cmd_args(FLERR, "pair_style ekd trust_code", error);
+            trust_code = utils::logical(FLERR, arg[iarg + 1], false, lmp) == 1;
+            iarg += 2;
         } else {
             error->all(FLERR, std::string("pair_style ekd: unknown keyword ") + arg[iarg] +
-                                  "; usage: pair_style ekd [threads N] [mode auto|halo|ghosts|images]");
+                                  "; usage: pair_style ekd [threads N] [mode auto|halo|ghosts|images] [trust_code no|yes]");
         }
     }
     ekd_lammps::set_torch_threads(nthreads);
@@ -187,7 +191,7 @@ void PairEKD::coeff(int narg, char **arg) {
         try {
             auto json = ekd_lammps::read_metadata_json(path);
             auto info = ekd_lammps::parse_metadata(json, path, ekd_lammps::ekd_version(), ekd_lammps::torch_version());
-            models.push_back(std::make_unique<ekd_lammps::Model>(path, info.ops_library, info.dtype == "float32"));
+            models.push_back(std::make_unique<ekd_lammps::Model>(path, info.ops_library, info.dtype == "float32", trust_code));
             infos.push_back(info);
         } catch (const ModelError &e) {
             error->all(FLERR, std::string("pair_coeff ekd: ") + e.what());

@@ -1,0 +1,124 @@
+// See ekd_trust.h.
+#include "ekd_trust.h"
+
+#include "ekd_metadata.h"
+#include "ekd_model.h"
+
+#include <caffe2/serialize/inline_container.h>
+
+#include <algorithm>
+#include <map>
+#include <set>
+#include <vector>
+
+namespace ekd_lammps {
+
+namespace {
+
+std::string first_line(const std::string &s) { return s.substr(0, s.find('\n')); }
+
+const char *const OPT_IN =
+    "If you trust this file (loading it runs its own code), add trust_code yes to the pair_style line: "
+    "pair_style ekd ... trust_code yes";
+
+bool known_kind(const std::string &kind) { return kind == "hipnn" || kind == "hipnn-torch" || kind == "toy"; }
+
+bool plain_entry(const std::string &name) {
+    static const std::set<std::string> plain = {"version",  "byteorder",     ".data/version", ".data/serialization_id",
+                                                "data.pkl", "constants.pkl", "extra/metadata.json"};
+    if (plain.count(name)) return true;
+    if (name.rfind("data/", 0) == 0 && name.size() > 5)
+        return std::all_of(name.begin() + 5, name.end(), [](char c) { return c >= '0' && c <= '9'; });
+    return false;
+}
+
+std::string record(caffe2::serialize::PyTorchStreamReader &reader, const std::string &name) {
+    auto [data, size] = reader.getRecord(name);
+    return std::string(static_cast<const char *>(data.get()), size);
+}
+
+ModelError corrupt(const std::string &path, const std::string &why) {
+    return ModelError("cannot read model file " + path + " (" + why +
+                      "): truncated or corrupt; copy it again or re-export it with `ekd export`");
+}
+
+}  // namespace
+
+void check_model_file(const std::string &path, bool trust_code) {
+    const std::string where = "model " + path + ": ";
+    try {
+        caffe2::serialize::PyTorchStreamReader reader(path);
+        const auto names = reader.getAllRecords();
+        std::set<std::string> unique(names.begin(), names.end());
+        if (unique.size() != names.size())
+            throw ModelError(where + "the archive names an entry twice; not a file written by ekd. " + OPT_IN);
+        if (!unique.count("extra/metadata.json"))
+            throw ModelError("model file " + path +
+                             " has no metadata.json: it was not written by ekd.export.save_model; "
+                             "export it with `ekd export`");
+        const std::string kind = metadata_kind(record(reader, "extra/metadata.json"), path);
+        if (trust_code) return;
+        if (!known_kind(kind))
+            throw ModelError(where + (kind.empty() ? std::string("an ekd-model-1 file") : "model kind '" + kind + "'") +
+                             ": its code is not code this ekd writes, and loading a model runs its code. Re-export it "
+                             "with this ekd (`ekd export`), or: " + OPT_IN);
+        std::map<std::string, const CanonicalCode *> want;
+        for (const CanonicalCode *c = CANONICAL_CODE; c->kind != nullptr; ++c)
+            if (kind == c->kind) want[c->name] = c;
+        if (want.empty())
+            throw ModelError(where + "this plugin has no canonical code for model kind '" + kind + "'. " + OPT_IN);
+        for (const auto &name : unique) {
+            const bool code = name.rfind("code/", 0) == 0;
+            if (!code && !plain_entry(name))
+                throw ModelError(where + "unexpected archive entry '" + name +
+                                 "' (ekd's exporter writes only weights, metadata and the code of its model "
+                                 "classes). " + OPT_IN);
+            if (code && !want.count(name))
+                throw ModelError(where + "unexpected code entry '" + name + "': not part of the " + kind +
+                                 " model code this ekd writes. " + OPT_IN);
+        }
+        for (const auto &[name, c] : want) {
+            if (!unique.count(name))
+                throw ModelError(where + "code entry '" + name + "' of the " + kind +
+                                 " model code this ekd writes is missing. " + OPT_IN);
+            const std::string have = record(reader, name);
+            if (have.size() != c->size || !std::equal(have.begin(), have.end(), reinterpret_cast<const char *>(c->data)))
+                throw ModelError(where + "code file '" + name + "' differs from the " + kind +
+                                 " model code this ekd (" + ekd_version() + ") writes. " + OPT_IN);
+        }
+        for (const auto &name : unique) {
+            if (name.size() < 4 || name.compare(name.size() - 4, 4, ".pkl") != 0) continue;
+            if (record(reader, name).find("torch.classes") != std::string::npos)
+                throw ModelError(where + "'" + name +
+                                 "' refers to torch.classes (custom C++ classes run their own code when loaded). " +
+                                 OPT_IN);
+        }
+    } catch (const c10::Error &e) {
+        throw corrupt(path, first_line(e.what_without_backtrace()));
+    }
+}
+
+void check_binding(const torch::jit::Module &module, const std::string &path) {
+    std::string text, kind;
+    try {
+        caffe2::serialize::PyTorchStreamReader reader(path);
+        text = record(reader, "extra/metadata.json");
+    } catch (const c10::Error &e) {
+        throw corrupt(path, first_line(e.what_without_backtrace()));
+    }
+    kind = metadata_kind(text, path);
+    if (kind.empty()) return;  // ekd-model-1: no binding
+    if (!module.hasattr("metadata_json")) {
+        if (known_kind(kind))
+            throw ModelError("model " + path + ": a " + kind +
+                             " model without metadata_json; re-export it with `ekd export`");
+        return;
+    }
+    const auto bound = module.attr("metadata_json");
+    if (!bound.isString() || bound.toStringRef() != text)
+        throw ModelError("model " + path +
+                         ": metadata.json was edited or does not belong to these weights (it differs from the copy "
+                         "stored with the weights); re-export the model with `ekd export`");
+}
+
+}  // namespace ekd_lammps
