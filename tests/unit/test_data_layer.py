@@ -366,5 +366,5 @@ def test_configuration_identity_survives_filters_and_files(tmp_path):
     np.testing.assert_array_equal(
         again.properties["energy"][again.positions(pick)], known.properties["energy"][known.positions(pick)]
     )
-    with pytest.raises(DataFileError, match=r"no configuration 1 of molecule 'H2O', which split 'train' name"):
+    with pytest.raises(DataFileError, match=r"no configuration 1 of molecule 'H2O', named by split 'train'"):
         again.positions([("H2O", 1)], "split 'train'")

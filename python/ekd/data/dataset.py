@@ -160,8 +160,8 @@ class Dataset:
             i = where.get((str(name), int(conformer)))
             if i is None:
                 raise DataFileError(
-                    f"{self.source or 'dataset'}: has no configuration {conformer} of molecule {name!r}, which "
-                    f"{what} name; the data file changed after the splits were made"
+                    f"{self.source or 'dataset'}: has no configuration {conformer} of molecule {name!r}, named by "
+                    f"{what}; the data file changed after the splits were made (use a new run directory)"
                 )
             out[k] = i
         return out
