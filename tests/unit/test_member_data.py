@@ -226,3 +226,26 @@ def test_an_element_only_in_the_test_pool_stops_the_run_before_training(groups, 
     ):
         run.run_all()
     assert not (tmp_path / "run" / "gen0").exists()
+
+
+def test_labels_file_without_identities_is_remade_when_the_pool_was_thinned(groups, tmp_path, monkeypatch):
+    """A labels file from before files recorded conformer indices numbers a thinned pool's
+    configurations 0, 1, ...: reused as it is, students would read shifted identities."""
+    import h5py
+
+    class FakeTeacher:
+        def predict(self, dataset: Dataset, forces=True):
+            return np.zeros(len(dataset)), np.cos(dataset.coordinates) * (dataset.species > 0)[..., None]
+
+    monkeypatch.setattr(workflow.Run, "_teaching_ensemble", lambda self, group: ([FakeTeacher()], "fake", "fake"))
+    path = write_ani(tmp_path / "nan.h5", _scaled(groups, nan_energy=[("H2O", 0), ("CH4", 3)]))
+    run = workflow.Run(_cfg(path), tmp_path / "run", progress=False)
+    group = run.group("student_gen1")
+    labels = run.make_labels(group)
+    with h5py.File(labels, "a") as f:  # as an older ekd wrote it
+        for name in ("H2O", "CH4"):
+            del f[f"{name}/conformer_index"]
+    stale = load_dataset(labels, {"energy": KEYS["energy"]})
+    assert sorted(stale.ids()) != sorted(run.train_data.ids())
+    again = load_dataset(run.make_labels(group), {"energy": KEYS["energy"]})
+    assert sorted(again.ids()) == sorted(run.train_data.ids())
