@@ -80,8 +80,10 @@ CASES = {
     "ensemble np2": (["L2", "L2short"], "box27", 2, ""),
     "ensemble np4 triclinic": (["L3", "L2short"], "triclinic", 4, ""),
     "L2 np3 triclinic": (["L2"], "triclinic", 3, ""),
+    "L3 np3 tiled rcb": (["L3"], "box27", 3, "balance 1.0 rcb"),
 }
-PROCESSORS = {"L2 np4 1x1x4": "processors 1 1 4", "L2 np3 uneven": "processors 3 1 1"}
+# commands before read_data
+PRE = {"L2 np4 1x1x4": "processors 1 1 4", "L2 np3 uneven": "processors 3 1 1", "L3 np3 tiled rcb": "comm_style tiled"}
 
 
 def halo_single_point(workdir: Path, atoms, files, nprocs: int, pre: str = "", post: str = ""):
@@ -100,15 +102,17 @@ def test_halo_matches_calculator(tmp_path, models, case):
     names, system, nprocs, post = CASES[case]
     atoms = SYSTEMS[system]()
     files = [models[n] for n in names]
-    e_l, f_l, w_l, log = halo_single_point(tmp_path, atoms, files, nprocs, PROCESSORS.get(case, ""), post)
+    e_l, f_l, w_l, log = halo_single_point(tmp_path, atoms, files, nprocs, PRE.get(case, ""), post)
     e_a, f_a, w_a, _ = ase_single_point(atoms, files)
     assert "pair_style ekd: mode halo" in log
     # one cutoff + skin of ghosts, not n_interactions x cutoff
     assert f"ghost atom cutoff = {CUTOFF + 2.0:g}" in log
     grid = re.search(r"(\d+) by (\d+) by (\d+) MPI processor grid", log)
     assert np.prod([int(g) for g in grid.groups()]) == nprocs
-    if case in PROCESSORS:
-        assert grid.group(0).startswith(PROCESSORS[case].removeprefix("processors ").replace(" ", " by "))
+    if post.startswith("balance"):
+        assert "initial/final imbalance factor" in log
+    if PRE.get(case, "").startswith("processors"):
+        assert grid.group(0).startswith(PRE[case].removeprefix("processors ").replace(" ", " by "))
     assert abs(e_l - e_a) <= TOL * abs(e_a)
     np.testing.assert_allclose(f_l, f_a, rtol=0, atol=TOL * np.abs(f_a).max())
     np.testing.assert_allclose(w_l, 0.5 * (w_a + w_a.T), rtol=0, atol=TOL * np.abs(w_a).max())
