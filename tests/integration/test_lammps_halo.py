@@ -53,7 +53,29 @@ def models(tmp_path_factory):
         module, meta = toy_model(SPECIES, **kw)
         paths[name] = d / f"{name}.pt"
         save_model(module, paths[name], meta)
+    paths["hipnn"] = d / "hipnn.pt"
+    _small_hipnn(paths["hipnn"])
     return paths
+
+
+def _small_hipnn(path: Path) -> None:
+    """A small HIPNN member (HipnnQuad, 2 interaction blocks, random weights) exported by ekd, as
+    trained members are: its stage methods call ekd's op library."""
+    import torch
+
+    from ekd import scripted
+    from ekd.config import ModelConfig
+    from ekd.export import save_model
+    from ekd.models import build_model
+
+    arch = ModelConfig(
+        l_max=2, n_interactions=2, n_atom_layers=2, width=8, n_sensitivities=5, cutoff_soft_max=3.0, cutoff_hard=CUTOFF
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = build_model(arch, [6, 1, 7, 8])
+    module = scripted.script_member(model, dtype=torch.float64)
+    save_model(module, path, scripted.metadata(model, module))
 
 
 def triclinic_box(seed: int = 3):
@@ -81,6 +103,8 @@ CASES = {
     "ensemble np4 triclinic": (["L3", "L2short"], "triclinic", 4, ""),
     "L2 np3 triclinic": (["L2"], "triclinic", 3, ""),
     "L3 np3 tiled rcb": (["L3"], "box27", 3, "balance 1.0 rcb"),
+    "hipnn np2": (["hipnn"], "box27", 2, ""),
+    "hipnn np4 small box": (["hipnn"], "box8", 4, ""),
 }
 # commands before read_data
 PRE = {"L2 np4 1x1x4": "processors 1 1 4", "L2 np3 uneven": "processors 3 1 1", "L3 np3 tiled rcb": "comm_style tiled"}
