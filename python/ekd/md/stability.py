@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..jobs import run_parallel
+from ..store import atomic_text
 
 REQUIRED_ELEMENTS = ("C", "H", "N", "O")
 
@@ -177,9 +178,7 @@ def _job(args: dict) -> dict:
     result.update(role=args["role"], member=args["member"], digest=args["digest"])
     path = Path(args["out"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, path)  # atomic: an interrupted sweep never leaves half a result
+    atomic_text(path, json.dumps(result))  # an interrupted sweep never leaves half a result
     return result
 
 
@@ -272,7 +271,7 @@ def export_models(run, roles, n_models: int | None, dtype: str, out_dir: Path) -
             if not (dst.exists() and stamp.exists() and json.loads(stamp.read_text())["source"] == source_digest):
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 export_member(src, dst, dtype=dtype)
-                stamp.write_text(json.dumps({"source": source_digest}))
+                atomic_text(stamp, json.dumps({"source": source_digest}))
             paths.append(str(dst))
         models[role] = paths
     return models
@@ -460,6 +459,6 @@ def md_stability(
     text = markdown(table, shown, md.engine, n_atoms)
     fig = figure(table, engine_dir / "stability.png", f"{md.n_molecules} CH3ONO, {md.t_max_ps} ps NVE, {md.engine}")
     engine_dir.mkdir(parents=True, exist_ok=True)
-    (engine_dir / "stability.md").write_text(text)
-    (engine_dir / "stability.json").write_text(json.dumps({"table": table, "md": asdict(md)}, indent=1))
+    atomic_text(engine_dir / "stability.md", text)
+    atomic_text(engine_dir / "stability.json", json.dumps({"table": table, "md": asdict(md)}, indent=1))
     return {"table": table, "markdown": text, "figure": str(fig), "results": results}
