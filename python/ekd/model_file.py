@@ -273,6 +273,11 @@ def _archive_entries(names: list[str], source: str) -> dict[str, str]:
     """Zip entry names -> {name below the archive's top folder: zip name}. TorchScript puts every
     entry in one top folder (named after the file it was first written to)."""
     out = {}
+    if len(set(names)) != len(names):
+        # zip readers disagree on which copy of a twice-named entry they read: the copy checked
+        # here might not be the copy TorchScript loads
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise UntrustedModelError(f"{source}: the archive names {twice[0]!r} twice; not a model file written by ekd")
     tops = {n.split("/", 1)[0] for n in names}
     if len(tops) != 1 or any("/" not in n for n in names):
         raise UntrustedModelError(
@@ -436,6 +441,12 @@ def save_model(module, path: str | Path, metadata: ModelMetadata | dict[str, Any
         raise ModelFileError(f"{path}: a {metadata.kind} module without a metadata_json attribute")
     data = _archive_bytes(module, text)
     if metadata.kind in KINDS:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            if any(b"torch.classes" in z.read(n) for n in z.namelist() if n.endswith(".pkl")):
+                raise ModelFileError(
+                    f"{path}: the text 'torch.classes' (in the metadata's role or description?) would make readers "
+                    "refuse the file; remove it"
+                )
         # refuse to write a file this ekd would refuse to load (e.g. a class TorchScript renamed
         # because another version of it was loaded into this process first)
         with zipfile.ZipFile(io.BytesIO(data)) as z:
@@ -453,7 +464,11 @@ def save_model(module, path: str | Path, metadata: ModelMetadata | dict[str, Any
 
 def read_metadata(path: str | Path) -> ModelMetadata:
     """The checked metadata of a model file, without loading its module (nothing of it runs)."""
-    path = Path(path)
+    return ModelMetadata.from_json(_metadata_text(Path(path)), str(path))
+
+
+def _metadata_text(path: Path) -> str:
+    """The text of a model file's metadata.json (UTF-8, as the LAMMPS plugin reads it)."""
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} not found; export one with `ekd export` (ekd.export.save_model)")
     try:
@@ -471,7 +486,10 @@ def read_metadata(path: str | Path) -> ModelMetadata:
             f"{path}: not a readable TorchScript archive (truncated or corrupt: {e}); copy it again or re-export "
             "it (ekd export)"
         ) from e
-    return ModelMetadata.from_json(text, str(path))
+    try:
+        return text.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ModelFileError(f"{path}: metadata.json is not UTF-8 text ({e}); re-export the model") from e
 
 
 def load_model(path: str | Path, device: str = "cpu", trust_code: bool = False):
@@ -491,7 +509,8 @@ def load_model(path: str | Path, device: str = "cpu", trust_code: bool = False):
             f"{path}: not a TorchScript archive (truncated, corrupt, or not written by ekd.export.save_model); "
             "copy it again or re-export it (ekd export)"
         )
-    meta = read_metadata(path)
+    text = _metadata_text(path)
+    meta = ModelMetadata.from_json(text, str(path))
     try:
         check_archive(path, meta.kind, trust_code=trust_code)
     except (zipfile.BadZipFile, EOFError, OSError) as e:
@@ -508,22 +527,23 @@ def load_model(path: str | Path, device: str = "cpu", trust_code: bool = False):
             f"{path}: TorchScript cannot load it ({str(e).splitlines()[0]}); the file is truncated or corrupt: "
             "copy it again or re-export it (ekd export)"
         ) from e
-    check_binding(module, meta, path)
+    check_binding(module, meta, path, text)
     _check_module_dtype(module, meta, str(path))
     module.eval()
     return module, meta
 
 
-def check_binding(module, meta: ModelMetadata, path: str | Path) -> None:
-    """Refuse a module whose ``metadata_json`` differs from the file's metadata.json (item: an
-    edited metadata.json, e.g. a changed cutoff, must not run with the old weights)."""
+def check_binding(module, meta: ModelMetadata, path: str | Path, text: str | None = None) -> None:
+    """Refuse a module whose ``metadata_json`` differs from the file's metadata.json ``text``
+    (default: ``meta`` as save_model writes it): an edited metadata.json, e.g. a changed cutoff,
+    must not run with the weights it was not exported with."""
     if meta.format == FORMAT_1:
         return  # that format has no binding
     if not hasattr(module, "metadata_json"):
         if meta.kind in KINDS:
             raise ModelFileError(f"{path}: a {meta.kind} model without metadata_json; re-export it (ekd export)")
         return
-    if str(module.metadata_json) != meta.to_json():
+    if str(module.metadata_json) != (meta.to_json() if text is None else text):
         raise ModelFileError(
             f"{path}: metadata.json was edited or does not belong to these weights (it differs from the copy "
             "stored with the weights); re-export the model (ekd export)"

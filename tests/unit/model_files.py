@@ -1,0 +1,186 @@
+"""Model files for the trust tests (tests/unit/test_model_trust.py and
+tests/integration/test_lammps_trust.py): ekd's own, and bad ones of every sort the model-trust
+rule (ekd.model_file) must refuse. Everything is made with ekd's exporter and then altered the way
+a hand or a hostile file would; nothing is stored.
+
+:func:`bad_files` returns name -> (path, refused without the opt-in, refused with it), the table
+both readers (Python and the LAMMPS plugin) must reproduce.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ekd.export import FORMAT_1, ModelMetadata, _quiet_jit, save_model, toy_model
+from ekd.model_file import OPS_LIBRARY
+from ekd.scripted import available_ops, example_hipnn
+
+SPECIES = ("H", "C")
+METADATA = "extra/metadata.json"
+
+
+class SetStateWritesAFile(torch.nn.Module):
+    """The attack of issue 14 (item 8): TorchScript runs a module's ``__setstate__`` while loading
+    the file; this one creates ``target`` with ``torch.from_file(target, True, n)``."""
+
+    def __init__(self, target: str):
+        super().__init__()
+        self.target = target
+        self.metadata_json = ""
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[str, str, bool]:
+        return (self.target, self.metadata_json, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, str, bool]) -> None:
+        self.target = state[0]
+        self.metadata_json = state[1]
+        # the result feeds an attribute: TorchScript drops calls whose results are unused
+        self.training = torch.from_file(self.target, True, 16).numel() >= 0 and state[2]
+
+    def forward(self, species: Tensor, pair_first: Tensor, pair_second: Tensor, r_ij: Tensor) -> Tensor:
+        energy = torch.zeros(species.shape[0], dtype=r_ij.dtype)
+        return energy.index_add(0, pair_first, 0.0 * r_ij.sum(1))
+
+
+class PairRepulsion(torch.nn.Module):
+    """A module that is not one of ekd's classes (kind "custom"): e_i = 1/2 sum_j exp(-|r_ij|)."""
+
+    def __init__(self):
+        super().__init__()
+        self.metadata_json = ""
+
+    def forward(self, species: Tensor, pair_first: Tensor, pair_second: Tensor, r_ij: Tensor) -> Tensor:
+        energy = torch.zeros(species.shape[0], dtype=r_ij.dtype)
+        return energy.index_add(0, pair_first, 0.5 * torch.exp(-torch.linalg.vector_norm(r_ij, dim=1)))
+
+
+def meta_text(path: Path) -> str:
+    with zipfile.ZipFile(path) as z:
+        return z.read(next(n for n in z.namelist() if n.endswith(METADATA))).decode()
+
+
+def rewrite(src: Path, dst: Path, change=None, drop: str | None = None, add: dict[str, bytes] | None = None) -> Path:
+    """A copy of the zip ``src``: ``change(name, data) -> data`` per entry, ``drop`` the entry ending
+    so, ``add`` entries (names below the top folder)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        top = zin.namelist()[0].split("/", 1)[0]
+        for name in zin.namelist():
+            if drop is not None and name.endswith(drop):
+                continue
+            data = zin.read(name)
+            zout.writestr(name, change(name, data) if change else data)
+        for name, data in (add or {}).items():
+            zout.writestr(f"{top}/{name}", data)
+    return dst
+
+
+def with_metadata(src: Path, dst: Path, **changes) -> Path:
+    """``src`` with fields of metadata.json changed inside the zip (the weights' copy unchanged)."""
+    meta = json.loads(meta_text(src))
+    meta.update(changes)
+    return rewrite(
+        src, dst, lambda n, d: json.dumps(meta, indent=1, sort_keys=True).encode() if n.endswith(METADATA) else d
+    )
+
+
+def toy_file(path: Path, cutoff: float = 6.5, n_interactions: int = 2) -> Path:
+    module, meta = toy_model(SPECIES, cutoff=cutoff, n_interactions=n_interactions, seed=3)
+    save_model(module, path, meta)
+    return path
+
+
+def hipnn_file(path: Path, envsum: str) -> Path:
+    module = example_hipnn(envsum, l_max=1, n_interactions=2)
+    meta = ModelMetadata(2.5, 2, SPECIES, ops_library=None if envsum == "torch" else OPS_LIBRARY, role="test")
+    save_model(module, path, meta)
+    return path
+
+
+def _torchscript_file(module, path: Path, metadata: dict, bind: bool = True) -> Path:
+    """``module`` written by plain torch.jit.save with ``metadata`` (as a model's author could)."""
+    text = json.dumps(metadata, indent=1, sort_keys=True)
+    with _quiet_jit():
+        scripted = torch.jit.script(module)
+        if bind:
+            scripted.metadata_json = text
+        torch.jit.save(scripted, str(path), _extra_files={"metadata.json": text})
+    return path
+
+
+def evil_file(path: Path, target: Path, like: Path) -> Path:
+    """:class:`SetStateWritesAFile` dressed as an ekd toy model (``like``'s metadata)."""
+    return _torchscript_file(SetStateWritesAFile(str(target)), path, json.loads(meta_text(like)))
+
+
+def bad_files(d: Path, target: Path) -> dict[str, tuple[Path, bool, bool]]:
+    """name -> (file, refused without trust_code, refused with trust_code)."""
+    d.mkdir(parents=True, exist_ok=True)
+    toy = toy_file(d / "toy.pt")
+    out = {
+        "ekd toy": (toy, False, False),
+        "ekd hipnn-torch": (hipnn_file(d / "hipnn_torch.pt", "torch"), False, False),
+        "metadata edited: cutoff 6.5 -> 3.0": (with_metadata(toy, d / "cutoff.pt", cutoff=3.0), True, True),
+        "metadata edited: role": (with_metadata(toy, d / "role.pt", role="teacher"), True, True),
+        "metadata edited: kind hipnn": (with_metadata(toy, d / "kind.pt", kind="hipnn"), True, True),
+        "code edited": (
+            rewrite(toy, d / "code.pt", lambda n, b: b.replace(b"0.5", b"0.4") if n.endswith("scripted.py") else b),
+            True,
+            False,
+        ),
+        "code entry added": (rewrite(toy, d / "code_added.pt", add={"code/__torch__/x.py": b"pass\n"}), True, False),
+        "code entry missing": (
+            rewrite(hipnn_file(d / "h2.pt", "torch"), d / "missing.pt", drop="functional.py"),
+            True,
+            True,
+        ),
+        "unexpected entry": (rewrite(toy, d / "entry.pt", add={"extra/readme.txt": b"hello"}), True, False),
+        "entry named twice": (rewrite(toy, d / "twice.pt", add={"constants.pkl": b"\x80\x02)."}), True, True),
+        "torch.classes in a pickle": (
+            rewrite(toy, d / "classes.pt", lambda n, b: b + b"torch.classes" if n.endswith("constants.pkl") else b),
+            True,
+            False,
+        ),
+        "re-saved by torch.jit.save": (_resaved(toy, d / "resaved.pt"), True, False),
+        "ekd-model-1 file": (_format1(toy, d / "format1.pt"), True, False),
+        "custom module": (_custom(d / "custom.pt"), True, False),
+        "__setstate__ writes a file": (evil_file(d / "evil.pt", target, toy), True, False),
+        "truncated": (_truncated(toy, d / "truncated.pt"), True, True),
+        "no metadata.json": (rewrite(toy, d / "nometa.pt", drop=METADATA), True, True),
+    }
+    if "envsum" in available_ops():
+        out["ekd hipnn (op library)"] = (hipnn_file(d / "hipnn.pt", "ekd"), False, False)
+    return out
+
+
+def _resaved(src: Path, dst: Path) -> Path:
+    with _quiet_jit():
+        torch.jit.save(torch.jit.load(str(src)), str(dst), _extra_files={"metadata.json": meta_text(src)})
+    return dst
+
+
+def _format1(src: Path, dst: Path) -> Path:
+    meta = json.loads(meta_text(src))
+    del meta["kind"]
+    meta["format"] = FORMAT_1
+    with _quiet_jit():
+        torch.jit.save(torch.jit.load(str(src)), str(dst), _extra_files={"metadata.json": json.dumps(meta)})
+    return dst
+
+
+def _custom(dst: Path) -> Path:
+    module = torch.jit.script(PairRepulsion())
+    save_model(module, dst, ModelMetadata(3.0, 1, SPECIES, role="test"))
+    return dst
+
+
+def _truncated(src: Path, dst: Path) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[: len(data) // 2])
+    return dst
