@@ -24,9 +24,11 @@ over each peer, measured in the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -103,7 +105,7 @@ def model():
 # Worker: one (case, backend, task) measurement
 
 
-def worker(case, backend, task, repeats, threads):
+def worker(case, backend, task, repeats, threads, profile=False):
     import torch
 
     torch.set_num_threads(threads)
@@ -176,40 +178,131 @@ def worker(case, backend, task, repeats, threads):
 
     for _ in range(2):  # warm-up: numba compiles each kernel and array-layout signature on first use
         step()
-    t0 = time.perf_counter()
+    if profile:
+        return profile_rows(step)
+    times, cpu = [], []
     for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     return {
-        "time": (time.perf_counter() - t0) / repeats,
+        "time": statistics.median(times),
+        "times": times,
+        "cpu": statistics.median(cpu),
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "n_atoms": int(pos.shape[0]),
         "n_pairs": int(pf.shape[0]),
     }
 
 
+def profile_rows(step, top=12):
+    """Self CPU time per torch op over one call (torch.profiler), largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        step()
+        wall = time.perf_counter() - t0
+    rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in rows) / 1e6
+    return {
+        "wall": wall,
+        "profiled": total,
+        "ops": [(e.key, e.self_cpu_time_total / 1e6, e.count) for e in rows[:top]],
+    }
+
+
+def gemm_rate(threads, size=2048, repeats=5):
+    """The machine's fp32 GEMM rate (GFLOP/s, best of `repeats`) at `threads` threads: the ceiling."""
+    import torch
+
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=gen)
+    b = torch.randn(size, size, generator=gen)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return {"gflops": 2 * size**3 / best / 1e9}
+
+
+# ------------------------------------------------------------------------------------------------
+# Floating-point operations per call (analytic, from the shapes)
+
+WIDTHS = (4, 128, 128)  # one-hot species in, then the two interaction blocks' widths
+N_SENS, N_COMP, N_ATOM_LAYERS = 20, 9, 4
+
+
+def flops(task, n_atoms, n_pairs):
+    """Floating-point operations (2 per multiply-add) of one call of the paper's model, ekd's path.
+
+    Counted: the dense layers (per block: Q = z W for the factorised interaction, selfint, the
+    ResNet res/adjust layers, 4 atom layers of two 128 x 128 Linear each) and the pair sums
+    (tensor_envsum: (N + C) x O per pair; its backward: one such sum per input that needs a
+    gradient: the angular and radial factors always, the features from the second block on).
+    infer = forward + the backward to positions (dense layers: input gradient only, = forward).
+    train = 3 x the energy+force graph (its backward, with weight gradients, ~2 x its forward).
+    Elementwise work (activations, sensitivities, cutoffs) is left out: it moves memory, it does
+    not multiply-add.
+    """
+    dense_fwd = pair_fwd = dense_bwd = pair_bwd = 0
+    for block, (nf_in, nf_out) in enumerate(zip(WIDTHS[:-1], WIDTHS[1:], strict=True)):
+        atom = nf_in * N_SENS * nf_out + nf_in * nf_out + nf_out * nf_out  # Q, selfint, res
+        atom += nf_in * nf_out if nf_in != nf_out else 0  # ResNet adjust layer
+        atom += N_ATOM_LAYERS * 2 * nf_out * nf_out
+        pair = (N_SENS + N_COMP) * nf_out
+        dense_fwd += atom
+        pair_fwd += pair
+        # the first block's input (one-hot species) needs no gradient
+        dense_bwd += atom - (nf_in * N_SENS * nf_out + 2 * nf_in * nf_out if block == 0 else 0)
+        pair_bwd += pair * (2 if block == 0 else 3)
+    infer = 2 * (n_atoms * (dense_fwd + dense_bwd) + n_pairs * (pair_fwd + pair_bwd))
+    return infer if task == "infer" else 3 * infer
+
+
 # ------------------------------------------------------------------------------------------------
 # Driver
 
+LOAD_CODE = """
+import os, sys, time
+parent, end = os.getppid(), time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end and os.getppid() == parent:  # stops by itself, or with the bench
+    sum(range(10000))
+"""
 
-def measure(case, backend, task, repeats, threads):
+
+class Load:
+    """A busy Python process on one core while the `with` block runs (bounded: it ends after
+    `seconds` at the latest, or as soon as the bench process is gone)."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def __enter__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", LOAD_CODE, str(self.seconds)])
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def run_worker(args, threads):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
-    cmd = [
-        sys.executable,
-        __file__,
-        "--worker",
-        case,
-        backend,
-        task,
-        "--repeats",
-        str(repeats),
-        "--threads",
-        str(threads),
-    ]
+    cmd = [sys.executable, __file__, *args, "--threads", str(threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
         return {"error": tail[:100]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure(case, backend, task, repeats, threads):
+    return run_worker(["--worker", case, backend, task, "--repeats", str(repeats)], threads)
 
 
 def skip_reason(case, backend, task):
@@ -222,57 +315,125 @@ def skip_reason(case, backend, task):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--worker", nargs=3, metavar=("CASE", "BACKEND", "TASK"), help=argparse.SUPPRESS)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1, help="torch and numba threads (default 1)")
+    ap.add_argument("--gemm-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--profile-worker", nargs=2, metavar=("CASE", "TASK"), help=argparse.SUPPRESS)
+    ap.add_argument("--repeats", type=int, default=5, help="timed calls per row (median reported)")
+    ap.add_argument("--threads", default="1", help="comma-separated torch/numba thread counts, e.g. 1,2")
+    ap.add_argument("--load", action="store_true", help="also run every row with a busy process alongside")
     ap.add_argument("--cases", default="molecules,box")
-    ap.add_argument("--tasks", default="ops,infer,train")
-    ap.add_argument("--backends", default=",".join(BACKENDS), help="subset to run; ekd must be included")
+    ap.add_argument("--tasks", default="infer,train", help="infer, train, ops")
+    ap.add_argument("--backends", default="ekd,hippynn-numba", help=f"subset of {','.join(BACKENDS)}; ekd first")
+    ap.add_argument("--profile", action="store_true", help="per-op profile of ekd's box inference")
     args = ap.parse_args()
-    if args.worker:
+    if args.worker or args.gemm_worker or args.profile_worker:
         import warnings
 
+        import ekd  # noqa: F401  (before torch, as in ekd's own processes: OpenMP wait policy, ekd/_threads.py)
+
         warnings.simplefilter("ignore")
-        print(json.dumps(worker(*args.worker, repeats=args.repeats, threads=args.threads)))
+        threads = int(args.threads)
+        if args.gemm_worker:
+            out = gemm_rate(threads)
+        elif args.profile_worker:
+            out = worker(*args.profile_worker[:1], "ekd", args.profile_worker[1], 1, threads, profile=True)
+        else:
+            out = worker(*args.worker, repeats=args.repeats, threads=threads)
+        print(json.dumps(out))
         return
 
-    print(f"threads={args.threads} repeats={args.repeats}  (time per call in s; peak = process maxrss, MB)")
-    for case in args.cases.split(","):
-        for task in args.tasks.split(","):
-            rows = {}
-            for backend in args.backends.split(","):
-                reason = skip_reason(case, backend, task)
-                rows[backend] = (
-                    {"skipped": reason}
-                    if reason
-                    else measure(
-                        case,
-                        backend,
-                        task,
-                        args.repeats if case == "molecules" else max(1, args.repeats - 1),
-                        args.threads,
-                    )
-                )
-            report(case, task, rows)
-
-
-def report(case, task, rows):
-    ekd = rows["ekd"]
+    thread_list = [int(t) for t in args.threads.split(",")]
+    backends = args.backends.split(",")
+    if backends[0] != "ekd":
+        ap.error(f"--backends must start with ekd (ratios are against it), got {args.backends}")
+    results = {}  # (load, threads, case, task, backend) -> worker result
+    ceilings = {}
+    for load in [False, True] if args.load else [False]:
+        with Load(3 * 3600) if load else contextlib.nullcontext():
+            for threads in thread_list:
+                ceilings[load, threads] = run_worker(["--gemm-worker"], threads).get("gflops", float("nan"))
+                for case in args.cases.split(","):
+                    for task in args.tasks.split(","):
+                        for backend in backends:
+                            reason = skip_reason(case, backend, task)
+                            repeats = args.repeats if case == "molecules" else max(2, args.repeats // 2)
+                            r = {"skipped": reason} if reason else measure(case, backend, task, repeats, threads)
+                            results[load, threads, case, task, backend] = r
+                            print(
+                                f"# {'load' if load else 'idle'} t={threads} {case}/{task} {backend}: "
+                                f"{r.get('time', r)}",
+                                file=sys.stderr,
+                                flush=True,
+                            )
     print(
-        f"\n== {case} / {task} "
-        + (f"({ekd.get('n_atoms')} atoms, {ekd.get('n_pairs')} pairs)" if "n_atoms" in ekd else "")
+        f"repeats={args.repeats} (box: {max(2, args.repeats // 2)}); times are medians in s per call; "
+        "peak = process maxrss in MB"
     )
-    keys = [k for k in ekd if k not in ("peak_mb", "n_atoms", "n_pairs")] if "error" not in ekd else []
-    for backend, r in rows.items():
-        if "skipped" in r or "error" in r:
-            print(f"  {backend:14s} {'skipped: ' + r['skipped'] if 'skipped' in r else 'failed: ' + r['error']}")
+    print(
+        "GEMM ceiling (fp32 2048^3 torch.mm, GFLOP/s): "
+        + ", ".join(f"{'load' if ld else 'idle'} {t}t {g:.0f}" for (ld, t), g in ceilings.items())
+    )
+    for task in args.tasks.split(","):
+        if task == "ops":
+            report_ops(results, thread_list, args)
+        else:
+            report(results, ceilings, task, thread_list, backends, args)
+    if args.profile:
+        for threads in thread_list:
+            report_profile(run_worker(["--profile-worker", "box", "infer"], threads), threads)
+
+
+def report(results, ceilings, task, thread_list, backends, args):
+    peers = backends[1:]
+    head = f"{'case':10s} {'load':4s} {'thr':>3s} {'ekd s':>8s} {'cpu s':>7s} {'2t/1t':>6s} "
+    head += "".join(f"{p + ' s':>17s} {'x':>6s} " for p in peers)
+    head += f"{'GFLOP':>7s} {'GFLOP/s':>8s} {'ceil %':>6s} {'peak MB':>8s}"
+    print(
+        f"\n== {task}: {'energy + forces' if task == 'infer' else 'energy+force loss, double backward, Adam'}"
+        "  (x = peer time / ekd time; 2t/1t = ekd's 2-thread / 1-thread time; cpu s = ekd's process CPU"
+        " time per call: at 1 thread, wall >> cpu means other processes took the core)"
+    )
+    print(head)
+    for case in args.cases.split(","):
+        for load in [False, True] if args.load else [False]:
+            for threads in thread_list:
+                r = results[load, threads, case, task, "ekd"]
+                if "time" not in r:
+                    print(f"{case:10s} {'yes' if load else 'no':4s} {threads:3d} ekd: {r}")
+                    continue
+                one = results.get((load, 1, case, task, "ekd"), {})
+                ratio = f"{r['time'] / one['time']:6.2f}" if threads != 1 and "time" in one else f"{'':6s}"
+                line = f"{case:10s} {'yes' if load else 'no':4s} {threads:3d} {r['time']:8.3f} {r['cpu']:7.3f} {ratio} "
+                for p in peers:
+                    q = results[load, threads, case, task, p]
+                    if "time" in q:
+                        line += f"{q['time']:17.3f} {q['time'] / r['time']:6.1f} "
+                    else:
+                        line += f"{str(q.get('skipped') or q.get('error'))[:17]:>17s} {'':6s} "
+                gf = flops(task, r["n_atoms"], r["n_pairs"]) / 1e9
+                rate = gf / r["time"]
+                line += f"{gf:7.1f} {rate:8.1f} {100 * rate / ceilings[load, threads]:6.0f} {r['peak_mb']:8.0f}"
+                print(line)
+
+
+def report_ops(results, thread_list, args):
+    print("\n== ops: interaction ops alone at the second layer's sizes (s per call)")
+    for (load, threads, case, task, backend), r in results.items():
+        if task != "ops":
             continue
-        cells = []
-        for k in keys:
-            if k in r:
-                ratio = "" if backend == "ekd" else f" (ekd {r[k] / ekd[k]:.1f}x faster)"
-                cells.append(f"{k}={r[k]:.4f}{ratio}")
-        mem = "" if backend == "ekd" else f" (ekd/peer {ekd['peak_mb'] / r['peak_mb']:.2f})"
-        print(f"  {backend:14s} " + "  ".join(cells) + f"  peak={r['peak_mb']:.0f}{mem}")
+        cells = "  ".join(f"{k}={v:.4f}" for k, v in r.items() if k != "peak_mb" and isinstance(v, float))
+        print(f"{case:10s} {'load' if load else 'idle'} {threads}t {backend:14s} {cells or r}")
+
+
+def report_profile(p, threads):
+    if "ops" not in p:
+        print(f"\nprofile failed: {p}")
+        return
+    print(
+        f"\n== where ekd's box inference spends its time ({threads} thread(s); torch.profiler, one call: "
+        f"{p['wall']:.3f} s wall, {p['profiled']:.3f} s in ops)"
+    )
+    for name, sec, calls in p["ops"]:
+        print(f"  {name:40s} {sec:8.3f} s {100 * sec / p['profiled']:5.1f} %  {calls:5d} calls")
 
 
 if __name__ == "__main__":
