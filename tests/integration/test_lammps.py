@@ -287,7 +287,10 @@ def test_two_ranks_equal_one(tmp_path, models):
         d = tmp_path / f"np{n}"
         d.mkdir()
         write_data(atoms, d / "data.lmp")
-        proc = run_lammps(d, single_point_script(members, True, extra=SPREAD_FIX, columns="f_spread"), nprocs=n)
+        # mode ghosts explicitly: auto picks halo on 2 ranks (test_lammps_halo.py)
+        mode = "auto" if n == 1 else "ghosts"
+        script = single_point_script(members, True, extra=SPREAD_FIX, columns="f_spread", mode=mode)
+        proc = run_lammps(d, script, nprocs=n)
         grid = re.search(r"(\d+) by (\d+) by (\d+) MPI processor grid", proc.stdout)
         assert grid and np.prod([int(g) for g in grid.groups()]) == n
         assert f"pair_style ekd: mode {'images' if n == 1 else 'ghosts'}" in proc.stdout

