@@ -3,9 +3,11 @@
 hippynn's graph machinery cannot be scripted (variadic module arguments, tensor constants,
 data-dependent pair finding), so this module does not try: :func:`script_member` copies the trained
 weights of hippynn's torch modules (the network ``Hipnn`` / ``HipnnVec`` / ``HipnnQuad`` and the
-energy head ``HEnergy``) into small scriptable modules written here that compute the same math,
-term by term and in the same order, and scripts the result. Its forward is the deployed-model
-interface of :mod:`ekd.export`::
+energy head ``HEnergy``) into :class:`ScriptedHipnn`, written here to compute the same math, term
+by term and in the same order, and scripts it. The class keeps every weight in ``list[Tensor]``
+attributes and every hyper-parameter in plain attributes (no submodules, no ``Final``), so its
+TorchScript code is the same for every model: what the model-trust rule of format ``ekd-model-2``
+(:mod:`ekd.model_file`) compares byte for byte. Its forward is the deployed-model interface::
 
     forward(species: Tensor[N] int64 atomic numbers (local + ghost atoms),
             pair_first: Tensor[P] int64, pair_second: Tensor[P] int64,   FULL list, both directions
@@ -45,7 +47,16 @@ and recorded (``module.envsum_impl``; ``ops_library`` and ``description`` in :fu
   pairs x sensitivities x features is built).
 
 A module that calls an op needs the library loaded before ``torch.jit.load`` (``import ekd._ops``;
-:func:`ekd.export.load_model` does that when ``ops_library`` is set).
+:func:`ekd.model_file.load_model` does that when ``ops_library`` is set). "torch" builds
+:class:`ScriptedHipnnTorch` (model kind "hipnn-torch"), whose code calls no op.
+
+Stage methods (``ekd-model-2``, for LAMMPS's per-layer halo exchange): ``embed(species)`` ->
+(one-hot features, per-element offsets) and ``interaction(k, z, pair_first, pair_second, r_ij)``
+-> (block k's output features, the block's per-atom read-out energy); ``forward`` is their sum.
+:class:`ScriptedToy` (kind "toy") is a small test model with the same interface.
+
+After changing a scripted class, regenerate the canonical code: ``python -m ekd.model_file
+--regenerate`` (tests/unit/test_model_trust.py checks it).
 """
 
 import contextlib
