@@ -182,6 +182,34 @@ def _export(args) -> int:
     return 0
 
 
+def _score(args) -> int:
+    from . import score
+
+    if bool(args.models) == bool(args.run_dir):
+        raise UsageError("give model files or --run-dir (not both)")
+    if args.groups and not args.run_dir:
+        raise UsageError("--groups selects groups of --run-dir; with model files, list the files")
+    test = score.load_test(args.test, args.energy_key, args.forces_key, args.energy_unit, args.length_unit)
+    window = args.conformer_window
+    if args.run_dir:
+        labels = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None
+        groups, run_window = score.run_groups(args.run_dir, labels)
+        window = run_window if window is None else window
+    else:
+        groups = [score.model_files(args.models, trust_code=args.trust_code)]
+    test = score.check_elements(test, groups, skip=args.skip_unknown_elements)
+    result = score.score_models(
+        test, groups, score.DEFAULT_WINDOW if window is None else window, args.per_molecule, not args.quiet
+    )
+    print(score.format_result(result, args.per_molecule))
+    if args.json:
+        print(f"json: {score.write_json(result, args.json)}")
+    if args.plot:
+        for path in score.plot(result, args.plot):
+            print(f"figure: {path}")
+    return 0
+
+
 def _md_stability(args) -> int:
     from dataclasses import replace
 
@@ -335,6 +363,27 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     sp.add_argument("-o", "--out", required=True, help="output file, e.g. student.pt")
     sp.set_defaults(func=_export)
+
+    sp = sub.add_parser("score", help="score model files or a run's members on any ANI-layout benchmark file")
+    sp.add_argument("models", nargs="*", help="exported model files (ekd export), scored as one group")
+    sp.add_argument("--run-dir", help="score the members of this run instead (its finished groups)")
+    sp.add_argument("--groups", help="with --run-dir: comma-separated groups, e.g. teacher,student_gen1")
+    sp.add_argument("--test", required=True, help="ANI-layout HDF5 file to score on")
+    sp.add_argument("--energy-key", help="reference energy key (default: the file's only '*.energy' key)")
+    sp.add_argument("--forces-key", help="reference forces key (default: '<level>.forces' of the energy key, if any)")
+    sp.add_argument("--energy-unit", choices=["hartree", "kcal/mol", "ev"], help="default: the file's attribute")
+    sp.add_argument("--length-unit", choices=["angstrom", "bohr"], help="default: the file's attribute")
+    sp.add_argument(
+        "--conformer-window", type=float, help="ΔE: kcal/mol above a molecule's minimum (default: the run's, or 100)"
+    )
+    sp.add_argument("--per-molecule", action="store_true", help="also a table per molecule")
+    sp.add_argument("--skip-unknown-elements", action="store_true", help="leave out molecules a model cannot predict")
+    sp.add_argument("--json", help="write the scores to this JSON file")
+    sp.add_argument("--plot", help="write parity plots and error bars (PNG) into this directory")
+    sp.add_argument("--trust-code", action="store_true", help="load model files whose code is not ekd's own")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
+    sp.set_defaults(func=_score)
 
     sp = sub.add_parser("md-stability", help="MD stability vs time step per role (CH3ONO box; the paper's Fig. 3)")
     common(sp)
