@@ -200,6 +200,7 @@ def test_stage_methods_rebuild_forward(tmp_path):
             assert z.shape == (7, scripted.feature_widths[k])
             z, e = scripted.interaction(k, z, first, second, r)
             energy = energy + e
+        assert z.shape == (7, scripted.feature_widths[-1])
         np.testing.assert_allclose(energy, scripted(species, first, second, r), rtol=1e-14, atol=1e-13)
         with pytest.raises(Exception, match="k must lie in"):
             scripted.interaction(scripted.n_interactions, z, first, second, r)
