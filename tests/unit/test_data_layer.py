@@ -317,6 +317,18 @@ def test_unknown_unit_names_are_errors(tmp_path):
         Units("hartree", "nm")
 
 
+def test_plausible_energies_do_not_warn(tmp_path, xtb_dataset):
+    """GFN2-xTB totals (valence only) in Hartree and kcal/mol, atomization-like energies in
+    kcal/mol: no warning (pytest turns warnings into errors)."""
+    from ekd.data import check_plausible_units
+
+    assert check_plausible_units(xtb_dataset, Units("hartree", "angstrom")) == []
+    # xtb_dataset holds kcal/mol internally: the same numbers as a kcal/mol file
+    assert check_plausible_units(xtb_dataset, Units("kcal/mol", "angstrom")) == []
+    atomization = xtb_dataset.with_properties(energy=-100.0 * xtb_dataset.n_atoms)
+    assert check_plausible_units(atomization, Units("kcal/mol", "angstrom")) == []
+
+
 def test_implausible_energies_and_distances_warn(tmp_path):
     from ekd.data import DataUnitWarning
     from ekd.units import HARTREE_TO_KCALMOL
@@ -340,6 +352,10 @@ def test_implausible_energies_and_distances_warn(tmp_path):
     # Angstrom declared as Bohr
     with pytest.warns(DataUnitWarning, match="Angstrom read as Bohr"):
         load_dataset(ref.source, KEYS, Units("hartree", "bohr"))
+    # all-electron totals in Hartree declared as kcal/mol (x 1/627) or eV
+    for unit in ("kcal/mol", "ev"):
+        with pytest.warns(DataUnitWarning, match=rf"read as {unit}\) are 1.0\dx the free atoms' all-electron total"):
+            load_dataset(ref.source, KEYS, Units(unit, "angstrom"))
 
 
 def _groups_again(groups):

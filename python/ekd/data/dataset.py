@@ -386,8 +386,11 @@ def check_plausible_units(
 
     * energies: a molecule's total energy can be no lower than about the sum of its free atoms'
       all-electron energies (-Z^2.4/2 Hartree each); energies far below it (median ratio > 1.5)
-      were most likely stored in kcal/mol or eV but read as Hartree. (Energies too small cannot
-      be told apart from valence-only or atomization energies, so they are not judged.)
+      were most likely stored in kcal/mol or eV but read as Hartree. Small energies are mostly
+      valence-only (xTB), atomization or relative energies and are not judged, except in the
+      narrow band that all-electron totals in Hartree fall into when read as kcal/mol (ratio
+      1/627 within 20 %: CHNO molecules' totals are 1.02-1.04x the estimate; atomization energies
+      in kcal/mol are 3-10x larger).
     * lengths: each configuration's closest pair, over the sum of its covalent radii, is ~1 in
       a molecule; a median > 1.5 means Bohr coordinates read as Angstrom, < 0.6 the reverse.
 
@@ -416,6 +419,13 @@ def check_plausible_units(
                     f"{dataset.source or 'dataset'}: energies ({keys.get('energy', 'energy')!r}, read as "
                     f"{units.energy}) are {ratio:.0f}x lower than the free atoms' total energies, which is "
                     f"impossible; is the file in kcal/mol or eV? If so, {fix[0]}"
+                )
+            elif units.energy != "hartree" and 0.8 < ratio * HARTREE_TO_KCALMOL / energy_factor(units.energy) < 1.25:
+                found.append(
+                    f"{dataset.source or 'dataset'}: energies ({keys.get('energy', 'energy')!r}, read as "
+                    f"{units.energy}) are {ratio * HARTREE_TO_KCALMOL / energy_factor(units.energy):.2f}x the "
+                    f"free atoms' all-electron total energies if they were Hartree: is the file in Hartree? "
+                    f"If so, {fix[0]}"
                 )
     radii = covalent_radii[species]
     xyz = dataset.coordinates[pick]
