@@ -69,6 +69,20 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _same_config(stamp: Path, cfg: Config) -> bool:
+    """Whether ``stamp`` (a run's config.yaml) holds ``cfg``, up to where the run directory is and
+    how many processes work in it."""
+    from dataclasses import replace
+
+    from .config import ConfigError, load
+
+    try:
+        old = load(stamp)
+    except (ConfigError, OSError):
+        return False
+    return replace(old, run_dir=cfg.run_dir, workers=cfg.workers) == cfg
+
+
 def _claim(directory: Path, digest: str, what: str, hint: str = "") -> None:
     """Bind ``directory`` to ``digest``; refuse if it already belongs to another digest."""
     stamp = directory / "inputs.json"
@@ -410,7 +424,7 @@ class Run:
         # configuration (refused per stage where its inputs differ) must not rewrite it
         stamp = self.run_dir / "config.yaml"
         text = self.cfg.to_yaml()
-        if not store.create_once(stamp, text) and stamp.read_text() != text and self.progress:
+        if not store.create_once(stamp, text) and self.progress and not _same_config(stamp, self.cfg):
             _log(f"note: {stamp} records the configuration this run directory was created with, not this one")
         self._paths: DataPaths | None = None
         self._train: Dataset | None = None
