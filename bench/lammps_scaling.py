@@ -6,12 +6,14 @@ System: 448 CH3ONO molecules (3,136 atoms) in a 35.7 Angstrom periodic cube at ~
 of bench/lammps_md.py); for weak scaling the same box replicated twice along x (`replicate 2 1 1`,
 6,272 atoms) on 2 ranks split along x (`processors 2 1 1`), so each rank owns one original box.
 
-Models (float32, RANDOM untrained weights: the cost of a step does not depend on the values):
-* small: ekd's toy message-passing model (ekd.export.toy_model: 2 interaction layers, cutoff
-  5 Angstrom, width 32);
+Models (float32, RANDOM untrained weights: the cost of a step does not depend on the values),
+exported with ekd's exporter (ekd.scripted, format ekd-model-2):
 * paper: a paper-size HIPNN member (HipnnQuad, l_max 2, 2 interaction blocks x 4 atom layers of
-  width 128, 20 sensitivities, cutoff 6.5 Angstrom; ekd.config.ModelConfig's defaults), exported
-  with ekd's exporter (ekd.scripted).
+  width 128, 20 sensitivities, cutoff 6.5 Angstrom; ekd.config.ModelConfig's defaults);
+* small: a small HIPNN member (HipnnQuad, 2 blocks x 2 atom layers of width 32, 8 sensitivities,
+  cutoff 6.5 Angstrom; the development size of docs);
+* toy (only with --models toy): ekd's toy message-passing model (ekd.export.toy_model: 2 layers,
+  cutoff 5 Angstrom, width 32).
 
 Each row: velocity-Verlet NVE (0.25 fs, 300 K start) for --steps (--paper-steps for the paper
 member) after LAMMPS's untimed setup; atom-steps per second of LAMMPS's "Loop time"; CPU seconds
@@ -58,18 +60,17 @@ def make_models(tmp: Path) -> dict[str, Path]:
     from ekd.export import save_model, toy_model
     from ekd.models import build_model
 
-    paths = {}
+    paths = {name: tmp / f"{name}.pt" for name in ("toy", "small", "paper")}
     module, meta = toy_model(SPECIES, cutoff=5.0, n_interactions=2, width=32, dtype="float32")
-    paths["small"] = tmp / "small.pt"
-    save_model(module, paths["small"], meta)
-
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(), [6, 1, 7, 8])  # random weights: timing only
-    module = scripted.script_member(model, dtype=torch.float32)
-    meta = scripted.metadata(model, module)
-    meta["role"] = "benchmark"
-    paths["paper"] = tmp / "paper.pt"
-    save_model(module, paths["paper"], meta)
+    save_model(module, paths["toy"], meta)
+    archs = {"paper": ModelConfig(), "small": ModelConfig(n_atom_layers=2, width=32, n_sensitivities=8)}
+    for name, arch in archs.items():
+        torch.manual_seed(0)
+        model = build_model(arch, [6, 1, 7, 8])  # random weights: timing only
+        module = scripted.script_member(model, dtype=torch.float32)
+        meta = scripted.metadata(model, module)
+        meta["role"] = "benchmark"
+        save_model(module, paths[name], meta)
     return paths
 
 
@@ -122,6 +123,8 @@ run {steps}
     rows = re.search(r"model rows beyond the owned atoms per rank[^:]*:([ 0-9]+)", out)
     halo = re.search(r"halo exchange seconds per rank[^:]*:([ 0-9.eE+-]+)", out)
     halo_t = [float(x) for x in halo.group(1).split()] if halo else [0.0]
+    pcpu = re.search(r"CPU seconds per rank in the pair style outside the exchange:([ 0-9.eE+-]+)", out)
+    pair_cpu = [float(x) for x in pcpu.group(1).split()]
     rss = sorted(int(k) for k in re.findall(r"EKD_MAXRSS \d+ (\d+)", proc.stderr))
     return {
         "mode": re.search(r"pair_style ekd: mode (\w+)", out).group(1),
@@ -131,6 +134,8 @@ run {steps}
         "cpu_per_atom_step": loop * cpu * nprocs / (natoms * steps),
         "pair": timers["Pair"],
         "halo": sum(halo_t) / len(halo_t),
+        # the ranks' own work in the pair style: CPU time of the thread that runs torch, exchange excluded
+        "pair_cpu_per_atom_step": sum(pair_cpu) / (natoms * steps),
         "neigh": timers["Neigh"],
         "comm": timers["Comm"],
         "ghosts": ghosts.group(1).split() if ghosts else ["-"],
@@ -142,11 +147,11 @@ run {steps}
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=20, help="MD steps per run, small model")
+    p.add_argument("--steps", type=int, default=10, help="MD steps per run, small and toy models")
     p.add_argument("--paper-steps", type=int, default=4, help="MD steps per run, paper-size member")
     p.add_argument("--rounds", type=int, default=2, help="interleaved repetitions; the fastest counts")
     p.add_argument("--skip-ghosts", action="store_true", help="leave out mode ghosts on 2 ranks (slow)")
-    p.add_argument("--models", default="small,paper", help="comma-separated: small, paper")
+    p.add_argument("--models", default="small,paper", help="comma-separated: small, paper, toy")
     args = p.parse_args(argv)
 
     import torch
@@ -169,7 +174,7 @@ def main(argv=None) -> int:
         configs += [("4 ranks (oversub.)", 4, "halo", False), ("2 ranks, 2x box", 2, "halo", True)]
         summary = []
         for name in args.models.split(","):
-            steps = args.steps if name == "small" else args.paper_steps
+            steps = args.paper_steps if name == "paper" else args.steps
             best: dict[int, dict] = {}
             for _ in range(args.rounds):
                 for i, (_label, nprocs, mode, rep) in enumerate(configs):

@@ -21,11 +21,24 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 
 using namespace LAMMPS_NS;
 using ekd_lammps::GhostMode;
 using ekd_lammps::ModelError;
+
+namespace {
+
+// CPU seconds of the calling thread (torch runs on it with `threads 1`): the work of this rank,
+// not inflated by other processes sharing the cores.
+double thread_cpu() {
+    timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+}  // namespace
 
 namespace LAMMPS_NS {
 
@@ -38,7 +51,7 @@ class HaloComm : public ekd_lammps::HaloExchange {
 public:
     HaloComm(PairEKD *pair, const std::vector<int> &lammps_row) : p(pair), row(lammps_row) {}
     void forward(double *rows, int width) override {
-        const double t0 = MPI_Wtime();
+        const double t0 = MPI_Wtime(), c0 = thread_cpu();
         const size_t w = width, nlocal = p->atom->nlocal, nall = nlocal + p->atom->nghost;
         buf.resize(nall * w);
         std::copy(rows, rows + nlocal * w, buf.begin());
@@ -47,9 +60,10 @@ public:
         p->comm->forward_comm(p, width);
         for (size_t r = nlocal; r < row.size(); ++r) std::copy_n(&buf[row[r] * w], w, rows + r * w);
         p->halo_time += MPI_Wtime() - t0;
+        p->halo_cpu += thread_cpu() - c0;
     }
     void reverse(double *rows, int width) override {
-        const double t0 = MPI_Wtime();
+        const double t0 = MPI_Wtime(), c0 = thread_cpu();
         const size_t w = width, nlocal = p->atom->nlocal, nall = nlocal + p->atom->nghost;
         buf.assign(nall * w, 0.0);
         std::copy(rows, rows + nlocal * w, buf.begin());
@@ -61,6 +75,7 @@ public:
         std::copy(buf.begin(), buf.begin() + nlocal * w, rows);
         std::fill(rows + nlocal * w, rows + row.size() * w, 0.0);
         p->halo_time += MPI_Wtime() - t0;
+        p->halo_cpu += thread_cpu() - c0;
     }
 
 private:
@@ -89,7 +104,7 @@ double standard_mass(int z) {
 
 PairEKD::PairEKD(LAMMPS *lmp)
     : Pair(lmp), cut_max(0.0), ghost_depth(0.0), nthreads(1), mode(AUTO), ghost_mode(GhostMode::GHOSTS),
-      comm_rows(nullptr), comm_width(0), halo_time(0.0), force_std(nullptr), fmodel(nullptr), nmax_std(0),
+      comm_rows(nullptr), comm_width(0), halo_time(0.0), halo_cpu(0.0), pair_cpu(0.0), force_std(nullptr), fmodel(nullptr), nmax_std(0),
       nmax_fmodel(0), force_std_flag(0) {
     single_enable = 0;
     restartinfo = 0;
@@ -329,7 +344,7 @@ void PairEKD::init_style() {
         utils::logmesg(lmp, std::string("pair_style ekd: mode ") + what + why + "\n");
     }
     check_masses();
-    halo_time = 0.0;
+    halo_time = halo_cpu = pair_cpu = 0.0;
     ekd_lammps::set_torch_threads(nthreads);
 }
 
@@ -386,6 +401,7 @@ double PairEKD::init_one(int i, int j) {
 
 void PairEKD::compute(int eflag, int vflag) {
     ev_init(eflag, vflag);
+    const double cpu0 = thread_cpu();
 
     // never silently wrong: the ghost shell must cover the receptive field
     if (ghost_mode == GhostMode::GHOSTS && comm->get_comm_cutoff() < ghost_depth + neighbor->skin - 1e-9)
@@ -455,6 +471,7 @@ void PairEKD::compute(int eflag, int vflag) {
             for (int k = 0; k < 6; ++k) virial[k] += w[k];
     }
     force_spread();
+    pair_cpu += thread_cpu() - cpu0;
 }
 
 // sqrt(mean_m |F_m - <F>|^2) of the owned atoms, after the ghosts' per-model forces are summed
@@ -514,20 +531,22 @@ void PairEKD::unpack_reverse_comm(int n, int *list, double *buf) {
 
 // Per-rank ghost counts and time in the halo exchange, after each run's timing breakdown.
 void PairEKD::finish() {
-    if (ghost_mode != GhostMode::HALO && ghost_mode != GhostMode::GHOSTS) return;
     const int nprocs = comm->nprocs;
-    double mine[3] = {static_cast<double>(atom->nghost), static_cast<double>(system->n_model() - system->n_local()),
-                      halo_time};
-    std::vector<double> all(3 * nprocs);
-    MPI_Gather(mine, 3, MPI_DOUBLE, all.data(), 3, MPI_DOUBLE, 0, world);
+    constexpr int n = 4;
+    double mine[n] = {static_cast<double>(atom->nghost), static_cast<double>(system->n_model() - system->n_local()),
+                      halo_time, pair_cpu - halo_cpu};
+    std::vector<double> all(n * nprocs);
+    MPI_Gather(mine, n, MPI_DOUBLE, all.data(), n, MPI_DOUBLE, 0, world);
     if (comm->me != 0) return;
-    std::string ghosts, rows, times;
+    std::string ghosts, rows, times, cpu;
     for (int r = 0; r < nprocs; ++r) {
-        ghosts += " " + std::to_string(static_cast<long>(all[3 * r]));
-        rows += " " + std::to_string(static_cast<long>(all[3 * r + 1]));
-        times += " " + fmt::format("{:.4g}", all[3 * r + 2]);
+        ghosts += " " + std::to_string(static_cast<long>(all[n * r]));
+        rows += " " + std::to_string(static_cast<long>(all[n * r + 1]));
+        times += " " + fmt::format("{:.4g}", all[n * r + 2]);
+        cpu += " " + fmt::format("{:.4g}", all[n * r + 3]);
     }
     utils::logmesg(lmp, "pair_style ekd: ghost atoms per rank:" + ghosts + "\n");
+    utils::logmesg(lmp, "pair_style ekd: CPU seconds per rank in the pair style outside the exchange:" + cpu + "\n");
     if (ghost_mode == GhostMode::HALO) {
         utils::logmesg(lmp, "pair_style ekd: model rows beyond the owned atoms per rank (partners owned by other "
                             "ranks):" + rows + "\n");

@@ -69,7 +69,9 @@ protected:
     friend class HaloComm;
     double *comm_rows;
     int comm_width;
-    double halo_time;  // seconds spent in the per-layer exchange (this rank)
+    double halo_time;  // wall seconds spent in the per-layer exchange (this rank, this run)
+    double halo_cpu;   // CPU seconds of this thread in the exchange (MPI polls while it waits)
+    double pair_cpu;   // CPU seconds of this thread in compute()
 
     double *force_std;  // per-atom ensemble force spread (owned atoms)
     double **fmodel;    // per-model forces, 3 columns per model (owned + ghost rows)
