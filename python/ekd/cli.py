@@ -193,8 +193,10 @@ def _score(args) -> int:
     window = args.conformer_window
     if args.run_dir:
         labels = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None
-        groups, run_window = score.run_groups(args.run_dir, labels)
+        groups, run_window, left_out = score.run_groups(args.run_dir, labels)
         window = run_window if window is None else window
+        if left_out:
+            print(f"left out (members not all trained yet): {', '.join(left_out)}")
     else:
         groups = [score.model_files(args.models, trust_code=args.trust_code)]
     test = score.check_elements(test, groups, skip=args.skip_unknown_elements)

@@ -272,9 +272,12 @@ def model_files(paths: Sequence[str | os.PathLike], trust_code: bool = False, ba
     return group
 
 
-def run_groups(run_dir: str | os.PathLike, labels: Sequence[str] | None = None) -> tuple[list[ModelGroup], float]:
-    """The groups of a run directory (all of its finished groups, or ``labels``), and the run's
-    conformer window. Members predict as in the run's own evaluation (:meth:`ekd.train.Member.predict`)."""
+def run_groups(
+    run_dir: str | os.PathLike, labels: Sequence[str] | None = None
+) -> tuple[list[ModelGroup], float, list[str]]:
+    """The groups of a run directory (``labels``, or every group whose members are all trained), the
+    run's conformer window, and the labels of the groups left out because they are not fully trained.
+    Members predict as in the run's own evaluation (:meth:`ekd.train.Member.predict`)."""
     from . import config
     from .train import load_member
     from .workflow import Run
@@ -291,7 +294,7 @@ def run_groups(run_dir: str | os.PathLike, labels: Sequence[str] | None = None) 
         chosen = [run.group(label) for label in labels]
     else:
         chosen = available
-    out = []
+    out, left_out = [], []
     for g in chosen:
         dirs = [run.member_dir(g, m) for m in range(g.n_members)]
         unfinished = [d for d in dirs if not (d / "done.json").exists()]
@@ -301,7 +304,8 @@ def run_groups(run_dir: str | os.PathLike, labels: Sequence[str] | None = None) 
                     f"--groups {g.label}: {len(unfinished)} of its {g.n_members} members are not trained "
                     f"(no {unfinished[0] / 'done.json'}); finish the run (ekd run) or leave the group out"
                 )
-            continue  # not asked for by name: an unfinished group is left out (listed by the CLI)
+            left_out.append(g.label)  # not asked for by name: left out, and said so
+            continue
         group = ModelGroup(g.label, g.role, g.generation, study=g.study)
         for d in dirs:
             member = load_member(d)
@@ -315,7 +319,7 @@ def run_groups(run_dir: str | os.PathLike, labels: Sequence[str] | None = None) 
         out.append(group)
     if not out:
         raise ScoreError(f"--run-dir {run_dir}: no group has all its members trained yet; finish the run first")
-    return out, float(cfg.evaluate.conformer_window)
+    return out, float(cfg.evaluate.conformer_window), left_out
 
 
 # ------------------------------------------------------------------------------------------

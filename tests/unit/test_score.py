@@ -274,8 +274,8 @@ def test_run_members_on_the_runs_test_file_reproduce_metrics_json(tmp_path):
     Run(config.loads(TINY.format(train=train, test=test)), run_dir, progress=False).run_all()
     metrics = load_metrics(run_dir / "metrics.json")
 
-    groups, window = score.run_groups(run_dir)
-    assert window == 50.0 and [g.label for g in groups] == ["teacher"]
+    groups, window, left_out = score.run_groups(run_dir)
+    assert window == 50.0 and [g.label for g in groups] == ["teacher"] and left_out == []
     result = score.score_models(score.load_test(test), groups, window)
     for label, got in result.groups.items():
         expected = metrics["roles"][label]["test_pool"]
@@ -289,7 +289,13 @@ def test_run_members_on_the_runs_test_file_reproduce_metrics_json(tmp_path):
             for key in ("n_configurations", "n_pairs", "n_atoms"):
                 assert mine[key] == theirs[key], (label, key)
 
-    only, _ = score.run_groups(run_dir, ["teacher"])
+    only, _, _ = score.run_groups(run_dir, ["teacher"])
     assert [g.label for g in only] == ["teacher"]
     with pytest.raises(ValueError, match=r"no group 'student_gen1' in this run; groups: \['teacher'\]"):
         score.run_groups(run_dir, ["student_gen1"])
+    # a member still training: the group is not scored half
+    (run_dir / "gen0" / "teacher" / "member_01" / "done.json").unlink()
+    with pytest.raises(score.ScoreError, match=r"--groups teacher: 1 of its 2 members are not trained"):
+        score.run_groups(run_dir, ["teacher"])
+    with pytest.raises(score.ScoreError, match=r"no group has all its members trained yet"):
+        score.run_groups(run_dir)
