@@ -35,12 +35,9 @@ def undertrained_pair(run_dir: Path, role: str, epochs: int, work: Path) -> tupl
     """(the run's config, {"<role>_trained": [file], "<role>_<epochs>ep": [file]}) for member 0 of
     ``role`` in the finished run at ``run_dir``: the trained member and its undertrained copy,
     both exported to ``work``."""
-    import numpy as np
-
-    from ekd.data import load_dataset
     from ekd.export import export_member
     from ekd.train import MemberSpec, train_member
-    from ekd.workflow import Run, member_splits
+    from ekd.workflow import Run, load_member_data
 
     cfg = config.load(run_dir / "config.yaml")
     run = Run(cfg, run_dir, progress=False)
@@ -48,9 +45,8 @@ def undertrained_pair(run_dir: Path, role: str, epochs: int, work: Path) -> tupl
     trained = run.member_dir(group, 0)
     if not (trained / "done.json").exists():
         raise SystemExit(f"--run-dir {run_dir}: {role} member 0 has not finished training ({trained})")
-    data_path, keys = run.training_inputs(group)
-    dataset = load_dataset(data_path, keys).require(*keys)
-    splits = {k: np.asarray(v) for k, v in member_splits(run.splits, 0).items()}
+    # exactly what the run's own job for member 0 trained on: the run's units, splits by identity
+    dataset, splits = load_member_data(run.member_inputs(group, 0))
     spec = MemberSpec(**run.member_spec(group, 0))
     short = replace(cfg, train=replace(cfg.train, max_epochs=epochs))
     under = work / f"{role}_{epochs}ep"
