@@ -44,6 +44,17 @@ std::string metadata_kind(const std::string &text, const std::string &path) {
     throw ModelError("model " + path + ": metadata.json names no format this plugin reads" + reexport);
 }
 
+void metadata_cutoff_depth(const std::string &text, const std::string &path, double &cutoff, int &n_interactions) {
+    try {
+        const json j = json::parse(text);
+        cutoff = j.at("cutoff").get<double>();
+        n_interactions = j.at("n_interactions").get<int>();
+    } catch (const json::exception &e) {
+        throw ModelError("model " + path + ": metadata.json is not readable (" + e.what() +
+                         "); re-export the model with this ekd (`ekd export`)");
+    }
+}
+
 int atomic_number(const std::string &symbol) {
     for (int z = 1; z < static_cast<int>(sizeof(ELEMENTS) / sizeof(ELEMENTS[0])); ++z)
         if (symbol == ELEMENTS[z]) return z;

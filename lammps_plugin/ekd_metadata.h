@@ -44,6 +44,9 @@ ModelInfo parse_metadata(const std::string &json, const std::string &path, const
 // else the kind field ("hipnn", "hipnn-torch", "toy", "custom"). Throws ModelError if unreadable.
 std::string metadata_kind(const std::string &json, const std::string &path);
 
+// cutoff and n_interactions of metadata.json `json` of `path` (already checked by parse_metadata).
+void metadata_cutoff_depth(const std::string &json, const std::string &path, double &cutoff, int &n_interactions);
+
 // Atomic number of an element symbol ("C" -> 6), 0 if it is not one.
 int atomic_number(const std::string &symbol);
 

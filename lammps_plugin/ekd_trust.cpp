@@ -119,6 +119,20 @@ void check_binding(const torch::jit::Module &module, const std::string &path) {
         throw ModelError("model " + path +
                          ": metadata.json was edited or does not belong to these weights (it differs from the copy "
                          "stored with the weights); re-export the model with `ekd export`");
+    if (!known_kind(kind)) return;
+    double cutoff = 0.0;
+    int n_interactions = 0;
+    metadata_cutoff_depth(text, path, cutoff, n_interactions);
+    bool same = false;
+    try {
+        same = module.attr("cutoff").toDouble() == cutoff && module.attr("n_interactions").toInt() == n_interactions;
+    } catch (const std::exception &) {  // no such attribute, or not a number
+        same = false;
+    }
+    if (!same)
+        throw ModelError("model " + path + ": metadata.json's cutoff / n_interactions are not the model's (" +
+                         std::to_string(cutoff) + ", " + std::to_string(n_interactions) +
+                         "); re-export the model with `ekd export`");
 }
 
 }  // namespace ekd_lammps

@@ -548,6 +548,13 @@ def check_binding(module, meta: ModelMetadata, path: str | Path, text: str | Non
             f"{path}: metadata.json was edited or does not belong to these weights (it differs from the copy "
             "stored with the weights); re-export the model (ekd export)"
         )
+    if meta.kind in KINDS:
+        has = (getattr(module, "cutoff", None), getattr(module, "n_interactions", None))
+        if has != (meta.cutoff, meta.n_interactions):
+            raise ModelFileError(
+                f"{path}: metadata.json's cutoff {meta.cutoff} and n_interactions {meta.n_interactions} are not the "
+                f"model's {has}; re-export the model (ekd export)"
+            )
 
 
 # ---------------------------------------------------------------------------------------------

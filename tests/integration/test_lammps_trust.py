@@ -122,6 +122,22 @@ def test_plugin_and_python_give_the_same_verdicts(files, tmp_path):
     assert "differs from the toy model code" in results[("code edited", False)][1]
 
 
+def test_plugin_and_python_metadata_checks_agree(tmp_path):
+    """The metadata validators of both readers (ekd_metadata.cpp, ekd.model_file.check_metadata)
+    on files whose metadata passes the binding check (model_files.rebind)."""
+    table = mf.metadata_files(tmp_path / "files")
+    results = _run_all({(name, False): path for name, (path, _) in table.items()}, tmp_path)
+    mismatches = []
+    for (name, _), (refused, output) in results.items():
+        path, want = table[name]
+        py = python_verdict(path, False)
+        if not (refused == py == want):
+            mismatches.append(f"{name}: lmp {refused}, python {py}, expected {want}\n{output[-600:]}")
+        if refused:
+            assert str(path) in output, (name, output[-1500:])
+    assert not mismatches, "\n".join(mismatches)
+
+
 def test_setstate_payload_runs_only_with_the_opt_in(files, tmp_path):
     table, target = files
     path = table["__setstate__ writes a file"][0]

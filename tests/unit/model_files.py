@@ -10,6 +10,7 @@ both readers (Python and the LAMMPS plugin) must reproduce.
 from __future__ import annotations
 
 import json
+import struct
 import zipfile
 from pathlib import Path
 
@@ -28,21 +29,25 @@ class SetStateWritesAFile(torch.nn.Module):
     """The attack of issue 14 (item 8): TorchScript runs a module's ``__setstate__`` while loading
     the file; this one creates ``target`` with ``torch.from_file(target, True, n)``."""
 
-    def __init__(self, target: str):
+    def __init__(self, target: str, cutoff: float, n_interactions: int):
         super().__init__()
         self.target = target
         self.metadata_json = ""
+        self.cutoff = cutoff  # disguised as an ekd model
+        self.n_interactions = n_interactions
 
     @torch.jit.export
-    def __getstate__(self) -> tuple[str, str, bool]:
-        return (self.target, self.metadata_json, self.training)
+    def __getstate__(self) -> tuple[str, str, float, int, bool]:
+        return (self.target, self.metadata_json, self.cutoff, self.n_interactions, self.training)
 
     @torch.jit.export
-    def __setstate__(self, state: tuple[str, str, bool]) -> None:
+    def __setstate__(self, state: tuple[str, str, float, int, bool]) -> None:
         self.target = state[0]
         self.metadata_json = state[1]
+        self.cutoff = state[2]
+        self.n_interactions = state[3]
         # the result feeds an attribute: TorchScript drops calls whose results are unused
-        self.training = torch.from_file(self.target, True, 16).numel() >= 0 and state[2]
+        self.training = torch.from_file(self.target, True, 16).numel() >= 0 and state[4]
 
     def forward(self, species: Tensor, pair_first: Tensor, pair_second: Tensor, r_ij: Tensor) -> Tensor:
         energy = torch.zeros(species.shape[0], dtype=r_ij.dtype)
@@ -90,6 +95,67 @@ def with_metadata(src: Path, dst: Path, **changes) -> Path:
     )
 
 
+def rebind(src: Path, dst: Path, **changes) -> Path:
+    """``src`` with metadata.json AND the weights' bound copy of it (a string in data.pkl) changed
+    alike: a file that passes the binding check, to test the metadata validators themselves."""
+    old = meta_text(src)
+    meta = json.loads(old)
+    meta.update(changes)
+    for k in [k for k, v in changes.items() if v is DROP]:
+        del meta[k]
+    new = json.dumps(meta, indent=1, sort_keys=True)
+
+    def pickled(text: str) -> bytes:  # BINUNICODE: opcode X, 4-byte little-endian length, UTF-8
+        data = text.encode()
+        return b"X" + struct.pack("<I", len(data)) + data
+
+    def change(name: str, data: bytes) -> bytes:
+        if name.endswith(METADATA):
+            return new.encode()
+        if name.endswith("/data.pkl"):
+            assert data.count(pickled(old)) == 1
+            return data.replace(pickled(old), pickled(new))
+        return data
+
+    return rewrite(src, dst, change)
+
+
+DROP = object()
+
+
+def metadata_files(d: Path) -> dict[str, tuple[Path, bool]]:
+    """name -> (file, refused): ekd toy files whose metadata (bound copy included) is changed, for
+    the metadata validators of both readers."""
+    d.mkdir(parents=True, exist_ok=True)
+    toy = toy_file(d / "toy.pt")
+    cases = {
+        "valid (role changed)": ({"role": "teacher"}, False),
+        "format": ({"format": "ekd-model-0"}, True),
+        "missing field": ({"description": DROP}, True),
+        "unknown field": ({"colour": "blue"}, True),
+        "kind unknown": ({"kind": "weird"}, True),
+        "cutoff negative": ({"cutoff": -1.0}, True),
+        "cutoff a string": ({"cutoff": "6.5"}, True),
+        "cutoff not the model's": ({"cutoff": 3.0}, True),
+        "n_interactions 1.5": ({"n_interactions": 1.5}, True),
+        "n_interactions 0": ({"n_interactions": 0}, True),
+        "n_interactions not the model's": ({"n_interactions": 1}, True),
+        "species unknown": ({"species": ["H", "Q"]}, True),
+        "species twice": ({"species": ["H", "H"]}, True),
+        "species empty": ({"species": []}, True),
+        "dtype": ({"dtype": "float16"}, True),
+        "energy unit": ({"energy_unit": "eV"}, True),
+        "ekd version": ({"ekd_version": "9.1.0"}, True),
+        "torch version": ({"torch_version": "1.13.1"}, True),
+        "ops library": ({"ops_library": "libother.so"}, True),
+        "torch.classes in the description": ({"description": "torch.classes"}, True),
+    }
+    return {
+        name: (rebind(toy, d / f"meta{i}.pt", **changes), refused)
+        for i, (name, (changes, refused)) in enumerate(cases.items())
+    }
+
+
 def toy_file(path: Path, cutoff: float = 6.5, n_interactions: int = 2) -> Path:
     module, meta = toy_model(SPECIES, cutoff=cutoff, n_interactions=n_interactions, seed=3)
     save_model(module, path, meta)
@@ -116,7 +182,8 @@ def _torchscript_file(module, path: Path, metadata: dict, bind: bool = True) -> 
 
 def evil_file(path: Path, target: Path, like: Path) -> Path:
     """:class:`SetStateWritesAFile` dressed as an ekd toy model (``like``'s metadata)."""
-    return _torchscript_file(SetStateWritesAFile(str(target)), path, json.loads(meta_text(like)))
+    meta = json.loads(meta_text(like))
+    return _torchscript_file(SetStateWritesAFile(str(target), meta["cutoff"], meta["n_interactions"]), path, meta)
 
 
 def bad_files(d: Path, target: Path) -> dict[str, tuple[Path, bool, bool]]:

@@ -94,6 +94,19 @@ def test_verdicts_on_bad_files(files):
     target.unlink(missing_ok=True)
 
 
+def test_metadata_checks_on_files_that_pass_the_binding(tmp_path):
+    """metadata.json and the weights' copy changed alike (model_files.rebind): the field checks
+    themselves, and cutoff / n_interactions must be the model's."""
+    for name, (path, refused) in mf.metadata_files(tmp_path).items():
+        try:
+            load_model(path)
+            verdict = False
+        except ModelFileError as e:
+            verdict = True
+            assert str(path) in str(e), (name, str(e))
+        assert verdict == refused, f"{name}: {'refused' if verdict else 'loaded'}"
+
+
 def test_setstate_payload_never_runs_without_the_opt_in(files):
     """Issue 14 item 8: the crafted file is refused by load_model and EKDCalculator, and the file
     its __setstate__ would create does not exist; with trust_code=True it does run (so the test
