@@ -186,7 +186,7 @@ def main(argv=None) -> int:
             head = (
                 f"{'run':<20}{'mode':<8}{'atoms':>6}{'s/step':>8}{'atom-st/s':>10}{'vs 1':>6}{'CPU us/at-st':>13}"
                 f"{'pairCPU':>8}"
-                f"{'pair':>7}{'halo':>6}{'neigh':>6}{'comm':>6}  {'ghosts/rank':<13}{'rows+/rank':<12}{'RSS MB/rank'}"
+                f"{'pair':>7}{'halo':>6}{'neigh':>6}{'comm':>6}   per rank: ghosts / extra model rows / max RSS MB"
             )
             print(head)
             base = best[0]
@@ -198,8 +198,8 @@ def main(argv=None) -> int:
                     f"{r['rate'] / base['rate']:>6.2f}{r['cpu_per_atom_step'] * 1e6:>13.1f}"
                     f"{r['pair_cpu_per_atom_step'] * 1e6:>8.1f}"
                     f"{r['pair'] / r['steps']:>7.3f}{r['halo'] / r['steps']:>6.3f}{r['neigh'] / r['steps']:>6.3f}"
-                    f"{r['comm'] / r['steps']:>6.3f}  {' '.join(r['ghosts']):<13}{' '.join(r['rows']):<12}"
-                    f"{' '.join(f'{m:.0f}' for m in r['rss_mb'])}"
+                    f"{r['comm'] / r['steps']:>6.3f}   {','.join(r['ghosts'])} / {','.join(r['rows'])} / "
+                    f"{','.join(f'{m:.0f}' for m in r['rss_mb'])}"
                 )
             halo2 = best[1]
             weak = best[len(configs) - 1]
