@@ -133,9 +133,9 @@ class ModelMetadata:
     species: tuple[str, ...]
     dtype: str = "float64"
     ops_library: str | None = None
-    kind: str = CUSTOM
     role: str = ""
     description: str = ""
+    kind: str = CUSTOM
     format: str = FORMAT
     energy_unit: str = ENERGY_UNIT
     length_unit: str = LENGTH_UNIT
