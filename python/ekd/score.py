@@ -642,7 +642,7 @@ def plot(result: ScoreResult, out_dir: str | os.PathLike) -> list[Path]:
         ax.legend(fontsize=7)
         written.append(_save(fig, out_dir / "forces_parity.png"))
 
-    fig = _figure(1.6 + 1.2 * len(labels), 4.0)
+    fig = _figure(max(4.0, 1.6 + 1.2 * len(labels)), 4.0)
     ax = fig.subplots()
     metrics = [("energy_rmse", "E"), ("delta_e_rmse", "ΔE"), ("force_rmse", "F")]
     bars = [
