@@ -83,6 +83,9 @@ def run_parallel(
 
     already_done: finished jobs not in ``jobs`` (reused results), shown in the progress bar.
     """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        # 0 used to mean "in this process" by accident: say what is valid instead
+        raise ValueError(f"workers: must be a whole number >= 1 (1: in this process), got {workers!r}")
     results: list[Any] = [None] * len(jobs)
     if not jobs:
         return results

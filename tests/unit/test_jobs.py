@@ -22,6 +22,12 @@ def test_parallel_equals_serial_and_keeps_order():
     assert run_parallel(math.sqrt, [], workers=2, desc="none", progress=False) == []
 
 
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True])
+def test_workers_below_one_are_refused(workers):
+    with pytest.raises(ValueError, match="workers: must be a whole number >= 1"):
+        run_parallel(math.sqrt, [1.0, 4.0], workers=workers, desc="", progress=False)
+
+
 def test_a_failing_job_raises_in_the_caller():
     with pytest.raises(ValueError, match="math domain error"):
         run_parallel(math.sqrt, [4.0, -1.0, 9.0], workers=2, desc="bad", progress=False)
