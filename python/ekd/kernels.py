@@ -99,11 +99,13 @@ def tensor_components(coord_pairs: torch.Tensor, dist_pairs: torch.Tensor, l_max
     rhat = coord_pairs / dist_pairs.unsqueeze(1)
     comps = [torch.ones_like(dist_pairs).unsqueeze(1), rhat]
     if l_max >= 2:
-        quad = rhat.unsqueeze(1) * rhat.unsqueeze(2)
-        quad = (quad + quad.transpose(1, 2)) / 2
-        tr = torch.diagonal(quad, dim1=1, dim2=2).sum(dim=1) / 3.0
-        quad = quad - tr.unsqueeze(1).unsqueeze(2) * torch.eye(3, dtype=tr.dtype, device=tr.device).unsqueeze(0)
-        comps.append(quad.reshape(-1, 9)[:, [0, 1, 2, 4, 5]])
+        # hippynn forms the symmetrised, trace-free 3 x 3 outer product and keeps 5 entries; the
+        # same 5 numbers straight from the components ((x y + y x) / 2 == x y exactly) avoid
+        # [P, 3, 3] temporaries and an indexing backward (~5 % of a box evaluation)
+        x, y, z = rhat.unbind(1)
+        xx, yy, zz = x * x, y * y, z * z
+        tr = (xx + yy + zz) / 3.0
+        comps.append(torch.stack((xx - tr, x * y, x * z, yy - tr, y * z), dim=1))
     return torch.cat(comps, dim=1)
 
 
