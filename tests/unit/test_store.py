@@ -168,3 +168,15 @@ def test_load_torch_refuses_pickled_objects_in_ekds_words(tmp_path):
     with pytest.raises(store.CorruptFileError, match="refuses to load it .unpickling it could run code") as err:
         store.load_torch(path, "checkpoint", "delete it")
     assert "weights_only" not in str(err.value)
+
+
+def test_errors_survive_the_trip_from_a_worker_process():
+    import pickle
+
+    for err in (
+        store.DiskFullError(errno.ENOSPC, "could not write x.pt: the disk is full", "x.pt"),
+        store.CorruptFileError("x.pt: checkpoint is not readable (empty); delete it"),
+        store.RunDirBusyError("run directory r is in use by `ekd run`"),
+    ):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err)
