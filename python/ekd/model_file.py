@@ -285,8 +285,8 @@ def _archive_entries(names: list[str], source: str) -> dict[str, str]:
             f"not a model file written by ekd. If you trust this file, load it with {OPT_IN}"
         )
     for n in names:
-        if not n.endswith("/"):
-            out[n.split("/", 1)[1]] = n
+        # directory entries too: torch never writes them, and the plugin's reader lists them
+        out[n.split("/", 1)[1]] = n
     return out
 
 

@@ -208,6 +208,7 @@ def bad_files(d: Path, target: Path) -> dict[str, tuple[Path, bool, bool]]:
             True,
         ),
         "unexpected entry": (rewrite(toy, d / "entry.pt", add={"extra/readme.txt": b"hello"}), True, False),
+        "directory entry": (rewrite(toy, d / "directory.pt", add={"code/": b""}), True, False),
         "entry named twice": (rewrite(toy, d / "twice.pt", add={"constants.pkl": b"\x80\x02)."}), True, True),
         "torch.classes in a pickle": (
             rewrite(toy, d / "classes.pt", lambda n, b: b + b"torch.classes" if n.endswith("constants.pkl") else b),
