@@ -211,6 +211,17 @@ def test_damaged_checkpoint_names_the_file_and_the_fix(trained, tmp_path, damage
     assert cli.main(argv) == 0 and (member / "done.json").exists()
 
 
+def test_truncated_member_model_names_the_file_and_the_fix(trained, tmp_path, capsys):
+    _, run_dir = _copy(trained, tmp_path)
+    member = run_dir / "gen0" / "teacher" / "member_00"
+    model = member / "model.pt"
+    model.write_bytes(model.read_bytes()[:1000])
+    assert cli.main(["export", str(member), "-o", str(tmp_path / "m.pt")]) == 2
+    line = _error(capsys)
+    assert f"{model}: model of a trained member is not readable (truncated or corrupt, 1000 bytes" in line
+    assert f"delete {member} and run the same command again to retrain that member" in line
+
+
 def test_truncated_labels_file_says_delete_and_rerun(trained, tmp_path, capsys):
     cfg, run_dir = _copy(trained, tmp_path)
     assert cli.main(["distill", "--config", str(cfg), "--run-dir", str(run_dir), "--quiet"]) == 0
