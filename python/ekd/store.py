@@ -213,7 +213,11 @@ def wait_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
     if fd is None:
         print(f"ekd: waiting for {_describe(_exclusive_holder(path))} to finish {what}", file=sys.stderr, flush=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:  # an interrupt while waiting
+            os.close(fd)
+            raise
     record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%H:%M:%S"), "command": what}
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
