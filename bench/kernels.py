@@ -347,13 +347,16 @@ def main():
         ap.error(f"--backends must start with ekd (ratios are against it), got {args.backends}")
     results = {}  # (load, threads, case, task, backend) -> worker result
     ceilings = {}
+    # the thread counts of one row run back to back (the 2t/1t ratio then compares like with like
+    # on a machine whose background load drifts over minutes)
     for load in [False, True] if args.load else [False]:
         with Load(3 * 3600) if load else contextlib.nullcontext():
             for threads in thread_list:
                 ceilings[load, threads] = run_worker(["--gemm-worker"], threads).get("gflops", float("nan"))
-                for case in args.cases.split(","):
-                    for task in args.tasks.split(","):
-                        for backend in backends:
+            for case in args.cases.split(","):
+                for task in args.tasks.split(","):
+                    for backend in backends:
+                        for threads in thread_list:
                             reason = skip_reason(case, backend, task)
                             repeats = args.repeats if case == "molecules" else max(2, args.repeats // 2)
                             r = {"skipped": reason} if reason else measure(case, backend, task, repeats, threads)
