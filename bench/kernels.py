@@ -1,6 +1,14 @@
 """Benchmark of HIPNN interaction kernels: ekd vs hippynn's numba and pure-torch backends.
 
-One command:  python bench/kernels.py [--threads 1] [--repeats 3] [--cases molecules,box]
+One command:  python bench/kernels.py [--threads 1,2] [--load] [--repeats 5] [--cases molecules,box] [--profile]
+
+--load runs every row a second time with a busy Python process alongside (it stops by itself after
+3 h or as soon as the bench is gone). Each row prints ekd's median wall time and process CPU time
+per call, ekd's 2-thread / 1-thread time, each peer's time and its ratio to ekd, the analytic
+FLOP count of the call (`flops`), the achieved GFLOP/s and its fraction of the fp32 GEMM rate
+measured in the same run at the same thread count and load (the ceiling). --profile adds the
+per-op time of ekd's box inference (torch.profiler). On a shared machine, read wall times with
+the CPU column: at 1 thread, wall >> CPU means other processes had the core.
 
 Model: the paper's HipnnQuad (2 interaction layers, width 128, 4 atom layers, 20 sensitivities,
 sensitivity range 0.75-5.5 Angstrom, hard cutoff 6.5), float32, energy = sum over layers of linear
@@ -9,8 +17,8 @@ read-outs (hippynn's HEnergy form). Inputs:
   box:       448 CH3ONO on an 8 x 8 x 7 lattice in a 35.7 Angstrom periodic cube (3,136 atoms).
 Pairs come from ekd's neighbor list (not timed) and are the same for every backend.
 
-Tasks, each timed in a fresh subprocess (peak memory = that process's maxrss, which includes
-~0.3-0.4 GB of Python + torch + hippynn):
+Tasks (--tasks; default infer,train), each timed in a fresh subprocess (peak memory = that
+process's maxrss, which includes ~0.3-0.4 GB of Python + torch + hippynn):
   ops    envsum / sensesum / featsum at the second layer's sizes (hippynn stacks the 9 tensor
          components: 180 sensitivities x 128 features) and, for ekd, the factorised tensor_envsum
   infer  energy + forces
