@@ -360,3 +360,33 @@ def test_pair_coeff_elements_against_type_masses(tmp_path, models):
 
     proc = run_lammps(tmp_path, _mass_script(model, "H C N O"))
     assert not [x for x in proc.stdout.splitlines() if "pair_coeff gives it" in x]
+
+
+def test_halo_without_atom_ids_equals_ghosts(tmp_path, models):
+    """Without atom IDs the model rows cannot be folded by ID: mode halo then exchanges the
+    features of every ghost copy; same energy and pressure as the test oracle, mode ghosts."""
+    results = {}
+    for mode in ("ghosts", "halo"):
+        script = f"""
+units real
+atom_modify id no
+atom_style atomic
+region box block 0 10 0 10 0 10
+create_box 4 box
+create_atoms 1 random 30 1234 NULL overlap 1.2
+create_atoms 2 random 30 4321 NULL overlap 1.2
+mass 1 12.011
+mass 2 1.008
+mass 3 14.007
+mass 4 15.999
+pair_style ekd mode {mode}
+pair_coeff * * {models["L3"]} C H N O
+thermo_style custom step pe press
+thermo_modify format float %.17g
+run 0
+"""
+        log = run_lammps(tmp_path, script, nprocs=3).stdout
+        assert f"pair_style ekd: mode {mode}" in log
+        results[mode] = thermo_rows(log)[-1]
+    for key in ("PotEng", "Press"):
+        assert results["halo"][key] == pytest.approx(results["ghosts"][key], rel=TOL)
