@@ -120,7 +120,13 @@ def write_data(atoms, path: Path, units: str = "real"):
 
 
 def single_point_script(
-    model_files, periodic: bool, units: str = "real", extra: str = "", columns: str = "", mode: str = "auto"
+    model_files,
+    periodic: bool,
+    units: str = "real",
+    extra: str = "",
+    columns: str = "",
+    mode: str = "auto",
+    trust: bool = False,
 ) -> str:
     boundary = "p p p" if periodic else "f f f"
     files = " ".join(str(p) for p in model_files)
@@ -129,7 +135,7 @@ units {units}
 atom_style atomic
 boundary {boundary}
 read_data data.lmp
-pair_style ekd mode {mode}
+pair_style ekd mode {mode}{" trust_code yes" if trust else ""}
 pair_coeff * * {files} {" ".join(SPECIES)}
 compute vir all pressure NULL virial
 {extra}
@@ -147,10 +153,10 @@ def read_dump(path: Path) -> np.ndarray:
     return np.array([[float(v) for v in x.split()] for x in lines[start:]])
 
 
-def lammps_single_point(workdir, atoms, model_files, units="real", mode="auto"):
+def lammps_single_point(workdir, atoms, model_files, units="real", mode="auto", trust=False):
     """(energy, forces [N, 3], virial [3, 3], extra dump columns, log) in LAMMPS units."""
     write_data(atoms, workdir / "data.lmp", units)
-    proc = run_lammps(workdir, single_point_script(model_files, atoms.pbc.any(), units, mode=mode))
+    proc = run_lammps(workdir, single_point_script(model_files, atoms.pbc.any(), units, mode=mode, trust=trust))
     row = thermo_rows(proc.stdout)[-1]
     w = np.array([row[f"c_vir[{k}]"] for k in range(1, 7)]) * row["Volume"] / NKTV2P[units]
     virial = np.array([[w[0], w[3], w[4]], [w[3], w[1], w[5]], [w[4], w[5], w[2]]])
@@ -158,12 +164,12 @@ def lammps_single_point(workdir, atoms, model_files, units="real", mode="auto"):
     return row["PotEng"], dump[:, 1:4], virial, dump[:, 4:], proc.stdout
 
 
-def ase_single_point(atoms, model_files, units="real"):
+def ase_single_point(atoms, model_files, units="real", trust=False):
     from ekd.calculator import EKDCalculator
     from ekd.units import EV_TO_KCALMOL
 
     atoms = atoms.copy()
-    atoms.calc = EKDCalculator([str(p) for p in model_files])
+    atoms.calc = EKDCalculator([str(p) for p in model_files], trust_code=trust)
     factor = EV_TO_KCALMOL if units == "real" else 1.0
     e = atoms.get_potential_energy() * factor
     f = atoms.get_forces() * factor
@@ -234,25 +240,31 @@ def _ops_model_file(path: Path, dtype: str) -> Path:
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_model_calling_ekd_ops(tmp_path, dtype):
-    """The op library named in the metadata is loaded by the plugin; float32 agrees to float32."""
+    """The op library named in the metadata is loaded by the plugin; float32 agrees to float32.
+    (A custom module: its code is not ekd's, so both readers need the trust opt-in.)"""
     model = _ops_model_file(tmp_path / "ops.pt", dtype)
     atoms = ch3ono_box(2, seed=4)
-    e_l, f_l, w_l, _, _ = lammps_single_point(tmp_path, atoms, [model])
-    e_a, f_a, w_a, _ = ase_single_point(atoms, [model])
+    e_l, f_l, w_l, _, _ = lammps_single_point(tmp_path, atoms, [model], trust=True)
+    e_a, f_a, w_a, _ = ase_single_point(atoms, [model], trust=True)
     tol = TOL if dtype == "float64" else 1e-5
     assert abs(e_l - e_a) <= tol * abs(e_a)
     np.testing.assert_allclose(f_l, f_a, rtol=0, atol=tol * np.abs(f_a).max())
     np.testing.assert_allclose(w_l, 0.5 * (w_a + w_a.T), rtol=0, atol=tol * np.abs(w_a).max())
 
 
-def test_ghost_depth_is_what_makes_it_agree(tmp_path, models):
-    """The comparison above is sensitive to the ghost depth: the same 2-layer model whose metadata
-    claims 1 layer gets a ghost shell of one cutoff and is wrong far beyond the tolerance."""
+def test_metadata_that_misstates_the_depth_is_refused(tmp_path, models):
+    """The LAMMPS = ASE comparisons above are sensitive to the ghost depth, which the plugin takes
+    from the metadata: a 2-layer model whose metadata.json was edited to claim 1 layer would get a
+    ghost shell of one cutoff and wrong forces with exit 0. The metadata is bound to the weights,
+    so the plugin refuses it, with or without the trust opt-in."""
     lie = _bad_model(tmp_path / "lie.pt", models, n_interactions=1)
     atoms = ch3ono_box(2)
-    e_l, f_l, *_ = lammps_single_point(tmp_path, atoms, [lie], mode="ghosts")
-    e_a, f_a, *_ = ase_single_point(atoms, [models["L2"]])
-    assert np.abs(f_l - f_a).max() > 100 * TOL * np.abs(f_a).max()
+    write_data(atoms, tmp_path / "data.lmp")
+    for trust in (False, True):
+        proc = run_lammps(tmp_path, single_point_script([lie], True, mode="ghosts", trust=trust), check=False)
+        assert proc.returncode != 0
+        assert "lie.pt" in proc.stdout + proc.stderr
+        assert "metadata" in proc.stdout + proc.stderr
 
 
 def test_ensemble_mean_and_force_spread(tmp_path, models):
