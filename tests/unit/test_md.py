@@ -199,3 +199,37 @@ def test_cli_validates_overrides_like_the_yaml(tmp_path, capsys):
 
     assert cli.main(["md-stability", "--run-dir", str(tmp_path), "--dt", "0.5,-1", "--quiet"]) == 2
     assert "md.timesteps_fs: must all be > 0" in capsys.readouterr().err
+
+
+def test_cached_exports_of_an_earlier_model_format_are_redone(tmp_path, monkeypatch):
+    """md-stability reuses its exported models only when they come from the same trained member
+    AND are of this ekd's model-file format: an ekd-model-1 export left in an old run directory
+    would be refused by the (untrusted) loaders, so it is exported again."""
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import ekd.export
+    from ekd.md.stability import export_models
+    from ekd.model_file import FORMAT
+
+    member = tmp_path / "teacher" / "member_00"
+    member.mkdir(parents=True)
+    (member / "done.json").write_text("{}")
+    run = SimpleNamespace(group=lambda role: SimpleNamespace(n_members=1), member_dir=lambda group, m: member)
+    calls = []
+
+    def fake_export(src, dst, dtype):
+        calls.append(dst)
+        Path(dst).write_text("model")
+
+    monkeypatch.setattr(ekd.export, "export_member", fake_export)
+    out = tmp_path / "md"
+    export_models(run, ["teacher"], None, "float64", out)
+    export_models(run, ["teacher"], None, "float64", out)
+    assert len(calls) == 1  # reused while source and format match
+    stamp = out / "models" / "teacher_m00_float64.json"
+    assert json.loads(stamp.read_text())["format"] == FORMAT
+    stamp.write_text(json.dumps({"source": json.loads(stamp.read_text())["source"]}))  # an earlier release's stamp
+    export_models(run, ["teacher"], None, "float64", out)
+    assert len(calls) == 2

@@ -255,6 +255,7 @@ def select_roles(requested, present, strict: bool = False) -> list[str]:
 def export_models(run, roles, n_models: int | None, dtype: str, out_dir: Path) -> dict[str, list[str]]:
     """Export the finished members of ``roles`` of a :class:`ekd.workflow.Run` (once; reused)."""
     from ..export import export_member
+    from ..model_file import FORMAT
 
     models = {}
     for role in roles:
@@ -267,11 +268,13 @@ def export_models(run, roles, n_models: int | None, dtype: str, out_dir: Path) -
                 raise FileNotFoundError(f"md-stability: {role} member {m} ({src}) is not trained yet (no done.json)")
             dst = out_dir / "models" / f"{role}_m{m:02d}_{dtype}.pt"
             stamp = dst.with_suffix(".json")
-            source_digest = _file_digest(src / "done.json")
-            if not (dst.exists() and stamp.exists() and json.loads(stamp.read_text())["source"] == source_digest):
+            # the model-file format is part of the stamp: exports of an earlier format (which this
+            # ekd would refuse to open untrusted) are redone, not handed to the MD engines
+            want = {"source": _file_digest(src / "done.json"), "format": FORMAT}
+            if not (dst.exists() and stamp.exists() and json.loads(stamp.read_text()) == want):
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 export_member(src, dst, dtype=dtype)
-                atomic_text(stamp, json.dumps({"source": source_digest}))
+                atomic_text(stamp, json.dumps(want))
             paths.append(str(dst))
         models[role] = paths
     return models
