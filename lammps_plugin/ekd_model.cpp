@@ -77,6 +77,9 @@ struct Model::Impl {
     torch::ScalarType dtype;
     std::string path;
     bool staged = false;
+    // whether interaction() takes n_out (computes the owned rows only); files made by an earlier
+    // ekd-model-2 exporter (trust_code opt-in) compute every row
+    bool rows_arg = false;
     int n_interactions = 0;
     std::vector<int64_t> widths;
 
@@ -136,6 +139,8 @@ Model::Model(const std::string &path, const std::string &ops_library, bool float
                 throw ModelError("model " + path + ": feature width " + std::to_string(w) +
                                  " is not positive; re-export the model with `ekd export`");
         impl_->staged = true;
+        for (const auto &a : m.get_method("interaction").function().getSchema().arguments())
+            if (a.name() == "n_out") impl_->rows_arg = true;
     }
 }
 
@@ -157,7 +162,11 @@ void Model::evaluate_halo(const PairInputs &in, int64_t n_local, HaloExchange &e
     const auto &F = impl_->widths;
     const auto N = in.n_atoms;
 
-    // forward, keeping each layer's graph: z_in[k] (a leaf) -> (z_out[k], e_out[k])
+    // forward, keeping each layer's graph: z_in[k] (a leaf, all N rows) -> (z_out[k], e_out[k]) for
+    // the M first rows: the owned atoms (rows 0..n_local-1 of PairInputs, and the pairs' first atoms
+    // are owned). The other rows' outputs would be overwritten by the exchange, so the model computes
+    // them only when its code cannot skip them (M = N).
+    const int64_t M = impl_->rows_arg ? n_local : N;
     std::vector<torch::Tensor> z_in(K), z_out(K), e_out(K);
     torch::Tensor z, energy;
     try {
@@ -173,19 +182,22 @@ void Model::evaluate_halo(const PairInputs &in, int64_t n_local, HaloExchange &e
         for (int k = 0; k < K; ++k) {
             // embed's features of ghosts are already their owners' (they depend on the species only)
             z_in[k] = z.detach().requires_grad_(k > 0);
-            auto out = interaction({static_cast<int64_t>(k), z_in[k], first, second, r}).toTuple();
+            std::vector<c10::IValue> args{static_cast<int64_t>(k), z_in[k], first, second, r};
+            if (impl_->rows_arg) args.emplace_back(M);
+            auto out = interaction(args).toTuple();
             z_out[k] = out->elements().at(0).toTensor();
             e_out[k] = out->elements().at(1).toTensor();
-            if (z_out[k].dim() != 2 || z_out[k].size(0) != N || z_out[k].size(1) != F[k + 1])
+            if (z_out[k].dim() != 2 || z_out[k].size(0) != M || z_out[k].size(1) != F[k + 1])
                 throw impl_->bad_shape("interaction " + std::to_string(k) + "'s features", z_out[k],
-                                       "[" + std::to_string(N) + ", " + std::to_string(F[k + 1]) + "]");
-            if (e_out[k].dim() != 1 || e_out[k].size(0) != N)
+                                       "[" + std::to_string(M) + ", " + std::to_string(F[k + 1]) + "]");
+            if (e_out[k].dim() != 1 || e_out[k].size(0) != M)
                 throw impl_->bad_shape("interaction " + std::to_string(k) + "'s energies", e_out[k],
-                                       "[" + std::to_string(N) + "]");
+                                       "[" + std::to_string(M) + "]");
             energy += e_out[k].narrow(0, 0, n_local).detach().to(torch::kDouble);
             if (k + 1 < K) {
-                // the ghosts' rows of the new features are wrong (ghosts have no pairs): owners' values
-                auto zd = own_double(z_out[k]);
+                // the other rows (not computed, or wrong: those atoms have no pairs here) <- owners' values
+                auto zd = torch::zeros({N, F[k + 1]}, dopt);
+                zd.narrow(0, 0, n_local).copy_(z_out[k].detach().narrow(0, 0, n_local));
                 ex.forward(zd.data_ptr<double>(), static_cast<int>(F[k + 1]));
                 z = zd.to(impl_->dtype);
             }
@@ -210,8 +222,9 @@ void Model::evaluate_halo(const PairInputs &in, int64_t n_local, HaloExchange &e
                 grad_outputs.push_back(torch::ones_like(e_owned));
             }
             if (g_next.defined() && z_out[k].requires_grad()) {
-                outputs.push_back(z_out[k]);
-                grad_outputs.push_back(g_next);
+                // g_next's rows beyond the owned ones are zero (ex.reverse moved them to their owners)
+                outputs.push_back(z_out[k].narrow(0, 0, n_local));
+                grad_outputs.push_back(g_next.narrow(0, 0, n_local));
             }
             if (k > 0) inputs.push_back(z_in[k]);
             std::vector<torch::Tensor> gs;

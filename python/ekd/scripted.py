@@ -51,8 +51,10 @@ A module that calls an op needs the library loaded before ``torch.jit.load`` (``
 :class:`ScriptedHipnnTorch` (model kind "hipnn-torch"), whose code calls no op.
 
 Stage methods (``ekd-model-2``, for LAMMPS's per-layer halo exchange): ``embed(species)`` ->
-(one-hot features, per-element offsets) and ``interaction(k, z, pair_first, pair_second, r_ij)``
--> (block k's output features, the block's per-atom read-out energy); ``forward`` is their sum.
+(one-hot features, per-element offsets) and ``interaction(k, z, pair_first, pair_second, r_ij,
+n_out=-1)`` -> (block k's output features, the block's per-atom read-out energy), for the first
+n_out rows only when n_out >= 0 (the pair sums read all rows of z; the dense layers run on the kept
+rows: LAMMPS keeps its owned atoms); ``forward`` is their sum.
 :class:`ScriptedToy` (kind "toy") is a small test model with the same interface.
 
 After changing a scripted class, regenerate the canonical code: ``python -m ekd.model_file
@@ -298,6 +300,18 @@ def _check_stage(k: int, n_interactions: int, z: Tensor, width: int) -> None:
         )
 
 
+def _check_rows(k: int, n_out: int, n_atoms: int) -> None:
+    if n_out < -1 or n_out > n_atoms:
+        raise ValueError(
+            "interaction "
+            + str(k)
+            + ": n_out must be -1 (all rows) or lie in [0, "
+            + str(n_atoms)
+            + "] (the rows of z), got "
+            + str(n_out)
+        )
+
+
 def _empty(dtype: torch.dtype) -> Tensor:
     return torch.zeros(0, dtype=dtype)
 
@@ -470,10 +484,15 @@ class ScriptedHipnn(nn.Module):
         return _contract_tensor_envsum(angular, s, z, weights, pair_first, pair_second)
 
     def _interaction(
-        self, k: int, z: Tensor, pair_first: Tensor, pair_second: Tensor, d: Tensor, angular: Tensor
+        self, k: int, z: Tensor, pair_first: Tensor, pair_second: Tensor, d: Tensor, angular: Tensor, n_out: int
     ) -> tuple[Tensor, Tensor]:
         s = self._sensitivities(k, d)
         t = self._contract(angular, s, z, self.int_weights[k], pair_first, pair_second)  # [A, C, O]
+        if n_out >= 0:
+            # the pair sums read every row of z; the dense layers run on the rows the caller keeps
+            # (LAMMPS's halo mode: owned atoms; the others' rows come from their owners)
+            t = t[:n_out]
+            z = z[:n_out]
         out = t[:, 0]
         if self.l_max >= 1:
             vec = torch.sqrt(torch.square(t[:, 1:4]).sum(dim=1) + self.cusp_reg[k])
@@ -504,14 +523,16 @@ class ScriptedHipnn(nn.Module):
 
     @torch.jit.export
     def interaction(
-        self, k: int, z: Tensor, pair_first: Tensor, pair_second: Tensor, r_ij: Tensor
+        self, k: int, z: Tensor, pair_first: Tensor, pair_second: Tensor, r_ij: Tensor, n_out: int = -1
     ) -> tuple[Tensor, Tensor]:
-        """Block k: features z [N, F_k] -> (z [N, F_{k+1}], the block's per-atom energy [N] kcal/mol)."""
+        """Block k: features z [N, F_k] -> (z [M, F_{k+1}], the block's per-atom energy [M] kcal/mol)
+        for the first M = n_out rows (-1: M = N, all rows); the pair sums still read all N rows of z."""
         _check_stage(k, self.n_interactions, z, self.feature_widths[k])
         _check_pairs(z.shape[0], pair_first, pair_second, r_ij)
+        _check_rows(k, n_out, z.shape[0])
         r = r_ij.to(self.offsets.dtype)
         d = torch.linalg.vector_norm(r, dim=1)
-        return self._interaction(k, z.to(self.offsets.dtype), pair_first, pair_second, d, self._angular(r, d))
+        return self._interaction(k, z.to(self.offsets.dtype), pair_first, pair_second, d, self._angular(r, d), n_out)
 
     def forward(self, species: Tensor, pair_first: Tensor, pair_second: Tensor, r_ij: Tensor) -> Tensor:
         """species [N] int64, pair_first/pair_second [P] int64, r_ij [P, 3] Angstrom -> energies [N] kcal/mol."""
@@ -523,7 +544,7 @@ class ScriptedHipnn(nn.Module):
         d = torch.linalg.vector_norm(r, dim=1)
         angular = self._angular(r, d)
         for k in range(self.n_interactions):
-            z, e = self._interaction(k, z, pair_first, pair_second, d, angular)
+            z, e = self._interaction(k, z, pair_first, pair_second, d, angular, -1)
             energy = energy + e
         return energy.to(r_ij.dtype)
 
@@ -604,13 +625,25 @@ class ScriptedToy(nn.Module):
         return d, fc, basis
 
     def _interaction(
-        self, k: int, h: Tensor, pair_first: Tensor, pair_second: Tensor, d: Tensor, fc: Tensor, basis: Tensor
+        self,
+        k: int,
+        h: Tensor,
+        pair_first: Tensor,
+        pair_second: Tensor,
+        d: Tensor,
+        fc: Tensor,
+        basis: Tensor,
+        n_out: int,
     ) -> tuple[Tensor, Tensor]:
         message = nn.functional.linear(basis, self.radial[k]) * h[pair_second]
-        h = torch.tanh(h + torch.zeros_like(h).index_add(0, pair_first, message))
+        summed = torch.zeros_like(h).index_add(0, pair_first, message)
         e = torch.zeros(h.shape[0], dtype=h.dtype, device=h.device)
         if k == 0:
             e = e.index_add(0, pair_first, 0.5 * self.repulsion * torch.exp(-d / self.rho) * fc)
+        if n_out >= 0:
+            # the rows the caller keeps (see ScriptedHipnn._interaction)
+            h, summed, e = h[:n_out], summed[:n_out], e[:n_out]
+        h = torch.tanh(h + summed)
         if k == self.n_interactions - 1:
             hidden = torch.tanh(nn.functional.linear(h, self.hidden_w, self.hidden_b))
             e = e + nn.functional.linear(hidden, self.out_w, self.out_b).squeeze(1)
@@ -627,19 +660,21 @@ class ScriptedToy(nn.Module):
 
     @torch.jit.export
     def interaction(
-        self, k: int, z: Tensor, pair_first: Tensor, pair_second: Tensor, r_ij: Tensor
+        self, k: int, z: Tensor, pair_first: Tensor, pair_second: Tensor, r_ij: Tensor, n_out: int = -1
     ) -> tuple[Tensor, Tensor]:
-        """Layer k: h [N, width] -> (h [N, width], the layer's per-atom energy [N] kcal/mol)."""
+        """Layer k: h [N, width] -> (h [M, width], the layer's per-atom energy [M] kcal/mol) for the
+        first M = n_out rows (-1: M = N); the messages still read all N rows of h."""
         _check_stage(k, self.n_interactions, z, self.feature_widths[k])
         _check_pairs(z.shape[0], pair_first, pair_second, r_ij)
+        _check_rows(k, n_out, z.shape[0])
         d, fc, basis = self._basis(r_ij)
-        return self._interaction(k, z, pair_first, pair_second, d, fc, basis)
+        return self._interaction(k, z, pair_first, pair_second, d, fc, basis, n_out)
 
     def forward(self, species: Tensor, pair_first: Tensor, pair_second: Tensor, r_ij: Tensor) -> Tensor:
         h, energy = self.embed(species)
         d, fc, basis = self._basis(r_ij)
         for k in range(self.n_interactions):
-            h, e = self._interaction(k, h, pair_first, pair_second, d, fc, basis)
+            h, e = self._interaction(k, h, pair_first, pair_second, d, fc, basis, -1)
             energy = energy + e
         return energy
 

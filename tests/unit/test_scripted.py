@@ -325,3 +325,37 @@ def test_trained_member_from_its_directory(xtb_dataset, xtb_splits, tmp_path):
     _assert_close(e, e_ref, "energies")
     _assert_close(f, f_ref[xtb_dataset.species > 0], "forces")
     assert scripted.metadata(tmp_path / "t", module)["role"] == "teacher"
+
+
+@pytest.mark.parametrize("kind", ["toy", *ENVSUMS])
+def test_interaction_n_out_gives_the_first_rows(kind):
+    """interaction(k, ..., n_out=m) equals the first m rows of interaction(k, ..., -1) (what LAMMPS's
+    halo mode asks for: the owned rows, pair sums reading every row); -1 is forward's path."""
+    g = torch.Generator().manual_seed(1)
+    n = 9
+    pos = torch.rand(n, 3, generator=g, dtype=torch.float64) * 3.0
+    species = torch.tensor([1, 6, 1, 1, 6, 1, 6, 1, 6])
+    i, j = torch.triu_indices(n, n, 1)
+    first, second = torch.cat([i, j]), torch.cat([j, i])
+    r = pos[second] - pos[first]
+    if kind == "toy":
+        module = scripted.ScriptedToy([1, 6], 3.0, 2, 5, 4)
+    else:
+        module = scripted.example_hipnn(kind, 2, 2, 4)
+        assert type(module) is (scripted.ScriptedHipnnTorch if kind == "torch" else scripted.ScriptedHipnn)
+    module = torch.jit.script(module)
+    z, _ = module.embed(species)
+    for k in range(module.n_interactions):
+        # features that differ per row, so a wrong row would show
+        z = z + 0.1 * torch.randn(z.shape, generator=g, dtype=z.dtype)
+        z_all, e_all = module.interaction(k, z, first, second, r)
+        assert z_all.shape == (n, module.feature_widths[k + 1]) and e_all.shape == (n,)
+        for m in (0, 4, n):
+            z_m, e_m = module.interaction(k, z, first, second, r, m)
+            assert z_m.shape == (m, module.feature_widths[k + 1]) and e_m.shape == (m,)
+            np.testing.assert_allclose(z_m, z_all[:m], rtol=1e-13, atol=1e-14)
+            np.testing.assert_allclose(e_m, e_all[:m], rtol=1e-13, atol=1e-14)
+        z = z_all
+    for bad in (-2, n + 1):
+        with pytest.raises(Exception, match="n_out must be -1"):
+            module.interaction(0, module.embed(species)[0], first, second, r, bad)
