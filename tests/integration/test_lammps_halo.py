@@ -390,3 +390,41 @@ run 0
         results[mode] = thermo_rows(log)[-1]
     for key in ("PotEng", "Press"):
         assert results["halo"][key] == pytest.approx(results["ghosts"][key], rel=TOL)
+
+
+def test_stage_methods_without_n_out_still_run_in_halo(tmp_path, models):
+    """A file whose interaction() has no n_out (ekd-model-2 files written before it existed; they
+    compute every row) runs in mode halo with the trust opt-in and gives the numbers of the current
+    code, which computes the owned rows only."""
+    import torch
+
+    from ekd.export import ATOMIC_NUMBERS, save_model, toy_model
+    from ekd.scripted import ScriptedToy
+
+    class EarlierToy(ScriptedToy):
+        @torch.jit.export
+        def interaction(
+            self, k: int, z: torch.Tensor, pair_first: torch.Tensor, pair_second: torch.Tensor, r_ij: torch.Tensor
+        ):
+            d, fc, basis = self._basis(r_ij)
+            return self._interaction(k, z, pair_first, pair_second, d, fc, basis, -1)
+
+    _, meta = toy_model(SPECIES, cutoff=CUTOFF, n_interactions=2, seed=2)  # models["L2"]
+    with torch.random.fork_rng():
+        torch.manual_seed(2)
+        earlier = EarlierToy([ATOMIC_NUMBERS[s] for s in SPECIES], CUTOFF, 2, 16, 8, torch.float64)
+    old = tmp_path / "earlier.pt"
+    save_model(earlier.eval(), old, {**meta.__dict__, "kind": "custom"})
+    atoms = ch3ono_box(2, seed=1)
+    results = {}
+    for name, f in (("current", models["L2"]), ("earlier", old)):
+        d = tmp_path / name
+        d.mkdir()
+        write_data(atoms, d / "data.lmp")
+        script = single_point_script([f], True, mode="halo", trust=name == "earlier")
+        proc = run_lammps(d, script, nprocs=2)
+        assert "pair_style ekd: mode halo" in proc.stdout
+        results[name] = thermo_rows(proc.stdout)[-1]["PotEng"], read_dump(d / "forces.dump")[:, 1:4]
+    (e_c, f_c), (e_o, f_o) = results["current"], results["earlier"]
+    assert abs(e_o - e_c) <= TOL * abs(e_c)
+    np.testing.assert_allclose(f_o, f_c, rtol=0, atol=TOL * np.abs(f_c).max())
