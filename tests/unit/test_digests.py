@@ -65,4 +65,3 @@ def _digests(cfg) -> tuple:
 def test_digests_of_existing_runs_are_unchanged(name):
     cfg = config.default_config() if name == "default" else config.load(CONFIGS / name)
     assert _digests(cfg) == RECORDED[name]
-
