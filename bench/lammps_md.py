@@ -4,7 +4,7 @@
 
 System: 448 CH3ONO molecules (3,136 atoms) in a 35.7 Angstrom periodic cube at ~1.0 g/cm^3 (the box
 of bench/neighbors.py). Model: --model (an exported file, e.g. the distilled student) or, by
-default, ekd's toy message-passing model (ekd.export.toy_model: 2 interaction layers, cutoff
+default, ekd's toy message-passing model (ekd.testing.toy_model: 2 interaction layers, cutoff
 5 Angstrom, width 32, float32) standing in until the HIPNN exporter lands.
 
 Both engines run velocity-Verlet NVE (0.25 fs, 300 K start) on the same file and box, with torch
@@ -53,9 +53,10 @@ from ase.md.verlet import VelocityVerlet
 
 import ekd
 from ekd.calculator import EKDCalculator
-from ekd.export import load_model, save_model, toy_model
 from ekd.md.box import methyl_nitrite_box  # the box of bench/neighbors.py and of ekd md-stability
+from ekd.model_file import load_model, save_model
 from ekd.models import use_kernels
+from ekd.testing import toy_model
 
 BIN = Path(sys.executable).parent
 TIMESTEP_FS = 0.25

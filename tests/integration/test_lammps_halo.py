@@ -39,7 +39,8 @@ TOL = 1e-10
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from ekd.export import save_model, toy_model
+    from ekd.model_file import save_model
+    from ekd.testing import toy_model
 
     d = tmp_path_factory.mktemp("halo_models")
     specs = {
@@ -66,7 +67,7 @@ def _small_hipnn(path: Path) -> None:
 
     from ekd import scripted
     from ekd.config import ModelConfig
-    from ekd.export import save_model
+    from ekd.model_file import save_model
     from ekd.models import build_model
 
     arch = ModelConfig(
@@ -259,7 +260,7 @@ def _format1_file(path: Path) -> Path:
 
     import torch
 
-    from ekd.export import _quiet_jit
+    from ekd.model_file import _quiet_jit
 
     class Forward(torch.nn.Module):
         def forward(self, species, pair_first, pair_second, r_ij):
@@ -398,8 +399,9 @@ def test_stage_methods_without_n_out_still_run_in_halo(tmp_path, models):
     code, which computes the owned rows only."""
     import torch
 
-    from ekd.export import ATOMIC_NUMBERS, save_model, toy_model
+    from ekd.model_file import ATOMIC_NUMBERS, save_model
     from ekd.scripted import ScriptedToy
+    from ekd.testing import toy_model
 
     class EarlierToy(ScriptedToy):
         @torch.jit.export

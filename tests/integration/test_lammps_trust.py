@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ekd.export import ModelFileError, load_model
+from ekd.model_file import ModelFileError, load_model
 from tests.unit import model_files as mf
 
 pytestmark = [

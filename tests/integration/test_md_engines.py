@@ -27,7 +27,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    from ekd.export import save_model, toy_model
+    from ekd.model_file import save_model
+    from ekd.testing import toy_model
 
     path = tmp_path_factory.mktemp("md") / "toy.pt"
     module, meta = toy_model(("C", "H", "N", "O"), cutoff=4.0, n_interactions=2, seed=1)

@@ -38,7 +38,9 @@ from ase.build import molecule
 from ase.io.lammpsdata import write_lammps_data
 import ekd
 from ekd.calculator import EKDCalculator
-from ekd.export import lammps_plugin_path, save_model, toy_model
+from ekd.model_file import save_model
+from ekd.plugin import lammps_plugin_path
+from ekd.testing import toy_model
 from ekd.units import EV_TO_KCALMOL
 
 module, meta = toy_model(("C", "H", "N", "O"), cutoff=3.5, n_interactions=2, seed=7)

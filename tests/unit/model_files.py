@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ekd.export import FORMAT_1, ModelMetadata, _quiet_jit, save_model, toy_model
-from ekd.model_file import OPS_LIBRARY
+from ekd.model_file import FORMAT_1, OPS_LIBRARY, ModelMetadata, _quiet_jit, save_model
 from ekd.scripted import available_ops, example_hipnn
+from ekd.testing import toy_model
 
 SPECIES = ("H", "C")
 METADATA = "extra/metadata.json"

@@ -180,9 +180,10 @@ def test_output_into_a_missing_directory(trained, tmp_path, capsys):
 
 def test_model_file_error_is_one_line(trained, tmp_path, monkeypatch, capsys):
     from ekd import export
+    from ekd.model_file import ModelFileError
 
     def refuse(*args, **kwargs):
-        raise export.ModelFileError("m.pt: metadata.json does not belong to these weights;\nre-export the model")
+        raise ModelFileError("m.pt: metadata.json does not belong to these weights;\nre-export the model")
 
     monkeypatch.setattr(export, "export_member", refuse)
     _, run_dir = trained

@@ -15,16 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from ekd.export import (
-    FORMAT,
-    ModelFileError,
-    ModelMetadata,
-    _quiet_jit,
-    lammps_plugin_dir,
-    load_model,
-    save_model,
-    toy_model,
-)
+from ekd.model_file import FORMAT, ModelFileError, ModelMetadata, _quiet_jit, load_model, save_model
+from ekd.plugin import lammps_plugin_dir
+from ekd.testing import toy_model
 
 SPECIES = ("C", "H", "N", "O")
 

@@ -1,5 +1,5 @@
 """HIPNN interaction ops (torch.ops.ekd.envsum / sensesum / featsum / tensor_envsum /
-tensor_sensesum) against the pure-torch oracle in ekd.reference, and their use by hippynn.
+tensor_sensesum) against the pure-torch oracle in ekd.testing.reference, and their use by hippynn.
 
 Real inputs: ASE's G2 geometries (ase.build.molecule) and a periodic box of them, pairs from
 ekd's own neighbor list; sensitivities from the distances with a smooth cutoff.
@@ -14,8 +14,8 @@ import pytest
 import torch
 from ase.build import molecule
 
-from ekd import reference as ref
 from ekd._ops import neighbor_list, ops
+from ekd.testing import reference as ref
 
 FLOATS = (torch.float32, torch.float64)
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-12, atol=1e-12)}

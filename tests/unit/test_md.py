@@ -1,6 +1,6 @@
 """ekd.md: the CH3ONO box, failure detection, the resumable sweep, its table and bad inputs.
 
-Models: ekd's toy message-passing model (:func:`ekd.export.toy_model`, random weights with a
+Models: ekd's toy message-passing model (:func:`ekd.testing.toy_model`, random weights with a
 short-range repulsion, float64), so that MD costs milliseconds per step. Box numbers (35.68 A for
 448 molecules at 1.0 g/cm^3) follow from ASE's CH3ONO masses (61.04 g/mol) and Avogadro's number.
 """
@@ -23,7 +23,8 @@ SPECIES = ("C", "H", "N", "O")
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    from ekd.export import save_model, toy_model
+    from ekd.model_file import save_model
+    from ekd.testing import toy_model
 
     path = tmp_path_factory.mktemp("md") / "toy.pt"
     module, meta = toy_model(SPECIES, cutoff=4.0, n_interactions=1, seed=1)
@@ -113,7 +114,8 @@ def test_atoms_forced_close_fail_on_the_first_frame(toy, monkeypatch):
 
 
 def test_run_bad_inputs(toy, tmp_path):
-    from ekd.export import save_model, toy_model
+    from ekd.model_file import save_model
+    from ekd.testing import toy_model
 
     with pytest.raises(ValueError, match="dt_fs: the time step must be > 0"):
         run_one(RunSpec((toy,), dt_fs=0.0, t_max_ps=0.01))

@@ -19,8 +19,9 @@ import torch
 
 from ekd import model_file
 from ekd.calculator import EKDCalculator
-from ekd.export import ModelFileError, UntrustedModelError, load_model, save_model, toy_model
+from ekd.model_file import ModelFileError, UntrustedModelError, load_model, save_model
 from ekd.scripted import ScriptedToy, available_ops, example_hipnn
+from ekd.testing import toy_model
 from tests.unit import model_files as mf
 
 

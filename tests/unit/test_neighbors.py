@@ -17,7 +17,7 @@ from ase.build import bulk, fcc111, molecule
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
 from ekd import _ops
-from ekd.reference import neighbor_list_reference
+from ekd.testing.reference import neighbor_list_reference
 
 # ---------------------------------------------------------------------------------------------
 # structures

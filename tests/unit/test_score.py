@@ -42,7 +42,8 @@ def files(tmp_path_factory, groups):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from ekd.export import save_model, toy_model
+    from ekd.model_file import save_model
+    from ekd.testing import toy_model
 
     d = tmp_path_factory.mktemp("models")
     out = {}
@@ -275,7 +276,7 @@ def test_run_members_on_the_runs_test_file_reproduce_metrics_json(tmp_path):
     metrics = load_metrics(run_dir / "metrics.json")
 
     groups, window, left_out = score.run_groups(run_dir)
-    assert window == 50.0 and [g.label for g in groups] == ["teacher"] and left_out == []
+    assert window == 50.0 and [g.name for g in groups] == ["teacher"] and left_out == []
     result = score.score_models(score.load_test(test), groups, window)
     for label, got in result.groups.items():
         expected = metrics["roles"][label]["test_pool"]
@@ -290,7 +291,7 @@ def test_run_members_on_the_runs_test_file_reproduce_metrics_json(tmp_path):
                 assert mine[key] == theirs[key], (label, key)
 
     only, _, _ = score.run_groups(run_dir, ["teacher"])
-    assert [g.label for g in only] == ["teacher"]
+    assert [g.name for g in only] == ["teacher"]
     with pytest.raises(ValueError, match=r"no group 'student_gen1' in this run; groups: \['teacher'\]"):
         score.run_groups(run_dir, ["student_gen1"])
     # a member still training: the group is not scored half

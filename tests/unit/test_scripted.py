@@ -298,11 +298,10 @@ def test_metadata_fits_the_export_format(member, module, xtb_dataset, tmp_path):
     assert scripted.metadata(member, scripted.script_member(member, torch.float32, "torch"))["ops_library"] is None
 
     # the deployment developer's writer and reader accept it, and the loaded model computes the same
-    export = pytest.importorskip("ekd.export")
-    if not hasattr(export, "save_model"):
-        pytest.skip("ekd.export.save_model not there yet")
-    export.save_model(module, tmp_path / "model.pt", meta)
-    loaded, stored = export.load_model(tmp_path / "model.pt")
+    from ekd.model_file import load_model, save_model
+
+    save_model(module, tmp_path / "model.pt", meta)
+    loaded, stored = load_model(tmp_path / "model.pt")
     assert stored.species == ("H", "C", "N", "O") and stored.cutoff == meta["cutoff"]
     species, mol, pos, first, second = _flat_pairs(xtb_dataset.subset(np.arange(0, 120, 6)), 2.6)
     r_ij = pos[second] - pos[first]
