@@ -283,14 +283,14 @@ def evaluate_role(predictions: Mapping, reference: Mapping, window: float = 100.
 # metrics.json
 
 
-def _plain(obj, where: str = "metrics"):
-    """numpy -> Python; non-finite floats -> None (strict JSON)."""
+def plain_json(obj, where: str = "metrics"):
+    """numpy -> Python; non-finite floats -> None (strict JSON). ``where`` names the place in errors."""
     if isinstance(obj, Mapping):
-        return {str(k): _plain(v, f"{where}.{k}") for k, v in obj.items()}
+        return {str(k): plain_json(v, f"{where}.{k}") for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return [plain_json(v, f"{where}[{i}]") for i, v in enumerate(obj)]
     if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist(), where)
+        return plain_json(obj.tolist(), where)
     if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
     if isinstance(obj, (int, np.integer)):
@@ -331,9 +331,9 @@ def write_metrics(path: str | os.PathLike, metrics: Mapping) -> Path:
     complete or not at all (temp file in the same directory, then rename).
     """
     path = Path(path)
-    plain = {"schema": SCHEMA, **_plain(metrics)}
-    _check_schema(plain, str(path))
-    text = json.dumps(plain, indent=1, allow_nan=False)
+    doc = {"schema": SCHEMA, **plain_json(metrics)}
+    _check_schema(doc, str(path))
+    text = json.dumps(doc, indent=1, allow_nan=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -365,6 +365,7 @@ __all__ = [
     "conformer_pair_errors",
     "evaluate_role",
     "load_metrics",
+    "plain_json",
     "score",
     "summarize",
     "write_metrics",

@@ -1,20 +1,16 @@
 """Score models on any benchmark file (``ekd score``): exported model files, or the members of a
 run, on an ANI-layout HDF5 file with its own keys and units.
 
-* The file is read by ekd's one loader (:func:`ekd.data.load_dataset`): its units are what the
-  caller declares (``--energy-unit`` / ``--length-unit``), checked against the file's
-  ``energy_unit`` / ``length_unit`` attributes (a contradiction is an error), else the attribute's,
-  else the ANI releases' Hartree / Angstrom. Keys: ``energy_key`` or the file's only ``*.energy``
-  key; ``forces_key`` or, when the file has it, the forces of the energy's level (``<level>.forces``).
-  Configurations without a reference energy are left out, as in a run's evaluation.
+* The file is read by :func:`ekd.benchmark.load_test` (its keys, units and conformer marks are
+  described there).
 * Metrics are :mod:`ekd.evaluate`'s (the numbers of a run's ``metrics.json``): energy RMSE/MAE,
   conformer ΔE RMSE/MAE over all pairs of a molecule's configurations within the window, force
   RMSE/MAE per component. When the file has a per-configuration ``kind`` dataset (strings), only
   configurations with ``kind == "conformer"`` form ΔE pairs; the energy and force errors use every
   configuration.
 * Groups: the model files given form one group ("models", one member per file); a run directory
-  gives its groups (teacher, student_gen1, ..., or those asked for). Each group: its members'
-  scores, their mean ± std, and the score of the ensembled (mean) prediction.
+  gives its groups (teacher, student_gen1, ..., or those asked for; see :mod:`ekd.groups`). Each
+  group: its members' scores, their mean ± std, and the score of the ensembled (mean) prediction.
 * A model that lacks an element of the file is an error naming the molecule and element, unless
   ``skip_unknown_elements``: then the molecules with such elements are left out for every model (so
   that all are scored on the same configurations) and listed in the result.
@@ -33,160 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataFileError, Dataset, Units, load_dataset, resolve_units
-from .evaluate import METRICS, evaluate_role, summarize
+from .benchmark import ScoreError, TestSet, choose_keys, load_test
+from .data import Dataset
+from .evaluate import METRICS, evaluate_role, plain_json, summarize
 from .evaluate import score as score_predictions
+from .tables import COLUMNS, fmt, text_table
 
 SCHEMA = "ekd.score/1"
-#: the per-configuration dataset that marks conformers (only these form ΔE pairs when present)
-KIND_KEY = "kind"
-CONFORMER = "conformer"
 DEFAULT_WINDOW = 100.0
 MODELS_GROUP = "models"
-
-
-class ScoreError(ValueError):
-    """A scoring request that cannot be done as asked; the message says why and what to do."""
-
-
-# ------------------------------------------------------------------------------------------
-# the benchmark file
-
-
-@dataclass(frozen=True)
-class TestSet:
-    """A benchmark file in internal units.
-
-    data: the configurations with a known reference energy (``energy``, ``reference_forces`` if
-        a forces key is used). conformer: (n,) bool, the configurations that may form ΔE pairs.
-    """
-
-    path: Path
-    data: Dataset
-    keys: dict[str, str]
-    units: Units
-    conformer: np.ndarray
-    has_kind: bool
-    n_without_energy: int = 0
-    skipped: tuple[dict, ...] = ()
-
-    def subset(self, keep: np.ndarray, skipped: Sequence[dict]) -> TestSet:
-        return TestSet(
-            self.path,
-            self.data.subset(keep),
-            self.keys,
-            self.units,
-            self.conformer[keep],
-            self.has_kind,
-            self.n_without_energy,
-            tuple(skipped),
-        )
-
-
-def _property_keys(path: Path) -> list[str]:
-    """Names of the per-configuration arrays of an ANI-layout file (every group's, sorted)."""
-    import h5py
-
-    from .data.ani import _NON_PROPERTY_KEYS, _iter_h5_groups, _open
-
-    keys: set[str] = set()
-    with _open(path) as h5:
-        for _, g in _iter_h5_groups(h5, str(path)):
-            keys.update(k for k, v in g.items() if isinstance(v, h5py.Dataset) and k not in _NON_PROPERTY_KEYS)
-    return sorted(keys)
-
-
-def choose_keys(
-    path: str | os.PathLike, energy_key: str | None = None, forces_key: str | None = None
-) -> dict[str, str]:
-    """{"energy": key[, "reference_forces": key]} of data file ``path`` (see the module docstring)."""
-    path = Path(path)
-    if energy_key and forces_key:
-        return {"energy": energy_key, "reference_forces": forces_key}
-    present = _property_keys(path)
-    if not energy_key:
-        energies = [k for k in present if k.endswith(".energy") or k == "energy"]
-        if len(energies) != 1:
-            found = f"it has {energies}" if energies else f"it has no '*.energy' key (keys: {present})"
-            raise ScoreError(f"{path}: which energy to score against? {found}; choose one with --energy-key")
-        energy_key = energies[0]
-    keys = {"energy": energy_key}
-    if forces_key:
-        keys["reference_forces"] = forces_key
-    else:
-        level = energy_key[: -len("energy")] if energy_key.endswith("energy") else None
-        if level is not None and f"{level}forces" in present:
-            keys["reference_forces"] = f"{level}forces"
-    return keys
-
-
-def _conformer_marks(path: Path, data: Dataset) -> tuple[np.ndarray, bool]:
-    """(n,) True where a configuration may form ΔE pairs, and whether the file has ``kind``.
-
-    Called on the dataset as loaded (before any subset): its rows are the file's groups in order,
-    each group's configurations in file order."""
-    import h5py
-
-    from .data.ani import _iter_h5_groups, _open
-
-    kinds: dict[str, np.ndarray | None] = {}
-    with _open(path) as h5:
-        for name, g in _iter_h5_groups(h5, str(path)):
-            item = g.get(KIND_KEY)
-            if item is None:
-                kinds[name] = None
-                continue
-            raw = item[()] if isinstance(item, h5py.Dataset) else None
-            n_conf = g["coordinates"].shape[0] if g["coordinates"].ndim == 3 else 1
-            if not isinstance(raw, np.ndarray) or raw.dtype.kind not in "SUO" or raw.shape != (n_conf,):
-                raise DataFileError(
-                    f"{path}: group {name!r}, key {KIND_KEY!r}: expected {n_conf} strings (one per configuration, "
-                    f"e.g. 'conformer'), got {raw.dtype if isinstance(raw, np.ndarray) else type(raw).__name__} "
-                    f"of shape {getattr(raw, 'shape', ())}"
-                )
-            kinds[name] = np.array([(s.decode() if isinstance(s, bytes) else str(s)).strip() for s in raw])
-    marked = [name for name, k in kinds.items() if k is not None]
-    if not marked:
-        return np.ones(len(data), dtype=bool), False
-    unmarked = [name for name in data.molecule_names if kinds.get(name) is None]
-    if unmarked:
-        raise DataFileError(
-            f"{path}: groups {marked[:3]} mark their configurations with a {KIND_KEY!r} dataset but "
-            f"{unmarked[:3]}{' and more' if len(unmarked) > 3 else ''} do not; give every group a {KIND_KEY!r} "
-            f"dataset ('{CONFORMER}' for the configurations that form ΔE pairs) or none"
-        )
-    rows = np.concatenate([kinds[name] for name in data.molecule_names])
-    if rows.shape != (len(data),):
-        raise DataFileError(f"{path}: {KIND_KEY!r} datasets hold {rows.size} entries for {len(data)} configurations")
-    return rows == CONFORMER, True
-
-
-def load_test(
-    path: str | os.PathLike,
-    energy_key: str | None = None,
-    forces_key: str | None = None,
-    energy_unit: str | None = None,
-    length_unit: str | None = None,
-) -> TestSet:
-    """Read a benchmark file (see the module docstring for keys and units)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--test {path}: no such file")
-    keys = choose_keys(path, energy_key, forces_key)
-    try:
-        declared = Units(energy_unit, length_unit)
-    except ValueError as e:
-        raise ScoreError(f"{e} (--energy-unit / --length-unit)") from None
-    options = ("--energy-unit", "--length-unit")
-    # resolved here only to be reported; the loader checks the same declaration against the file
-    units = resolve_units(path, declared, options)
-    data = load_dataset(path, keys, declared, declared_as=options)
-    conformer, has_kind = _conformer_marks(path, data)
-    known = data.mask("energy")
-    if not known.any():
-        raise DataFileError(f"{path}: no configuration has a reference energy under {keys['energy']!r} (all NaN)")
-    return TestSet(path, data.subset(known), keys, units, conformer[known], has_kind, int((~known).sum()))
-
 
 # ------------------------------------------------------------------------------------------
 # models
@@ -199,18 +50,19 @@ Predictor = Callable[[Dataset, Callable[[int], None]], tuple[np.ndarray, np.ndar
 
 @dataclass
 class ModelGroup:
-    """Members scored together (one row of the tables): names, known elements, predictors."""
+    """Members scored together (one row of the tables): the group's name and role (see
+    :mod:`ekd.groups`), and per member its name, known elements and predictor."""
 
-    label: str
+    name: str
     role: str
     generation: int = 0
-    names: list[str] = field(default_factory=list)
+    member_names: list[str] = field(default_factory=list)
     elements: list[tuple[int, ...]] = field(default_factory=list)
     predictors: list[Predictor] = field(default_factory=list)
     study: str | None = None
 
     def add(self, name: str, elements: Sequence[int], predictor: Predictor) -> None:
-        self.names.append(name)
+        self.member_names.append(name)
         self.elements.append(tuple(int(z) for z in elements))
         self.predictors.append(predictor)
 
@@ -273,10 +125,10 @@ def model_files(paths: Sequence[str | os.PathLike], trust_code: bool = False, ba
 
 
 def run_groups(
-    run_dir: str | os.PathLike, labels: Sequence[str] | None = None
+    run_dir: str | os.PathLike, names: Sequence[str] | None = None
 ) -> tuple[list[ModelGroup], float, list[str]]:
-    """The groups of a run directory (``labels``, or every group whose members are all trained), the
-    run's conformer window, and the labels of the groups left out because they are not fully trained.
+    """The groups of a run directory (those ``names``, or every group whose members are all trained),
+    the run's conformer window, and the names of the groups left out because they are not fully trained.
     Members predict as in the run's own evaluation (:meth:`ekd.train.Member.predict`)."""
     from . import config
     from .train import load_member
@@ -290,8 +142,8 @@ def run_groups(
     # read only: Run writes nothing into an existing run directory that has its config.yaml
     run = Run(cfg, run_dir, progress=False)
     available = run.groups()
-    if labels:
-        chosen = [run.group(label) for label in labels]
+    if names:
+        chosen = [run.group(name) for name in names]
     else:
         chosen = available
     out, left_out = [], []
@@ -299,7 +151,7 @@ def run_groups(
         dirs = [run.member_dir(g, m) for m in range(g.n_members)]
         unfinished = [d for d in dirs if not (d / "done.json").exists()]
         if unfinished:
-            if labels:
+            if names:
                 raise ScoreError(
                     f"--groups {g.label}: {len(unfinished)} of its {g.n_members} members are not trained "
                     f"(no {unfinished[0] / 'done.json'}); finish the run (ekd run) or leave the group out"
@@ -335,7 +187,7 @@ def check_elements(test: TestSet, groups: Sequence[ModelGroup], skip: bool = Fal
     drop = np.zeros(len(data), dtype=bool)
     skipped: dict[str, dict] = {}
     for group in groups:
-        for name, known in zip(group.names, group.elements, strict=True):
+        for name, known in zip(group.member_names, group.elements, strict=True):
             unknown = sorted(set(data.elements) - set(known))
             for z in unknown:
                 rows = (data.species == z).any(axis=1)
@@ -478,11 +330,11 @@ class ScoreResult:
 
     def metrics(self, set_name: str = "test") -> dict:
         """The groups in the layout of a run's metrics (:mod:`ekd.evaluate`), for :mod:`ekd.report`."""
-        roles = {}
-        for label, g in self.groups.items():
+        groups = {}
+        for name, g in self.groups.items():
             entry = {k: g[k] for k in ("role", "generation", "n_members")}
             entry[set_name] = {k: g[k] for k in ("members", "summary", "ensemble")}
-            roles[label] = entry
+            groups[name] = entry
         sets = {
             set_name: {
                 "description": str(self.test.path),
@@ -490,7 +342,7 @@ class ScoreResult:
                 "n_molecules": int(np.unique(self.test.data.molecule).size),
             }
         }
-        return {"config": {"evaluate": {"conformer_window": self.window}}, "sets": sets, "roles": roles}
+        return {"config": {"evaluate": {"conformer_window": self.window}}, "sets": sets, "roles": groups}
 
 
 def score_models(
@@ -501,12 +353,12 @@ def score_models(
     progress: bool = False,
 ) -> ScoreResult:
     """Predict ``test`` with every member of every group and score them (see the module docstring).
-    ``molecules``: also per-molecule scores (``groups[label]["per_molecule"]``)."""
+    ``molecules``: also per-molecule scores (``groups[name]["per_molecule"]``)."""
     from tqdm import tqdm
 
     if not (isinstance(window, int | float) and math.isfinite(window) and window > 0):
         raise ScoreError(f"--conformer-window must be a number of kcal/mol > 0, got {window!r}")
-    total = len(test.data) * sum(len(g.names) for g in groups)
+    total = len(test.data) * sum(len(g.member_names) for g in groups)
     out, preds = {}, {}
     with tqdm(total=total, desc="scoring", unit="conf", disable=not progress, leave=False) as bar:
         for group in groups:
@@ -519,16 +371,16 @@ def score_models(
             entry = {
                 "role": group.role,
                 "generation": group.generation,
-                "n_members": len(group.names),
-                "member_names": list(group.names),
+                "n_members": len(group.member_names),
+                "member_names": list(group.member_names),
                 **score_group(p, test, window),
             }
             if group.study:
                 entry["study"] = group.study
             if molecules:
                 entry["per_molecule"] = per_molecule(p, test, window)
-            out[group.label] = entry
-            preds[group.label] = p
+            out[group.name] = entry
+            preds[group.name] = p
     return ScoreResult(test, window, out, preds)
 
 
@@ -536,20 +388,8 @@ def score_models(
 # output
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(row):
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-
-    rule = "-" * len(line(header))
-    return [rule, line(header), rule, *map(line, rows), rule]
-
-
 def format_result(result: ScoreResult, molecules: bool = False) -> str:
     """The tables ``ekd score`` prints: per group its members, their mean ± std, the ensemble."""
-    from .report import COLUMNS, fmt
-
     d = result.to_dict()
     t = d["test"]
     forces = repr(t["forces_key"]) if t["forces_key"] else "(none: no force errors)"
@@ -568,105 +408,54 @@ def format_result(result: ScoreResult, molecules: bool = False) -> str:
         )
     header = ["", "k", *(h for _, h in COLUMNS)]
     rows = []
-    for label, g in result.groups.items():
+    for group, g in result.groups.items():
         rows.append(
-            [label, str(g["n_members"]), *(fmt(g["summary"][k]["mean"], g["summary"][k]["std"]) for k, _ in COLUMNS)]
+            [group, str(g["n_members"]), *(fmt(g["summary"][k]["mean"], g["summary"][k]["std"]) for k, _ in COLUMNS)]
         )
         if g["n_members"] > 1:
-            rows.append([f"  ensembled {label}", "mean", *(fmt(g["ensemble"][k]) for k, _ in COLUMNS)])
+            rows.append([f"  ensembled {group}", "mean", *(fmt(g["ensemble"][k]) for k, _ in COLUMNS)])
         for name, s in zip(g["member_names"], g["members"], strict=True) if g["n_members"] > 1 else ():
             rows.append([f"  {name}", "1", *(fmt(s[k]) for k, _ in COLUMNS)])
-    lines += _table(header, rows)
+    lines += text_table(header, rows)
     if molecules:
-        for label, g in result.groups.items():
+        for group, g in result.groups.items():
             k = g["n_members"]
             lines.append("")
-            lines.append(f"{label}: per molecule, " + ("the ensembled prediction" if k > 1 else "the model"))
+            lines.append(f"{group}: per molecule, " + ("the ensembled prediction" if k > 1 else "the model"))
             body = [
                 [mol, str(s["n_configurations"]), *(fmt(s["ensemble"][key]) for key, _ in COLUMNS)]
                 for mol, s in g["per_molecule"].items()
             ]
-            lines += _table(["molecule", "n", *(h for _, h in COLUMNS)], body)
+            lines += text_table(["molecule", "n", *(h for _, h in COLUMNS)], body)
     return "\n".join(lines)
 
 
 def write_json(result: ScoreResult, path: str | os.PathLike) -> Path:
     """The result as strict JSON (NaN -> null), written atomically."""
-    from .evaluate import _plain
     from .store import atomic_text
 
     path = Path(path)
-    text = json.dumps(_plain(result.to_dict(), "score"), indent=1, allow_nan=False)
+    text = json.dumps(plain_json(result.to_dict(), "score"), indent=1, allow_nan=False)
     atomic_text(path, text + "\n")
     return path
 
 
 def plot(result: ScoreResult, out_dir: str | os.PathLike) -> list[Path]:
-    """``energy_parity.png`` and ``forces_parity.png`` (the ensembled prediction of each group against
-    the reference; energies relative to each molecule's lowest reference energy) and ``errors.png``
-    (E, ΔE and F RMSE per group, members' mean ± std). Needs matplotlib."""
-    from .report import _bar_groups, _figure, _save
+    """``energy_parity.png``, ``forces_parity.png`` and ``errors.png`` of ``result`` in ``out_dir``
+    (see :func:`ekd.figures.parity_figures`). Needs matplotlib."""
+    from .figures import parity_figures
 
-    out_dir = Path(out_dir)
     data = result.test.data
-    ref_e = data.properties["energy"]
-    lowest = np.full(len(data.molecule_names), np.inf)
-    np.minimum.at(lowest, data.molecule, ref_e)
-    offset = lowest[data.molecule]
-    ref_f = data.properties.get("reference_forces")
-    labels = list(result.groups)
-    colours = [f"C{i % 10}" for i in range(len(labels))]
-    written = []
-
-    fig = _figure(4.6, 4.4)
-    ax = fig.subplots()
-    for label, colour in zip(labels, colours, strict=True):
-        pred = result.predictions[label]["energy"].mean(axis=0)
-        ax.scatter(ref_e - offset, pred - offset, s=6, alpha=0.6, color=colour, label=label)
-    _diagonal(ax)
-    ax.set_xlabel("reference E − molecule's lowest reference E (kcal/mol)")
-    ax.set_ylabel("predicted E − same offset (kcal/mol)")
-    ax.legend(fontsize=7)
-    written.append(_save(fig, out_dir / "energy_parity.png"))
-
-    if ref_f is not None:
-        fig = _figure(4.6, 4.4)
-        ax = fig.subplots()
-        ok = (data.species > 0) & np.isfinite(ref_f).all(axis=-1)
-        for label, colour in zip(labels, colours, strict=True):
-            pred = result.predictions[label]["forces"].mean(axis=0)
-            ax.scatter(ref_f[ok].ravel(), pred[ok].ravel(), s=3, alpha=0.4, color=colour, label=label)
-        _diagonal(ax)
-        ax.set_xlabel("reference force component (kcal/mol/Å)")
-        ax.set_ylabel("predicted force component (kcal/mol/Å)")
-        ax.legend(fontsize=7)
-        written.append(_save(fig, out_dir / "forces_parity.png"))
-
-    fig = _figure(max(4.0, 1.6 + 1.2 * len(labels)), 4.0)
-    ax = fig.subplots()
-    metrics = [("energy_rmse", "E"), ("delta_e_rmse", "ΔE"), ("force_rmse", "F")]
-    bars = [
-        (
-            label,
-            colour,
-            [result.groups[label]["summary"][k]["mean"] for k, _ in metrics],
-            [result.groups[label]["summary"][k]["std"] for k, _ in metrics],
-        )
-        for label, colour in zip(labels, colours, strict=True)
-    ]
-    _bar_groups(ax, [name for _, name in metrics], bars, "kcal/mol, kcal/mol/Å")
-    ax.legend(fontsize=7)
-    ax.set_title(f"{result.test.path.name} (error bars: std over members)", fontsize=9)
-    written.append(_save(fig, out_dir / "errors.png"))
-    return written
-
-
-def _diagonal(ax) -> None:
-    lo = min(ax.get_xlim()[0], ax.get_ylim()[0])
-    hi = max(ax.get_xlim()[1], ax.get_ylim()[1])
-    ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.6)
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(lo, hi)
+    reference = {
+        "energy": data.properties["energy"],
+        "forces": data.properties.get("reference_forces"),
+        "molecule": data.molecule,
+        "n_molecules": len(data.molecule_names),
+        "species": data.species,
+    }
+    summaries = {name: g["summary"] for name, g in result.groups.items()}
+    title = f"{result.test.path.name} (error bars: std over members)"
+    return parity_figures(Path(out_dir), reference, result.predictions, summaries, title)
 
 
 __all__ = [

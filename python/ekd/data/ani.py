@@ -32,7 +32,7 @@ COORDINATE_KEY = "coordinates"
 # file, so that the identity (group, conformer) survives the filter.
 CONFORMER_KEY = "conformer_index"
 # Per-group arrays that are descriptions, not per-configuration properties.
-_NON_PROPERTY_KEYS = {*SPECIES_KEYS, COORDINATE_KEY, CONFORMER_KEY, "smiles", "name"}
+NON_PROPERTY_KEYS = {*SPECIES_KEYS, COORDINATE_KEY, CONFORMER_KEY, "smiles", "name"}
 
 
 class DataFileError(ValueError):
@@ -91,7 +91,7 @@ def _species_to_z(raw: np.ndarray, where: str) -> np.ndarray:
     return z
 
 
-def _iter_h5_groups(
+def iter_groups(
     h5: h5py.Group, file: str, wanted: Sequence[str] = (), prefix: str = ""
 ) -> Iterator[tuple[str, h5py.Group]]:
     """Groups that hold configurations (have a ``coordinates`` dataset), depth first, sorted.
@@ -119,10 +119,11 @@ def _iter_h5_groups(
                 f"{file}: group {path!r} holds {data_keys} but no 'coordinates' dataset; every group with "
                 "configuration data needs 'coordinates' of shape (n_conf, n_atoms, 3) (fix or remove the group)"
             )
-        yield from _iter_h5_groups(item, file, wanted, path)
+        yield from iter_groups(item, file, wanted, path)
 
 
-def _open(path: str | os.PathLike) -> h5py.File:
+def open_file(path: str | os.PathLike) -> h5py.File:
+    """``path`` opened read-only, or an error naming it (missing, a directory, not HDF5)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data file {path} does not exist")
@@ -144,8 +145,8 @@ def read_ani(path: str | os.PathLike, keys: Iterable[str] | None = None) -> list
     wanted = None if keys is None else list(dict.fromkeys(keys))
     groups: list[MoleculeGroup] = []
     found: set[str] = set()
-    with _open(path) as h5:
-        for name, g in _iter_h5_groups(h5, str(path), wanted or ()):
+    with open_file(path) as h5:
+        for name, g in iter_groups(h5, str(path), wanted or ()):
             where = f"{path}: group {name!r}"
             skey = next((k for k in SPECIES_KEYS if k in g), None)
             if skey is None:
@@ -171,7 +172,7 @@ def read_ani(path: str | os.PathLike, keys: Iterable[str] | None = None) -> list
                     "infinite coordinates"
                 )
             props: dict[str, np.ndarray] = {}
-            names = wanted if wanted is not None else [k for k in g if k not in _NON_PROPERTY_KEYS]
+            names = wanted if wanted is not None else [k for k in g if k not in NON_PROPERTY_KEYS]
             for key in names:
                 if key not in g:
                     continue
@@ -237,12 +238,21 @@ def _conformer_index(g: h5py.Group, n_conf: int, where: str) -> np.ndarray | Non
 
 def _peek_keys(path, name) -> list[str]:
     with h5py.File(path, "r") as h5:
-        return [k for k in h5[name].keys() if k not in _NON_PROPERTY_KEYS]
+        return [k for k in h5[name].keys() if k not in NON_PROPERTY_KEYS]
+
+
+def property_keys(path: str | os.PathLike) -> list[str]:
+    """Names of the per-configuration arrays of an ANI-layout file (every group's, sorted)."""
+    keys: set[str] = set()
+    with open_file(path) as h5:
+        for _, g in iter_groups(h5, str(path)):
+            keys.update(k for k, v in g.items() if isinstance(v, h5py.Dataset) and k not in NON_PROPERTY_KEYS)
+    return sorted(keys)
 
 
 def read_file_attrs(path: str | os.PathLike) -> dict[str, object]:
     """Top-level HDF5 attributes (ekd writes its units and provenance there)."""
-    with _open(path) as h5:
+    with open_file(path) as h5:
         return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in h5.attrs.items()}
 
 
