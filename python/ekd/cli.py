@@ -14,6 +14,8 @@ import traceback
 from dataclasses import replace
 from pathlib import Path
 
+from .groups import ROLES
+
 
 class UsageError(ValueError):
     """A command line that asks for something the run does not have."""
@@ -44,25 +46,27 @@ def _config(args, existing_run: bool = False):
 
 
 def _group(run, role: str, generation: int):
-    """The group of ``--role`` / ``--generation`` in ``run``, or an error saying what the run has."""
-    if role == "student":
+    """The main group of ``--role`` / ``--generation`` in ``run``, or an error saying what the run has."""
+    from .groups import BASELINE, CONTROL, STUDENT, student_group
+
+    if role == STUDENT:
         n = run.cfg.ensemble.generations
         if not 1 <= generation <= n:
             raise UsageError(
                 f"--generation {generation}: this configuration has {n} student generation(s) "
                 f"(ensemble.generations: {n}); choose 1..{n}"
             )
-        label = f"student_gen{generation}"
+        name = student_group(generation)
     else:
-        label = role
-    labels = [g.label for g in run.groups()]
-    if label not in labels:
+        name = role  # the main group of every other role is named after it
+    names = [g.label for g in run.groups()]
+    if name not in names:
         why = {
-            "control": "ensemble.controls is false",
-            "baseline": "it needs ensemble.baseline: true and data.reference_forces_key",
+            CONTROL: "ensemble.controls is false",
+            BASELINE: "it needs ensemble.baseline: true and data.reference_forces_key",
         }.get(role, "")
-        raise UsageError(f"--role {role}: this run has no {role} group ({why}); its groups: {', '.join(labels)}")
-    return run.group(label)
+        raise UsageError(f"--role {role}: this run has no {role} group ({why}); its groups: {', '.join(names)}")
+    return run.group(name)
 
 
 def _run(args) -> int:
@@ -192,8 +196,8 @@ def _score(args) -> int:
     test = score.load_test(args.test, args.energy_key, args.forces_key, args.energy_unit, args.length_unit)
     window = args.conformer_window
     if args.run_dir:
-        labels = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None
-        groups, run_window, left_out = score.run_groups(args.run_dir, labels)
+        names = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None
+        groups, run_window, left_out = score.run_groups(args.run_dir, names)
         window = run_window if window is None else window
         if left_out:
             print(f"left out (members not all trained yet): {', '.join(left_out)}")
@@ -339,7 +343,7 @@ def parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("train", help="train the members of one role (or one member: a job-array task)")
     common(sp)
-    sp.add_argument("--role", required=True, choices=["teacher", "student", "control", "baseline"])
+    sp.add_argument("--role", required=True, choices=ROLES)
     sp.add_argument("--generation", type=_positive, default=1, help="student generation (default 1)")
     sp.add_argument(
         "--member", type=_non_negative, help="train only this member (a job-array task; tasks run side by side)"
@@ -358,7 +362,7 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("export", help="a trained member -> self-describing TorchScript for LAMMPS / ASE")
     common(sp)
     sp.add_argument("member_dir", nargs="?", help="a member directory (or use --role/--generation/--member)")
-    sp.add_argument("--role", default="student", choices=["teacher", "student", "control", "baseline"])
+    sp.add_argument("--role", default="student", choices=ROLES)
     sp.add_argument("--generation", type=_positive, default=1)
     sp.add_argument("--member", type=_non_negative, default=0)
     sp.add_argument("--dtype", default="float32", choices=["float32", "float64"])
