@@ -129,9 +129,9 @@ def run_groups(
 ) -> tuple[list[ModelGroup], float, list[str]]:
     """The groups of a run directory (those ``names``, or every group whose members are all trained),
     the run's conformer window, and the names of the groups left out because they are not fully trained.
-    Members predict as in the run's own evaluation (:meth:`ekd.train.Member.predict`)."""
+    Members predict as in the run's own evaluation (:meth:`ekd.member.Member.predict`)."""
     from . import config
-    from .train import load_member
+    from .member import load_member
     from .workflow import Run
 
     run_dir = Path(run_dir)

@@ -45,11 +45,10 @@ from ._threads import check_wait_policy
 from .config import Config, ModelConfig
 from .data import Dataset
 from .data.database import database_arrays
-from .models import Model, build_model, check_padding, use_kernels
+from .groups import ROLES
+from .member import MODEL_FORMAT, Member, load_member, member_payload
+from .models import build_model, check_padding, use_kernels
 from .store import atomic_text, atomic_write, load_torch
-
-ROLES = ("teacher", "student", "control", "baseline")
-MODEL_FORMAT = "ekd-member/1"
 
 
 @dataclass(frozen=True)
@@ -214,7 +213,7 @@ def _train(spec, cfg: Config, dataset: Dataset, splits, out_dir: Path, progress:
             cb(epoch, entry)
 
     net.load_state_dict(best_state)
-    _atomic_save(_member_payload(model, arch, spec, tc), out_dir / "model.pt")
+    _atomic_save(member_payload(model, arch, spec, tc), out_dir / "model.pt")
     summary = {
         "role": spec.role,
         "generation": spec.generation,
@@ -447,89 +446,5 @@ def _atomic_write_text(path: Path, text: str) -> None:
     atomic_text(path, text)
 
 
-# ------------------------------------------------------------------------------------------
-# saved members
-
-
-def _member_payload(model: Model, arch: ModelConfig, spec: MemberSpec, tc) -> dict:
-    # plain types and tensors only, so that it loads with torch.load(weights_only=True)
-    return {
-        "format": MODEL_FORMAT,
-        "model_config": asdict(arch),
-        "species": list(model.species),
-        "state_dict": model.modules().state_dict(),
-        "energy_offsets": {str(z): v for z, v in model.energy_offsets.items()},
-        "units": {"energy": "kcal/mol", "length": "angstrom", "forces": "kcal/mol/angstrom"},
-        "spec": asdict(spec),
-        "train_dtype": tc.dtype,
-    }
-
-
-class Member:
-    """A trained member, loaded from its directory, predicting in float64."""
-
-    def __init__(self, model: Model, directory: Path, payload: dict):
-        self.model = model
-        self.directory = directory
-        self.spec = payload.get("spec", {})
-        self.dtype = torch.float64
-        self._net = model.modules().to(self.dtype).eval()
-        self._energy_module = model.graph_module(forces=False).eval()
-
-    @property
-    def species(self) -> tuple[int, ...]:
-        """Atomic numbers the model handles (sorted)."""
-        return self.model.species
-
-    @property
-    def model_config(self) -> ModelConfig:
-        return self.model.config
-
-    def predict(
-        self, dataset: Dataset, forces: bool = True, batch_size: int = 256
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Energies (n,) kcal/mol and, if ``forces``, forces -dE/dR (n, A, 3) kcal/mol/Angstrom
-        (0 in padding) by autograd; float64 numpy arrays."""
-        check_padding(dataset.species, f"{dataset.source or 'dataset'}: species")
-        unknown = sorted(set(dataset.elements) - set(self.species))
-        if unknown:
-            raise ValueError(
-                f"{dataset.source or 'dataset'} has elements {unknown} that the model in {self.directory} "
-                f"was not built for (it knows {list(self.species)})"
-            )
-        n = len(dataset)
-        energies = np.empty(n)
-        out_forces = np.zeros(dataset.coordinates.shape) if forces else None
-        species_all = torch.as_tensor(dataset.species, dtype=torch.int64)
-        coords_all = torch.as_tensor(dataset.coordinates, dtype=self.dtype)
-        for start in range(0, n, batch_size):
-            sl = slice(start, start + batch_size)
-            species, coords = species_all[sl], coords_all[sl].clone()
-            if forces:
-                coords.requires_grad_(True)
-                e = self._energy_module(species, coords)[0]
-                f = -torch.autograd.grad(e.sum(), coords)[0]
-                f = f * (species > 0).unsqueeze(-1)
-                out_forces[sl] = f.detach().numpy()
-            else:
-                with torch.no_grad():
-                    e = self._energy_module(species, coords)[0]
-            energies[sl] = e.detach().reshape(-1).numpy()
-        return energies, out_forces
-
-
-def load_member(out_dir: Path) -> Member:
-    """Rebuild and load a member saved by :func:`train_member` (its ``model.pt``)."""
-    out_dir = Path(out_dir)
-    path = out_dir / "model.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no trained model here (has train_member finished? look for done.json)")
-    payload = load_torch(
-        path, "model of a trained member", f"delete {out_dir} and run the same command again to retrain that member"
-    )
-    if payload.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path}: expected a model of format {MODEL_FORMAT!r}, got {payload.get('format')!r}")
-    arch = ModelConfig(**payload["model_config"])
-    model = build_model(arch, payload["species"])
-    model.modules().load_state_dict(payload["state_dict"])
-    return Member(model, out_dir, payload)
+# Member, load_member and MODEL_FORMAT live in ekd.member; importing them from here keeps working
+__all__ = ["MODEL_FORMAT", "ROLES", "Member", "MemberSpec", "StoppingPolicy", "load_member", "train_member"]

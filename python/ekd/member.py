@@ -1,0 +1,111 @@
+"""A trained member: its saved form (``model.pt`` of a member directory, format
+``ekd-member/1``) and :class:`Member`, which predicts energies and forces in float64.
+
+:func:`ekd.train.train_member` writes the file; evaluation, distillation, scoring and export load
+it with :func:`load_member`. A member file is plain data (tensors, numbers, strings) and loads
+with ``torch.load(weights_only=True)``; exported model files for other programs are
+:mod:`ekd.model_file`'s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import ModelConfig
+from .data import Dataset
+from .models import Model, build_model, check_padding
+from .store import load_torch
+
+MODEL_FORMAT = "ekd-member/1"
+
+
+def member_payload(model: Model, arch: ModelConfig, spec, tc) -> dict:
+    """What ``model.pt`` holds: ``spec`` (a :class:`ekd.train.MemberSpec`) and the training
+    config ``tc`` are recorded; plain types and tensors only (loads with weights_only=True)."""
+    return {
+        "format": MODEL_FORMAT,
+        "model_config": asdict(arch),
+        "species": list(model.species),
+        "state_dict": model.modules().state_dict(),
+        "energy_offsets": {str(z): v for z, v in model.energy_offsets.items()},
+        "units": {"energy": "kcal/mol", "length": "angstrom", "forces": "kcal/mol/angstrom"},
+        "spec": asdict(spec),
+        "train_dtype": tc.dtype,
+    }
+
+
+class Member:
+    """A trained member, loaded from its directory, predicting in float64."""
+
+    def __init__(self, model: Model, directory: Path, payload: dict):
+        self.model = model
+        self.directory = directory
+        self.spec = payload.get("spec", {})
+        self.dtype = torch.float64
+        self._net = model.modules().to(self.dtype).eval()
+        self._energy_module = model.graph_module(forces=False).eval()
+
+    @property
+    def species(self) -> tuple[int, ...]:
+        """Atomic numbers the model handles (sorted)."""
+        return self.model.species
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return self.model.config
+
+    def predict(
+        self, dataset: Dataset, forces: bool = True, batch_size: int = 256
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Energies (n,) kcal/mol and, if ``forces``, forces -dE/dR (n, A, 3) kcal/mol/Angstrom
+        (0 in padding) by autograd; float64 numpy arrays."""
+        check_padding(dataset.species, f"{dataset.source or 'dataset'}: species")
+        unknown = sorted(set(dataset.elements) - set(self.species))
+        if unknown:
+            raise ValueError(
+                f"{dataset.source or 'dataset'} has elements {unknown} that the model in {self.directory} "
+                f"was not built for (it knows {list(self.species)})"
+            )
+        n = len(dataset)
+        energies = np.empty(n)
+        out_forces = np.zeros(dataset.coordinates.shape) if forces else None
+        species_all = torch.as_tensor(dataset.species, dtype=torch.int64)
+        coords_all = torch.as_tensor(dataset.coordinates, dtype=self.dtype)
+        for start in range(0, n, batch_size):
+            sl = slice(start, start + batch_size)
+            species, coords = species_all[sl], coords_all[sl].clone()
+            if forces:
+                coords.requires_grad_(True)
+                e = self._energy_module(species, coords)[0]
+                f = -torch.autograd.grad(e.sum(), coords)[0]
+                f = f * (species > 0).unsqueeze(-1)
+                out_forces[sl] = f.detach().numpy()
+            else:
+                with torch.no_grad():
+                    e = self._energy_module(species, coords)[0]
+            energies[sl] = e.detach().reshape(-1).numpy()
+        return energies, out_forces
+
+
+def load_member(out_dir: Path) -> Member:
+    """Rebuild and load a member saved by :func:`ekd.train.train_member` (its ``model.pt``)."""
+    out_dir = Path(out_dir)
+    path = out_dir / "model.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no trained model here (has train_member finished? look for done.json)")
+    payload = load_torch(
+        path, "model of a trained member", f"delete {out_dir} and run the same command again to retrain that member"
+    )
+    if payload.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path}: expected a model of format {MODEL_FORMAT!r}, got {payload.get('format')!r}")
+    arch = ModelConfig(**payload["model_config"])
+    model = build_model(arch, payload["species"])
+    model.modules().load_state_dict(payload["state_dict"])
+    return Member(model, out_dir, payload)
+
+
+__all__ = ["MODEL_FORMAT", "Member", "load_member", "member_payload"]
