@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
-from . import _ops, _threads
+from . import _ops, _threads, aoti
 from .model_file import load_model
 from .units import EV_TO_KCALMOL
 
@@ -30,7 +30,8 @@ from .units import EV_TO_KCALMOL
 class EKDCalculator(Calculator):
     """ASE calculator for one exported model or an ensemble of them (see the module docstring).
 
-    model_path: a file or a list of files written by :func:`ekd.model_file.save_model`; the
+    model_path: a file or a list of files written by :func:`ekd.model_file.save_model` (TorchScript)
+    or :func:`ekd.aoti.export_module` (AOTInductor ``.pt2``, told apart by content); the
     members may differ in cutoff and depth but must cover the elements of the structures they see.
     device: torch device string. trust_code: load files whose code is not the code this ekd writes
     (ekd-model-1 files, custom modules) -- only for files you trust, since loading runs their code
@@ -58,7 +59,15 @@ class EKDCalculator(Calculator):
         self.models = []
         self.metadata = []
         for p in paths:
-            module, meta = load_model(p, device=device, trust_code=trust_code)
+            # the format is chosen by the file's content (an AOTInductor package or TorchScript)
+            if aoti.is_package(p):
+                if self.device.type != "cpu":
+                    raise ValueError(
+                        f"EKDCalculator: {p} is an AOTInductor package compiled for the CPU: use device='cpu'"
+                    )
+                module, meta = aoti.load_package(p, trust_code=trust_code)
+            else:
+                module, meta = load_model(p, device=device, trust_code=trust_code)
             self.models.append(module)
             self.metadata.append(meta)
         self.cutoff = max(m.cutoff for m in self.metadata)
@@ -89,9 +98,12 @@ class EKDCalculator(Calculator):
 
         energies, forces, virials = [], [], []
         for module, meta in zip(self.models, self.metadata, strict=True):
-            r = r_ij.detach().to(getattr(torch, meta.dtype)).requires_grad_(True)
-            e_atoms = module(species, first, second, r)
-            (g,) = torch.autograd.grad(e_atoms.sum(), r)
+            if isinstance(module, aoti.AOTIModel):
+                e_atoms, g = module.energy_and_gradient(species, first, second, r_ij)
+            else:
+                r = r_ij.detach().to(getattr(torch, meta.dtype)).requires_grad_(True)
+                e_atoms = module(species, first, second, r)
+                (g,) = torch.autograd.grad(e_atoms.sum(), r)
             g = g.to(torch.float64)
             f = torch.zeros(n, 3, dtype=torch.float64, device=dev)
             f.index_add_(0, first, g).index_add_(0, second, -g)

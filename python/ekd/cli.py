@@ -178,7 +178,13 @@ def _export(args) -> int:
         source = r.member_dir(group, args.member)
     if not (source / "done.json").exists():
         raise UsageError(f"{source} is not a finished member (no done.json); train it first (ekd run / ekd train)")
-    meta = export_member(source, out, dtype=args.dtype)
+    if args.format == "aoti":
+        from . import aoti
+
+        # compiles C++ for this machine's CPU and records the package as trusted here
+        meta = aoti.export_member(source, out, dtype=args.dtype)
+    else:
+        meta = export_member(source, out, dtype=args.dtype)
     print(
         f"{args.out}: {meta.description} (cutoff {meta.cutoff} A, {meta.n_interactions} interactions, "
         f"species {' '.join(meta.species)}, {meta.dtype})"
@@ -366,6 +372,13 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--generation", type=_positive, default=1)
     sp.add_argument("--member", type=_non_negative, default=0)
     sp.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    sp.add_argument(
+        "--format",
+        default="torchscript",
+        choices=["torchscript", "aoti"],
+        help="torchscript (default: ekd-model-2, runs anywhere) or aoti (an AOTInductor .pt2 compiled for this "
+        "machine, trusted here only; minutes to compile)",
+    )
     sp.add_argument("-o", "--out", required=True, help="output file, e.g. student.pt")
     sp.set_defaults(func=_export)
 
