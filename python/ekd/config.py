@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import math
 import types
 import typing
@@ -21,6 +19,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from . import store
 
 
 class ConfigError(ValueError):
@@ -119,7 +119,7 @@ class TrainConfig:
     def identity(self) -> dict:
         """The fields as a dict, without those added after the first release that are at their
         defaults (so that digests of existing members stay valid)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if not (k in _TRAIN_ADDED and v == _TRAIN_ADDED[k])}
+        return store.without_added_defaults(dataclasses.asdict(self), _TRAIN_ADDED)
 
     def force_weight(self, epoch: int) -> float:
         """The force weight in force at ``epoch`` (1-based): the last step at or before it."""
@@ -334,7 +334,7 @@ class Config:
         d = self.to_dict()
         if sections:
             d = {s: d[s] for s in sections}
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return store.digest(d)
 
 
 # ------------------------------------------------------------------------------------------

@@ -57,6 +57,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .store import atomic_write
+
 SCHEMA = "ekd.metrics/1"
 
 #: the error metrics of a score, in report order (all others in a score are counts)
@@ -334,14 +336,7 @@ def write_metrics(path: str | os.PathLike, metrics: Mapping) -> Path:
     doc = {"schema": SCHEMA, **plain_json(metrics)}
     _check_schema(doc, str(path))
     text = json.dumps(doc, indent=1, allow_nan=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, text + "\n")
 
 
 def load_metrics(path: str | os.PathLike) -> dict:

@@ -25,12 +25,12 @@ What torchani 2.0 (PyPI, 2020) provides and how it is used here, measured on the
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from .store import bytes_digest
 from .units import HARTREE_TO_KCALMOL
 
 #: external teachers ekd knows: name -> (torchani info file)
@@ -111,12 +111,13 @@ class TorchANIEnsemble:
         for k, symbol in enumerate(self.elements):
             self._index[atomic_numbers[symbol]] = k
         # identity for digests: the bytes of every file the ensemble is made of
-        h = hashlib.sha256()
-        for f in [info, *files]:
-            for p in sorted(f.rglob("*")) if f.is_dir() else [f]:
-                if p.is_file():
-                    h.update(p.name.encode() + p.read_bytes())
-        self.identity = {"kind": "torchani", "model": name, "files": h.hexdigest()[:16], "members": int(count)}
+        chunks = [
+            p.name.encode() + p.read_bytes()
+            for f in [info, *files]
+            for p in (sorted(f.rglob("*")) if f.is_dir() else [f])
+            if p.is_file()
+        ]
+        self.identity = {"kind": "torchani", "model": name, "files": bytes_digest(*chunks), "members": int(count)}
 
     def __len__(self) -> int:
         return len(self.networks)

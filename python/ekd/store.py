@@ -1,5 +1,6 @@
 """Run-directory plumbing: one process per run directory (or per member), atomic writes that
-say when the disk is full, and loading of ekd's own torch files with errors that name the file.
+say when the disk is full, digests of what a stored result was computed from (and directories
+bound to one), and loading of ekd's own torch files with errors that name the file.
 
 Locks are advisory ``flock`` locks on a file ``.ekd.lock`` in the locked directory. The kernel
 releases a lock when its holder dies (even by SIGKILL), so a lock left by a dead process is taken
@@ -21,16 +22,23 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
+import itertools
 import json
 import os
 import shutil
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 LOCK_NAME = ".ekd.lock"
+
+
+class RunDirError(RuntimeError):
+    """A run directory holds results of a different configuration."""
 
 
 class RunDirBusyError(RuntimeError):
@@ -267,16 +275,32 @@ def disk_full_error(exc: BaseException, path: Path) -> DiskFullError | None:
     )
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
-    """``write(tmp)`` to a temporary file next to ``path``, then rename it into place: readers
-    see the old file or the new one, never a part. On failure the temporary file is removed; a
-    full disk raises :class:`DiskFullError` naming ``path``."""
+_tmp_count = itertools.count()
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], object]) -> Path:
+    """Write ``data`` (bytes, text as UTF-8, or a callback ``write(tmp)`` that writes the file
+    named ``tmp``: numpy, h5py, matplotlib) to a temporary file next to ``path``, flush it to the
+    disk and rename it into place: readers see the old file or the new one, never a part, also
+    after a crash. On failure the temporary file is removed and the old file is unchanged; a full
+    disk raises :class:`DiskFullError` naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # the suffix stays last: numpy appends ".npz" to a name that does not end in it
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    # unique per process and call; the suffix stays last: numpy appends ".npz" to a name that
+    # does not end in it
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{next(_tmp_count)}.tmp{path.suffix}")
     try:
-        write(tmp)
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        elif isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            data(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the rename must not reach the disk before the content
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException as e:
         full = disk_full_error(e, path) if isinstance(e, Exception) else None
@@ -288,7 +312,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
 
 
 def atomic_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
+    return atomic_write(path, text)
 
 
 def atomic_json(path: str | os.PathLike, obj) -> Path:
@@ -315,6 +339,72 @@ def create_once(path: str | os.PathLike, text: str) -> bool:
     finally:
         tmp.unlink(missing_ok=True)
     return True
+
+
+# ------------------------------------------------------------------------------------------
+# digests: what a stored result was computed from (16 hex digits of a SHA-256)
+
+
+def bytes_digest(*chunks: bytes) -> str:
+    """Digest of the concatenation of ``chunks``."""
+    h = hashlib.sha256()
+    for chunk in chunks:
+        h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def canonical_json(obj, default: Callable | None = None) -> bytes:
+    """``obj`` as JSON with sorted keys: the bytes that :func:`digest` hashes. default: as
+    :func:`json.dumps` (None: anything not plain JSON is an error)."""
+    return json.dumps(obj, sort_keys=True, default=default).encode()
+
+
+def digest(obj, default: Callable | None = None) -> str:
+    """Digest of plain data ``obj`` (key order does not matter)."""
+    return bytes_digest(canonical_json(obj, default))
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """Digest of a file's bytes (read in blocks: model and data files can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def claim(directory: str | os.PathLike, digest: str, what: str, hint: str = "") -> None:
+    """Bind ``directory`` to ``digest`` (its ``inputs.json``); raise :class:`RunDirError` if it
+    already belongs to another digest. what: what the directory holds ("teacher member 0");
+    hint: appended to the error (how to reuse what is there)."""
+    directory = Path(directory)
+    stamp = directory / "inputs.json"
+    if stamp.exists():
+        old = json.loads(stamp.read_text()).get("digest")
+        if old != digest:
+            raise RunDirError(
+                f"{what} in {directory} was computed from a different configuration or data "
+                f"(digest {old}, now {digest}); use a new --run-dir, or delete {directory} to recompute it{hint}"
+            )
+        return
+    atomic_json(stamp, {"digest": digest, "what": what})
+
+
+def without_added_defaults(fields: Mapping[str, Any], added: Mapping[str, Any]) -> dict[str, Any]:
+    """``fields`` without the entries of ``added`` (field -> default) that are at their default.
+
+    For fields added to a digested record after results were stored: left out at their default,
+    the record (and its digest) is what it was before the field existed, so that existing run
+    directories and part files stay valid; set to anything else, it enters the digest. A default
+    is compared after tuples become lists, as they do in JSON.
+    """
+    return {k: v for k, v in fields.items() if not (k in added and _plain(v) == _plain(added[k]))}
+
+
+def _plain(value):
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
 
 
 # ------------------------------------------------------------------------------------------
@@ -359,12 +449,19 @@ __all__ = [
     "CorruptFileError",
     "DiskFullError",
     "RunDirBusyError",
+    "RunDirError",
     "atomic_json",
     "atomic_text",
     "atomic_write",
+    "bytes_digest",
+    "canonical_json",
+    "claim",
     "create_once",
+    "digest",
     "disk_full_error",
+    "file_digest",
     "load_torch",
     "lock_dir",
     "wait_lock",
+    "without_added_defaults",
 ]

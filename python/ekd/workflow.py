@@ -22,7 +22,6 @@ to mix in an output made from a different configuration (it says which and what 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import time
@@ -36,10 +35,7 @@ from . import store
 from .config import Config
 from .data import DataFileError, Dataset, Units, load_dataset, random_split, resolve_units
 from .jobs import run_parallel
-
-
-class RunDirError(RuntimeError):
-    """A run directory holds results of a different configuration."""
+from .store import RunDirError
 
 
 class UnknownGroupError(ValueError, KeyError):
@@ -58,15 +54,8 @@ def _atomic_json(path: Path, obj) -> None:
 
 
 def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    # str() of what JSON cannot hold (paths): the digests of existing run directories use it
+    return store.digest(obj, default=str)
 
 
 def _same_config(stamp: Path, cfg: Config) -> bool:
@@ -81,20 +70,6 @@ def _same_config(stamp: Path, cfg: Config) -> bool:
     except (ConfigError, OSError):
         return False
     return replace(old, run_dir=cfg.run_dir, workers=cfg.workers) == cfg
-
-
-def _claim(directory: Path, digest: str, what: str, hint: str = "") -> None:
-    """Bind ``directory`` to ``digest``; refuse if it already belongs to another digest."""
-    stamp = directory / "inputs.json"
-    if stamp.exists():
-        old = json.loads(stamp.read_text()).get("digest")
-        if old != digest:
-            raise RunDirError(
-                f"{what} in {directory} was computed from a different configuration or data "
-                f"(digest {old}, now {digest}); use a new --run-dir, or delete {directory} to recompute it{hint}"
-            )
-        return
-    _atomic_json(stamp, {"digest": digest, "what": what})
 
 
 # ------------------------------------------------------------------------------------------
@@ -119,7 +94,7 @@ def prepare_data(cfg: Config, run_dir: Path, progress: bool = True) -> DataPaths
         out = run_dir / "data"
         # what shapes the data, not how many processes made it
         shape = {k: v for k, v in opts.identity().items() if k not in ("workers", "chunk_size")}
-        _claim(
+        store.claim(
             out,
             _digest(shape),
             "generated data",
@@ -544,7 +519,7 @@ class Run:
         return data_units(self.cfg, self.paths.train, "train")
 
     def data_digest(self) -> str:
-        return _file_digest(self.paths.train)
+        return store.file_digest(self.paths.train)
 
     # --- members
     def model_of(self, group: Group):
@@ -636,7 +611,7 @@ class Run:
         jobs, results = [], {}
         for m in members:
             out = self.member_dir(group, m)
-            _claim(out, self.member_digest(group, m), f"{group.label} member {m}")
+            store.claim(out, self.member_digest(group, m), f"{group.label} member {m}")
             if (out / "done.json").exists():
                 results[m] = json.loads((out / "done.json").read_text())
                 continue
@@ -677,7 +652,7 @@ class Run:
         from .train import load_member
 
         path = self.member_dir(group, m) / f"predictions_{name}.npz"
-        content = hashlib.sha256(data.coordinates.tobytes() + data.species.tobytes()).hexdigest()[:16]
+        content = store.bytes_digest(data.coordinates.tobytes(), data.species.tobytes())
         digest = _digest([self.member_digest(group, m), name, content])
         if path.exists():
             with np.load(path) as z:

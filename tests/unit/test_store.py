@@ -4,6 +4,7 @@ ekd's own torch files read back with errors that name them."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import signal
@@ -11,7 +12,9 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -180,3 +183,73 @@ def test_errors_survive_the_trip_from_a_worker_process():
     ):
         back = pickle.loads(pickle.dumps(err))
         assert type(back) is type(err) and str(back) == str(err)
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (b"\x00bytes\xff", b"\x00bytes\xff"),
+        ("text, Å", "text, Å".encode()),
+        (lambda tmp: tmp.write_bytes(b"cb"), b"cb"),
+    ],
+    ids=["bytes", "text", "callback"],
+)
+def test_atomic_write_takes_bytes_text_or_a_writer_and_replaces_the_old_file(tmp_path, data, expected):
+    path = tmp_path / "sub" / "out.json"
+    store.atomic_write(path, b"old")
+    assert store.atomic_write(path, data) == path
+    assert path.read_bytes() == expected and _no_temporaries(path.parent) == []
+
+
+def test_a_failing_hdf5_write_leaves_the_old_file_intact_and_no_temporary(tmp_path):
+    from ekd.data.ani import MoleculeGroup, read_ani, write_ani
+
+    path = tmp_path / "data.h5"
+    water = MoleculeGroup("water", np.array([8, 1, 1]), np.zeros((2, 3, 3)), {"energy": np.array([1.0, 2.0])})
+    write_ani(path, [water])
+    with pytest.raises(ValueError, match="used twice"):
+        write_ani(path, [water, water])  # fails after the temporary file was opened and partly written
+    assert [g.name for g in read_ani(path)] == ["water"]
+    assert read_ani(path)[0].properties["energy"].tolist() == [1.0, 2.0]
+    assert _no_temporaries(tmp_path) == []
+
+
+def test_digest_is_the_sha256_of_sorted_json():
+    # the bytes of every digest stored in existing run directories (json.dumps with sort_keys)
+    assert (
+        store.digest({"b": 1, "a": [1, 2.5, None]}) == hashlib.sha256(b'{"a": [1, 2.5, null], "b": 1}').hexdigest()[:16]
+    )
+    with pytest.raises(TypeError):
+        store.digest({"path": Path("x")})  # not plain data: an error unless asked for
+    assert store.digest({"path": Path("x")}, default=str) == store.digest({"path": "x"})
+    assert store.bytes_digest(b"ab", b"c") == store.bytes_digest(b"abc") == hashlib.sha256(b"abc").hexdigest()[:16]
+
+
+def test_file_digest_reads_large_files_in_blocks(tmp_path):
+    path = tmp_path / "model.pt"
+    content = bytes(range(256)) * (3 * 2**12 + 7)  # over 3 MiB: several blocks
+    path.write_bytes(content)
+    assert store.file_digest(path) == hashlib.sha256(content).hexdigest()[:16]
+
+
+def test_fields_added_later_leave_a_digest_unchanged_at_their_default():
+    added = {"new_tuple": (), "new_float": 5.0}
+    old = {"lr": 0.001, "epochs": 10}
+    # at their defaults (a tuple default also as the list JSON makes of it): the old record
+    assert store.without_added_defaults({**old, "new_tuple": [], "new_float": 5.0}, added) == old
+    assert store.without_added_defaults({**old, "new_tuple": (), "new_float": 5}, added) == old
+    # set to anything else: they enter the record, and the digest changes
+    changed = {**old, "new_tuple": ["CCO"], "new_float": 5.0}
+    assert store.without_added_defaults(changed, added) == {**old, "new_tuple": ["CCO"]}
+    assert store.digest(store.without_added_defaults(changed, added)) != store.digest(old)
+    # a field that is not in ``added`` stays even at a default-looking value
+    assert store.without_added_defaults({"lr": 5.0}, added) == {"lr": 5.0}
+
+
+def test_claim_binds_a_directory_to_one_digest(tmp_path):
+    member = tmp_path / "member_00"
+    store.claim(member, "aaaa", "teacher member 0")
+    store.claim(member, "aaaa", "teacher member 0")  # the same inputs: reused
+    with pytest.raises(store.RunDirError, match=r"teacher member 0 in .*member_00 .*digest aaaa, now bbbb.*hint"):
+        store.claim(member, "bbbb", "teacher member 0", hint="; hint")
+    assert json.loads((member / "inputs.json").read_text()) == {"digest": "aaaa", "what": "teacher member 0"}

@@ -15,7 +15,6 @@ units; unit conversion and masking live in :mod:`ekd.data.dataset`.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,8 @@ import h5py
 import numpy as np
 from ase.data import atomic_numbers as _SYMBOL_TO_Z
 from ase.data import chemical_symbols
+
+from ..store import atomic_write
 
 SPECIES_KEYS = ("atomic_numbers", "species")
 COORDINATE_KEY = "coordinates"
@@ -262,11 +263,8 @@ def write_ani(path: str | os.PathLike, groups: Iterable[MoleculeGroup], attrs: d
     Atomic: the file is written next to its destination and renamed into place, so an
     interrupted write never leaves a truncated file under the final name.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as h5:
             for k, v in (attrs or {}).items():
                 h5.attrs[k] = v
@@ -284,8 +282,5 @@ def write_ani(path: str | os.PathLike, groups: Iterable[MoleculeGroup], attrs: d
                     grp.create_dataset(key, data=np.asarray(arr, dtype=np.float64))
                 for k, v in g.attrs.items():
                     grp.attrs[k] = v
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+    return atomic_write(path, write)

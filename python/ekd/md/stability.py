@@ -18,7 +18,6 @@ counts at 2-10 runs make the plain standard error 0 at 0 or 100 %).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -29,9 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from ..jobs import run_parallel
-from ..store import atomic_text
+from ..store import atomic_text, digest, file_digest, without_added_defaults
 
 REQUIRED_ELEMENTS = ("C", "H", "N", "O")
+# RunSpec fields added after the first results, left out of digests at these defaults
+ADDED_FIELDS = {"energy_every_fs": 5.0}
 
 
 @dataclass(frozen=True)
@@ -74,15 +75,9 @@ class RunSpec:
         return max(1, round(self.t_max_ps * 1e3 / self.dt_fs))
 
     def digest(self) -> str:
-        d = asdict(self)
-        d["model_paths"] = [_file_digest(Path(p)) for p in self.model_paths]
-        if d["energy_every_fs"] == 5.0:
-            del d["energy_every_fs"]  # added after the first results; its default keeps their digests
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        d = without_added_defaults(asdict(self), ADDED_FIELDS)
+        d["model_paths"] = [file_digest(p) for p in self.model_paths]
+        return digest(d)
 
 
 def check_models(model_paths) -> float:
@@ -270,7 +265,7 @@ def export_models(run, roles, n_models: int | None, dtype: str, out_dir: Path) -
             stamp = dst.with_suffix(".json")
             # the model-file format is part of the stamp: exports of an earlier format (which this
             # ekd would refuse to open untrusted) are redone, not handed to the MD engines
-            want = {"source": _file_digest(src / "done.json"), "format": FORMAT}
+            want = {"source": file_digest(src / "done.json"), "format": FORMAT}
             if not (dst.exists() and stamp.exists() and json.loads(stamp.read_text()) == want):
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 export_member(src, dst, dtype=dtype)

@@ -4,13 +4,13 @@ construction, and which of them shape a molecule's data (what resuming may not c
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from ...store import digest, without_added_defaults
 
 POOLS = ("train", "test")
 POOL_CODE = {"train": 1, "test": 2, "cluster": 3}  # random streams
@@ -129,12 +129,12 @@ class GenerateOptions:
     def identity(self) -> dict[str, Any]:
         """:meth:`to_dict` without the fields added after the first release that are at their
         defaults (so a digest of it is stable across ekd versions)."""
-        return {k: v for k, v in self.to_dict().items() if not (k in ADDED_FIELDS and v == list(ADDED_FIELDS[k]))}
+        return without_added_defaults(self.to_dict(), ADDED_FIELDS)
 
     def content_hash(self) -> str:
         """Hash of the options that shape the molecules' data (not workers, chunking, counts)."""
         relevant = {k: v for k, v in self.identity().items() if k not in EXECUTION_FIELDS}
-        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+        return digest(relevant)
 
     def data_fields(self) -> dict[str, Any]:
         """The options that shape a given molecule's geometries (what resuming must not change)."""

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ...store import atomic_write
 from .levels import label_levels
 from .options import ADDED_FIELDS, EXECUTION_FIELDS, PART_FORMAT, GenerateError, GenerateOptions, wanted_levels
 from .record import MoleculeRecord
@@ -48,21 +47,12 @@ def save_part(parts: Path, result: MoleculeRecord, options_hash: str) -> Path:
         "stats": result.stats,
     }
     arrays = {f"property{i}": np.asarray(result.properties[k]) for i, k in enumerate(keys)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(
-                fh,
-                meta=np.array(json.dumps(meta)),
-                numbers=result.numbers,
-                coordinates=result.coordinates,
-                **arrays,
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(
+        path,
+        lambda tmp: np.savez(
+            tmp, meta=np.array(json.dumps(meta)), numbers=result.numbers, coordinates=result.coordinates, **arrays
+        ),
+    )
     return path
 
 
@@ -175,13 +165,11 @@ def prepare_parts(parts: Path, options: GenerateOptions, resume: bool) -> set[st
     elif parts.exists() and any(parts.rglob("*.npz")):
         raise GenerateError(f"{parts} has part files but no manifest.json; delete the directory to start afresh")
     parts.mkdir(parents=True, exist_ok=True)
-    tmp = manifest.with_suffix(".tmp")
     record = {
         "options_hash": current,
         "options": relevant,
         "format": PART_FORMAT,
         "compatible_hashes": sorted(h for h in accepted if h != current),
     }
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, manifest)
+    atomic_write(manifest, json.dumps(record, indent=1))
     return accepted
