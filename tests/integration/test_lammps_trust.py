@@ -7,7 +7,6 @@ appears; an edited metadata.json and a truncated file are refused with ekd's wor
 
 from __future__ import annotations
 
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -51,10 +50,7 @@ def python_verdict(model: Path, trust: bool) -> bool:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("trust")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # zipfile: "Duplicate name" (on purpose)
-        return mf.bad_files(d / "files", d / "written_by_setstate"), d / "written_by_setstate"
+    return mf.bad_files_in(tmp_path_factory)
 
 
 def _run_all(cases, tmp_path: Path) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -252,3 +253,12 @@ def _truncated(src: Path, dst: Path) -> Path:
     data = src.read_bytes()
     dst.write_bytes(data[: len(data) // 2])
     return dst
+
+
+def bad_files_in(tmp_path_factory) -> tuple[dict[str, tuple[Path, bool, bool]], Path]:
+    """(:func:`bad_files` in a fresh folder, the file the ``__setstate__`` payload creates): the
+    module fixture of the Python and the LAMMPS trust tests."""
+    d = tmp_path_factory.mktemp("trust")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile: "Duplicate name" (on purpose)
+        return bad_files(d / "files", d / "written_by_setstate"), d / "written_by_setstate"

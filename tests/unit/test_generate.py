@@ -34,6 +34,8 @@ from ekd.data.labels import XTBCalculator, xtb_energy_forces  # noqa: E402
 from ekd.data.molecules import METHYL_NITRITE, candidate_from_smiles  # noqa: E402
 from ekd.data.sampling import normal_mode_displacement, normal_modes  # noqa: E402
 
+from ..conftest import central_difference_forces  # noqa: E402
+
 KEYS = {"energy": "gfn2_xtb.energy", "reference_forces": "gfn2_xtb.forces"}
 TINY = GenerateOptions(
     seed=3,
@@ -146,14 +148,7 @@ def test_stored_forces_are_minus_energy_gradient(tiny):
     energy, fresh = xtb_energy_forces(z, x)
     assert energy == pytest.approx(group.properties["gfn2_xtb.energy"][i], abs=1e-7)
     np.testing.assert_allclose(fresh, forces, atol=1e-6)
-    h = 1e-3
-    fd = np.empty_like(x)
-    for a in range(len(z)):
-        for k in range(3):
-            plus, minus = x.copy(), x.copy()
-            plus[a, k] += h
-            minus[a, k] -= h
-            fd[a, k] = -(xtb_energy_forces(z, plus)[0] - xtb_energy_forces(z, minus)[0]) / (2 * h)
+    fd = central_difference_forces(lambda p: xtb_energy_forces(z, p)[0], x, 1e-3)
     np.testing.assert_allclose(forces, fd, atol=2e-5)
 
 

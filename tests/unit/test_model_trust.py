@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
-import warnings
 import zipfile
 
 import numpy as np
@@ -27,10 +26,7 @@ from tests.unit import model_files as mf
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("trust")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # zipfile: "Duplicate name" (on purpose)
-        return mf.bad_files(d / "files", d / "written_by_setstate"), d / "written_by_setstate"
+    return mf.bad_files_in(tmp_path_factory)
 
 
 def _code(module) -> dict[str, bytes]:

@@ -9,6 +9,8 @@ import torch
 from ekd.config import ModelConfig
 from ekd.models import build_model, check_padding, use_kernels
 
+from ..conftest import central_difference_forces
+
 SPECIES = (1, 6, 7, 8)
 
 
@@ -58,16 +60,7 @@ def _random_rotation(rng) -> np.ndarray:
 def test_forces_equal_finite_differences_of_energy(model, xtb_dataset):
     z, r = _frame(xtb_dataset, "CH3OH")
     _, f = _energy_forces(model, z[None], r[None])
-    h = 1e-5
-    fd = np.zeros_like(r)
-    for a in range(len(z)):
-        for c in range(3):
-            rp, rm = r.copy(), r.copy()
-            rp[a, c] += h
-            rm[a, c] -= h
-            ep = _energy_forces(model, z[None], rp[None])[0][0]
-            em = _energy_forces(model, z[None], rm[None])[0][0]
-            fd[a, c] = -(ep - em) / (2 * h)
+    fd = central_difference_forces(lambda x: _energy_forces(model, z[None], x[None])[0][0], r, 1e-5)
     assert np.abs(f[0]).max() > 1e-3, "forces vanish: the test would prove nothing"
     np.testing.assert_allclose(f[0], fd, rtol=1e-6, atol=1e-7)
 
