@@ -46,6 +46,37 @@ def xtb_groups(molecules=MOLECULES, n_conf: int = 24, rattle: float = 0.06, seed
     return groups
 
 
+def tiny_run_config(
+    train,
+    test,
+    *,
+    name: str = "tiny",
+    seed: int = 3,
+    max_epochs: int = 4,
+    ensemble: str = "{n_teachers: 2, n_students: 2, generations: 2}",
+    extra: str = "",
+) -> str:
+    """YAML of a run small enough for a test (seconds): 1-layer 8-wide models, a few epochs, no MD;
+    ``extra``: more top-level sections."""
+    return f"""
+name: {name}
+seed: {seed}
+workers: 1
+data:
+  train: {train}
+  test: {test}
+model: {{l_max: 1, n_interactions: 1, n_atom_layers: 1, width: 8, n_sensitivities: 4}}
+train:
+  max_epochs: {max_epochs}
+  lr_patience: 2
+  termination_patience: 3
+  batch_size: 16
+  force_schedule: [[1, 5.0], [3, 1.0]]
+ensemble: {ensemble}
+md: {{enabled: false}}
+{extra}"""
+
+
 def central_difference_forces(energy, x: np.ndarray, h: float) -> np.ndarray:
     """-dE/dx (n_atoms, 3) by central differences of ``energy(positions)`` around ``x`` (n_atoms, 3),
     step ``h``: the oracle of the force tests (``x`` is not changed)."""

@@ -13,25 +13,11 @@ from ekd import config
 from ekd.data import write_ani
 from ekd.workflow import Run, RunDirError
 
-from ..conftest import xtb_groups
+from ..conftest import tiny_run_config, xtb_groups
 
-TINY = """
-name: tiny
-seed: 3
-workers: 1
-data:
-  train: {train}
-  test: {test}
-model: {{l_max: 1, n_interactions: 1, n_atom_layers: 1, width: 8, n_sensitivities: 4}}
-train:
-  max_epochs: 4
-  lr_patience: 2
-  termination_patience: 3
-  batch_size: 16
-  force_schedule: [[1, 5.0], [3, 1.0]]
-ensemble: {{n_teachers: 2, n_students: 2, generations: 2}}
-md: {{enabled: false}}
-"""
+
+def _tiny(files) -> str:
+    return tiny_run_config(files[0], files[1])
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +29,7 @@ def files(tmp_path_factory):
 
 
 def _cfg(files):
-    return config.loads(TINY.format(train=files[0], test=files[1]))
+    return config.loads(_tiny(files))
 
 
 def test_run_interrupted_then_resumed(files, tmp_path):
@@ -91,7 +77,7 @@ def test_changed_config_is_refused_not_mixed(files, tmp_path):
     run_dir = tmp_path / "run"
     r = Run(cfg, run_dir, progress=False)
     r.train_group(r.group("teacher"))
-    changed = config.loads(TINY.format(train=files[0], test=files[1]).replace("width: 8", "width: 12"))
+    changed = config.loads(_tiny(files).replace("width: 8", "width: 12"))
     with pytest.raises(RunDirError, match="different configuration"):
         Run(changed, run_dir, progress=False).train_group(r.group("teacher"))
 
@@ -101,7 +87,7 @@ def test_studies_add_groups_reuse_teachers_and_report(files, tmp_path):
     architecture / labels, scored, in their own report tables; the main groups are untouched."""
     from ekd.train import load_member
 
-    text = TINY.format(train=files[0], test=files[1]).replace(
+    text = _tiny(files).replace(
         "ensemble: {{n_teachers: 2, n_students: 2, generations: 2}}".format(),
         "ensemble: {n_teachers: 2, n_students: 1, generations: 1, baseline: false,\n"
         "           student_variants: {n2_l0: {n_interactions: 2, l_max: 0}}, teacher_subsets: [1]}",
@@ -145,7 +131,7 @@ def test_md_stability_is_the_last_stage_and_joins_the_report(files, tmp_path):
     its table joins metrics.json (per engine) and its section report.md -- once, also when the
     run is repeated (which reuses every member and MD result)."""
     text = (
-        TINY.format(train=files[0], test=files[1])
+        _tiny(files)
         .replace(
             "ensemble: {{n_teachers: 2, n_students: 2, generations: 2}}".format(),
             "ensemble: {n_teachers: 2, n_students: 1, generations: 1, controls: false, baseline: false}\n"

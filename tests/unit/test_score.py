@@ -20,7 +20,7 @@ from ekd.evaluate import evaluate_role, load_metrics
 from ekd.evaluate import score as score_predictions
 from ekd.units import BOHR_TO_ANGSTROM, EV_TO_KCALMOL, HARTREE_TO_KCALMOL
 
-from ..conftest import KEYS, xtb_groups
+from ..conftest import KEYS, tiny_run_config, xtb_groups
 
 pytest.importorskip("tblite.interface")
 
@@ -246,24 +246,13 @@ def test_cli_json_per_molecule_plot_and_errors(files, models, tmp_path, capsys):
     assert "give model files or --run-dir" in capsys.readouterr().err
 
 
-TINY = """
-name: tiny-score
-seed: 5
-workers: 1
-data:
-  train: {train}
-  test: {test}
-model: {{l_max: 1, n_interactions: 1, n_atom_layers: 1, width: 8, n_sensitivities: 4}}
-train:
-  max_epochs: 3
-  lr_patience: 2
-  termination_patience: 3
-  batch_size: 16
-  force_schedule: [[1, 5.0], [3, 1.0]]
-ensemble: {{n_teachers: 2, generations: 0, controls: false, baseline: false}}
-evaluate: {{conformer_window: 50.0}}
-md: {{enabled: false}}
-"""
+TINY = dict(
+    name="tiny-score",
+    seed=5,
+    max_epochs=3,
+    ensemble="{n_teachers: 2, generations: 0, controls: false, baseline: false}",
+    extra="evaluate: {conformer_window: 50.0}\n",
+)
 
 
 def test_run_members_on_the_runs_test_file_reproduce_metrics_json(tmp_path):
@@ -272,7 +261,7 @@ def test_run_members_on_the_runs_test_file_reproduce_metrics_json(tmp_path):
     train = write_ani(tmp_path / "train.h5", xtb_groups(("H2O", "CH4", "NH3", "H2CO"), n_conf=12))
     test = write_ani(tmp_path / "test.h5", xtb_groups(("CH3OH", "H2O"), n_conf=6, seed=5))
     run_dir = tmp_path / "run"
-    Run(config.loads(TINY.format(train=train, test=test)), run_dir, progress=False).run_all()
+    Run(config.loads(tiny_run_config(train, test, **TINY)), run_dir, progress=False).run_all()
     metrics = load_metrics(run_dir / "metrics.json")
 
     groups, window, left_out = score.run_groups(run_dir)
