@@ -416,3 +416,41 @@ def test_use_kernels_rejects_unknown_names():
 
     with pytest.raises(ValueError, match="kernels: must be one of ekd, hippynn-numba, pytorch, got 'cuda'"):
         use_kernels("cuda")
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_gaussian_sensitivity_equals_hippynns_without_underflowing_exp(dtype, monkeypatch):
+    """ekd.kernels.sensitivity = hippynn's GaussianSensitivityModule, but exp never sees an argument
+    whose result underflows (torch's exp is several times slower there; the paper's widths put most
+    pair x sensitivity entries of a box there)."""
+    from ekd.kernels import sensitivity
+    from ekd.models import _import_hippynn
+
+    hippynn = _import_hippynn()
+    from hippynn.layers.hiplayers.sensitivity import GaussianSensitivityModule
+
+    monkeypatch.setattr(hippynn.settings, "WARN_LOW_DISTANCES", False)
+    torch.manual_seed(0)
+    module = GaussianSensitivityModule(20, 0.75, 5.5, 6.5).to(dtype)  # the paper's sensitivities
+    pos, pf, ps, offsets = periodic_box(cutoff=6.5, dtype=dtype)
+    dist = pair_geometry(pos, pf, ps, offsets)[1].requires_grad_(True)
+    expected = module(dist)
+    tiny = torch.finfo(dtype).tiny
+    if dtype == torch.float32:
+        assert (expected < 2 * tiny).float().mean() > 0.2, "the test should reach exp's underflow range"
+    seen = []
+    real_exp = torch.exp
+
+    def recording_exp(x):
+        seen.append(float(x.detach().min()))
+        return real_exp(x)
+
+    monkeypatch.setattr(torch, "exp", recording_exp)
+    got = sensitivity(module, dist)
+    monkeypatch.setattr(torch, "exp", real_exp)
+    assert seen and min(seen) >= np.log(2 * tiny) - 1e-6
+    torch.testing.assert_close(got, expected, rtol=0, atol=2 * tiny)
+    weights = torch.randn(got.shape, dtype=dtype)
+    (g_got,) = torch.autograd.grad((got * weights).sum(), dist)
+    (g_exp,) = torch.autograd.grad((expected * weights).sum(), dist)
+    torch.testing.assert_close(g_got, g_exp, rtol=1e-12 if dtype == torch.float64 else 1e-6, atol=0)
