@@ -225,8 +225,6 @@ def _score(args) -> int:
 def _md_stability(args) -> int:
     from dataclasses import replace
 
-    from .md.stability import md_stability
-
     cfg = _config(args)
     changes = {
         k: v for k, v in (("engine", args.engine), ("n_runs", args.runs), ("n_models", args.models)) if v is not None
@@ -253,13 +251,13 @@ def _md_stability(args) -> int:
     # --roles names exactly the groups wanted: every one must exist
     strict = bool(args.roles)
     with lock_dir(run_dir):
-        if (run_dir / "metrics.json").exists():
-            from .workflow import Run
+        from .workflow import Run
 
-            # an evaluated run: the table joins metrics.json and report.md
-            out = Run(cfg, run_dir, progress=not args.quiet).md_stability(strict_roles=strict)
-        else:
-            out = md_stability(cfg, run_dir, progress=not args.quiet, strict_roles=strict)
+        # an evaluated run: the table joins metrics.json and report.md (and the run says when
+        # config.yaml records another configuration); before that, only the sweep reports
+        evaluated = (run_dir / "metrics.json").exists()
+        run = Run(cfg, run_dir, progress=evaluated and not args.quiet)
+        out = run.md_stability(strict_roles=strict, progress=not args.quiet)
     print(out["markdown"])
     print(f"figure: {out['figure']}")
     return 0

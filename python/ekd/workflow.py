@@ -704,14 +704,23 @@ class Run:
 
         return write_report(metrics, self.run_dir, notes=describe(self.cfg))
 
-    def md_stability(self, metrics: dict | None = None, strict_roles: bool = False) -> dict:
+    def md_stability(
+        self, metrics: dict | None = None, strict_roles: bool = False, progress: bool | None = None
+    ) -> dict:
         """The MD stability sweep of ``cfg.md`` over this run's members (resumable; see
-        :mod:`ekd.md.stability`); its table joins ``metrics.json`` (key ``md_stability``, per
-        engine) and its section the report, when the run has been evaluated."""
+        :mod:`ekd.md.stability`): the members of the groups ``md.roles`` names are exported to
+        ``md/models/`` (once) and their files handed to :func:`ekd.md.stability.md_stability`. Its
+        table joins ``metrics.json`` (key ``md_stability``, per engine) and its section the
+        report, when the run has been evaluated. strict_roles: every name of ``md.roles`` must be
+        a group of the run (see :func:`ekd.md.stability.select_roles`); progress: of the sweep
+        (None: this run's)."""
         from .evaluate import load_metrics, write_metrics
-        from .md.stability import md_stability
+        from .md.stability import md_stability, select_roles
 
-        out = md_stability(self.cfg, self.run_dir, progress=self.progress, strict_roles=strict_roles)
+        md = self.cfg.md
+        roles = select_roles(md.roles, [g.label for g in self.groups()], strict=strict_roles)
+        models = export_models(self, roles, md.n_models, md.dtype, self.run_dir / "md")
+        out = md_stability(self.cfg, self.run_dir, models, progress=self.progress if progress is None else progress)
         path = self.run_dir / "metrics.json"
         if metrics is None and path.exists():
             metrics = load_metrics(path)
@@ -763,6 +772,36 @@ class Run:
             if on_stage:
                 on_stage("md")
         return metrics
+
+
+def export_models(run, roles, n_models: int | None, dtype: str, out_dir: Path) -> dict[str, list[str]]:
+    """{group name: exported model files} of the finished members of the groups ``roles`` of
+    ``run`` (a :class:`Run`), exported to ``out_dir/models/`` once: an export is reused while the
+    member's done.json and the model-file format are those it was made from."""
+    from .export import export_member
+    from .model_file import FORMAT
+
+    models = {}
+    for role in roles:
+        group = run.group(role)
+        n = group.n_members if n_models is None else min(n_models, group.n_members)
+        paths = []
+        for m in range(n):
+            src = run.member_dir(group, m)
+            if not (src / "done.json").exists():
+                raise FileNotFoundError(f"md-stability: {role} member {m} ({src}) is not trained yet (no done.json)")
+            dst = out_dir / "models" / f"{role}_m{m:02d}_{dtype}.pt"
+            stamp = dst.with_suffix(".json")
+            # the model-file format is part of the stamp: exports of an earlier format (which this
+            # ekd would refuse to open untrusted) are redone, not handed to the MD engines
+            want = {"source": store.file_digest(src / "done.json"), "format": FORMAT}
+            if not (dst.exists() and stamp.exists() and json.loads(stamp.read_text()) == want):
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                export_member(src, dst, dtype=dtype)
+                store.atomic_text(stamp, json.dumps(want))
+            paths.append(str(dst))
+        models[role] = paths
+    return models
 
 
 def describe(cfg: Config) -> str:

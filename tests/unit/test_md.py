@@ -212,8 +212,8 @@ def test_cached_exports_of_an_earlier_model_format_are_redone(tmp_path, monkeypa
     from types import SimpleNamespace
 
     import ekd.export
-    from ekd.md.stability import export_models
     from ekd.model_file import FORMAT
+    from ekd.workflow import export_models
 
     member = tmp_path / "teacher" / "member_00"
     member.mkdir(parents=True)
@@ -235,3 +235,9 @@ def test_cached_exports_of_an_earlier_model_format_are_redone(tmp_path, monkeypa
     stamp.write_text(json.dumps({"source": json.loads(stamp.read_text())["source"]}))  # an earlier release's stamp
     export_models(run, ["teacher"], None, "float64", out)
     assert len(calls) == 2
+
+
+def test_the_sweep_takes_model_files_and_names_the_way_to_a_run_directory(tmp_path):
+    # ekd.md knows model files, not run directories: a run's members come through ekd.workflow
+    with pytest.raises(ValueError, match=r"no model files given.*Run\(cfg, run_dir\)\.md_stability\(\)"):
+        md_stability(_tiny_cfg(tmp_path), models=None, progress=False)

@@ -8,7 +8,9 @@ step) whose smallest interatomic distance is below ``min_distance`` (0.5 A). ``t
 from the start of the run (equilibration included). For runs that survive, the energy drift is the
 slope of a least-squares line through the NVE total energy per atom vs time (eV/atom/ps).
 
-The sweep (:func:`md_stability`): every model of the selected roles x ``n_runs`` seeds x every dt.
+The sweep (:func:`md_stability`): every model file of every group given x ``n_runs`` seeds x every dt
+(this package knows model files, not run directories: :meth:`ekd.workflow.Run.md_stability` exports
+a run's members and hands their files over).
 Runs are independent jobs in worker processes; each writes its result to
 ``<run_dir>/md/<engine>/<role>/member_MM/dt<dt>_seed<s>.json`` together with a digest of
 everything it depends on (model file, box, protocol), and a rerun reuses results whose digest
@@ -247,34 +249,6 @@ def select_roles(requested, present, strict: bool = False) -> list[str]:
     return roles
 
 
-def export_models(run, roles, n_models: int | None, dtype: str, out_dir: Path) -> dict[str, list[str]]:
-    """Export the finished members of ``roles`` of a :class:`ekd.workflow.Run` (once; reused)."""
-    from ..export import export_member
-    from ..model_file import FORMAT
-
-    models = {}
-    for role in roles:
-        group = run.group(role)
-        n = group.n_members if n_models is None else min(n_models, group.n_members)
-        paths = []
-        for m in range(n):
-            src = run.member_dir(group, m)
-            if not (src / "done.json").exists():
-                raise FileNotFoundError(f"md-stability: {role} member {m} ({src}) is not trained yet (no done.json)")
-            dst = out_dir / "models" / f"{role}_m{m:02d}_{dtype}.pt"
-            stamp = dst.with_suffix(".json")
-            # the model-file format is part of the stamp: exports of an earlier format (which this
-            # ekd would refuse to open untrusted) are redone, not handed to the MD engines
-            want = {"source": file_digest(src / "done.json"), "format": FORMAT}
-            if not (dst.exists() and stamp.exists() and json.loads(stamp.read_text()) == want):
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                export_member(src, dst, dtype=dtype)
-                atomic_text(stamp, json.dumps(want))
-            paths.append(str(dst))
-        models[role] = paths
-    return models
-
-
 def toy_pair(directory: Path) -> dict[str, list[str]]:
     """TESTS AND BENCHMARKS ONLY: two exported toy models (:func:`ekd.export.toy_model`, same random
     weights, cutoff 4 A, float64) that the protocol must tell apart: "stable" keeps the toy's
@@ -430,21 +404,20 @@ def md_stability(
     run_dir: str | Path | None = None,
     models: dict[str, list[str]] | None = None,
     progress: bool = True,
-    strict_roles: bool = False,
 ) -> dict:
-    """``ekd md-stability``: the sweep of ``cfg.md`` over the run's members (or ``models``:
-    role -> exported files). Writes ``<run_dir>/md/<engine>/{stability.json, stability.md,
-    stability.png}`` and returns ``{"table", "markdown", "figure", "results"}``.
-    strict_roles: every name of ``md.roles`` must be a group of the run (see :func:`select_roles`)."""
+    """The sweep of ``cfg.md`` over exported model files ``models`` (group name -> files; a run's
+    members are exported by :meth:`ekd.workflow.Run.md_stability`, which ``ekd md-stability``
+    calls). Writes ``<run_dir>/md/<engine>/{stability.json, stability.md, stability.png}`` and the
+    runs' results below ``<run_dir>/md/<engine>/``; returns ``{"table", "markdown", "figure",
+    "results"}``."""
+    if models is None:
+        raise ValueError(
+            "md_stability: no model files given (models: group name -> exported model files); to sweep the "
+            "members of a run directory use ekd.workflow.Run(cfg, run_dir).md_stability() or `ekd md-stability`"
+        )
     md = cfg.md
     run_dir = Path(run_dir or cfg.run_dir)
     out_dir = run_dir / "md"
-    if models is None:
-        from ..workflow import Run
-
-        run = Run(cfg, run_dir, progress=False)
-        roles = select_roles(md.roles, [g.label for g in run.groups()], strict=strict_roles)
-        models = export_models(run, roles, md.n_models, md.dtype, out_dir)
     for paths in models.values():
         check_models(paths)
     jobs = sweep_jobs(models, md, out_dir, box_seed=cfg.seed)
