@@ -28,7 +28,7 @@ class MoleculeTask:
 
 def plan(options: GenerateOptions) -> list[MoleculeTask]:
     """The molecules of both pools, train first, in output order (deterministic for the seed)."""
-    from ..molecules import METHYL_NITRITE, candidate_from_smiles, load_nci_candidates, select_molecules
+    from ..molecules import METHYL_NITRITE, candidate_from_smiles, load_nci_candidates
 
     # at least the default limit, so that one (cached, ~4 s) load serves the usual option sets
     limit = max(options.train_max_heavy_atoms, options.test_max_heavy_atoms, DEFAULT_MAX_HEAVY)
@@ -47,28 +47,19 @@ def plan(options: GenerateOptions) -> list[MoleculeTask]:
                 known.add(cand.smiles)
                 extra.append(cand)
         candidates = (*candidates, *extra)
-    train = select_molecules(
-        candidates,
-        options.n_train_molecules,
-        options.train_min_heavy_atoms,
-        options.train_max_heavy_atoms,
-        seed=int(np.random.SeedSequence([options.seed, POOL_CODE["train"]]).generate_state(1)[0]),
-        required=(METHYL_NITRITE,) if options.include_methyl_nitrite else (),
-        what="GenerateOptions.n_train_molecules",
+    train = _select_pool(
+        candidates, options, "train", required=(METHYL_NITRITE,) if options.include_methyl_nitrite else ()
     )
     train = append_required(train, "train", candidates, options)
     test = []
     if options.n_test_molecules:
-        test = select_molecules(
+        test = _select_pool(
             candidates,
-            options.n_test_molecules,
-            options.test_min_heavy_atoms,
-            options.test_max_heavy_atoms,
-            seed=int(np.random.SeedSequence([options.seed, POOL_CODE["test"]]).generate_state(1)[0]),
+            options,
+            "test",
             # disjoint from train even if the heavy-atom ranges overlap
             exclude=frozenset(c.smiles for c in train),
             min_rotatable_bonds=options.test_min_rotatable_bonds,
-            what="GenerateOptions.n_test_molecules",
         )
     test = append_required(test, "test", candidates, options)
     in_train = {c.smiles for c in train}
@@ -92,6 +83,22 @@ def plan(options: GenerateOptions) -> list[MoleculeTask]:
         ),
         *clusters,
     ]
+
+
+def _select_pool(candidates, options: GenerateOptions, pool: str, **kw) -> list:
+    """select_molecules for ``pool`` ("train" or "test") with that pool's options (``n_<pool>_molecules``,
+    ``<pool>_min/max_heavy_atoms``) and its own seed stream."""
+    from ..molecules import select_molecules
+
+    return select_molecules(
+        candidates,
+        getattr(options, f"n_{pool}_molecules"),
+        getattr(options, f"{pool}_min_heavy_atoms"),
+        getattr(options, f"{pool}_max_heavy_atoms"),
+        seed=int(np.random.SeedSequence([options.seed, POOL_CODE[pool]]).generate_state(1)[0]),
+        what=f"GenerateOptions.n_{pool}_molecules",
+        **kw,
+    )
 
 
 def append_required(chosen: list, pool: str, candidates, options: GenerateOptions) -> list:
