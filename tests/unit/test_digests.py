@@ -22,23 +22,28 @@ from ekd.workflow import plan
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
-# name -> (config digest, generator options hash or None, digest of every group's member-digest inputs)
+# name, config digest, generator options hash ("-": the config generates no data), digest of every
+# group's member-digest inputs
+_TABLE = """
+default                 906db19ae49f4e4b  a59d49a35108ac41  4893cdc64abc2e89
+ani1ccx.yaml            752db6679223b8ee  -                 3f078d73bde2b23f
+capacity.yaml           4020130a990d8391  a59d49a35108ac41  ce57652fee190499
+ccsd_t.yaml             8ee35f3cfde49364  58e5c98c5d6c66e2  f568db02c751de21
+ccsd_t_cbs.yaml         abbe2851911c5e8e  58e5c98c5d6c66e2  4ee3cb2818e52cc1
+cross_teacher.yaml      8f99449efbb760a0  a59d49a35108ac41  9e71121b98397d42
+ensemble8.yaml          441b145bbbb79874  a59d49a35108ac41  73f7431aec0830b3
+forces_dft.yaml         32f70e414e5c1d0a  6332d0d616e94197  d7d959491e927486
+forces_dft_medium.yaml  7e1235ba6c01160b  183975891fcfe1cd  d1717b2162e17a31
+forces_dft_small.yaml   73b322144a10cb7d  62a002d6d4f716f5  140fae467df81967
+md_stability.yaml       f0e9b59a46ac47aa  b7c75c9a4024d880  c82005c7d8f7c92b
+md_stability_long.yaml  d9cd2dfe23198e0c  b7c75c9a4024d880  c82005c7d8f7c92b
+paper.yaml              a7dd86af45432d58  a59d49a35108ac41  b734956a3424004c
+single_teacher.yaml     dd776d424eb9a34a  a59d49a35108ac41  7dbc040911896357
+studies_demo.yaml       71890e2b12ce5e98  a59d49a35108ac41  4a7f5305c2ac917c
+"""
 RECORDED = {
-    "default": ("906db19ae49f4e4b", "a59d49a35108ac41", "4893cdc64abc2e89"),
-    "ani1ccx.yaml": ("752db6679223b8ee", None, "3f078d73bde2b23f"),
-    "capacity.yaml": ("4020130a990d8391", "a59d49a35108ac41", "ce57652fee190499"),
-    "ccsd_t.yaml": ("8ee35f3cfde49364", "58e5c98c5d6c66e2", "f568db02c751de21"),
-    "ccsd_t_cbs.yaml": ("abbe2851911c5e8e", "58e5c98c5d6c66e2", "4ee3cb2818e52cc1"),
-    "cross_teacher.yaml": ("8f99449efbb760a0", "a59d49a35108ac41", "9e71121b98397d42"),
-    "ensemble8.yaml": ("441b145bbbb79874", "a59d49a35108ac41", "73f7431aec0830b3"),
-    "forces_dft.yaml": ("32f70e414e5c1d0a", "6332d0d616e94197", "d7d959491e927486"),
-    "forces_dft_medium.yaml": ("7e1235ba6c01160b", "183975891fcfe1cd", "d1717b2162e17a31"),
-    "forces_dft_small.yaml": ("73b322144a10cb7d", "62a002d6d4f716f5", "140fae467df81967"),
-    "md_stability.yaml": ("f0e9b59a46ac47aa", "b7c75c9a4024d880", "c82005c7d8f7c92b"),
-    "md_stability_long.yaml": ("d9cd2dfe23198e0c", "b7c75c9a4024d880", "c82005c7d8f7c92b"),
-    "paper.yaml": ("a7dd86af45432d58", "a59d49a35108ac41", "b734956a3424004c"),
-    "single_teacher.yaml": ("dd776d424eb9a34a", "a59d49a35108ac41", "7dbc040911896357"),
-    "studies_demo.yaml": ("71890e2b12ce5e98", "a59d49a35108ac41", "4a7f5305c2ac917c"),
+    name: (cfg, None if gen == "-" else gen, members)
+    for name, cfg, gen, members in (line.split() for line in _TABLE.strip().splitlines())
 }
 
 
