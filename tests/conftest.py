@@ -77,6 +77,18 @@ md: {{enabled: false}}
 {extra}"""
 
 
+def check_missing_and_malformed(load, error, tmp_path, name: str, text: str, message: str):
+    """``load`` of a missing file raises ``error`` saying it does not exist, and of a file ``name``
+    holding ``text`` raises ``error`` matching ``message``; returns that file (for more cases)."""
+    with pytest.raises(error, match="does not exist"):
+        load(tmp_path / f"none-{name}")
+    bad = tmp_path / name
+    bad.write_text(text)
+    with pytest.raises(error, match=message):
+        load(bad)
+    return bad
+
+
 def central_difference_forces(energy, x: np.ndarray, h: float) -> np.ndarray:
     """-dE/dx (n_atoms, 3) by central differences of ``energy(positions)`` around ``x`` (n_atoms, 3),
     step ``h``: the oracle of the force tests (``x`` is not changed)."""

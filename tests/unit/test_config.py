@@ -4,6 +4,8 @@ import pytest
 
 from ekd import config
 
+from ..conftest import check_missing_and_malformed
+
 
 def test_embedded_default_is_small_and_complete():
     cfg = config.default_config()
@@ -66,12 +68,8 @@ def test_bad_configs_name_the_field(text, message):
 
 
 def test_load_missing_file_and_bad_yaml(tmp_path):
-    with pytest.raises(config.ConfigError, match="does not exist"):
-        config.load(tmp_path / "none.yaml")
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("train: [unclosed")
-    with pytest.raises(config.ConfigError, match="not valid YAML"):
-        config.load(bad)
+    unclosed = "train: [unclosed"
+    check_missing_and_malformed(config.load, config.ConfigError, tmp_path, "bad.yaml", unclosed, "not valid YAML")
 
 
 def test_shipped_configs_load():

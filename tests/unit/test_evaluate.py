@@ -13,6 +13,8 @@ import pytest
 
 from ekd import evaluate as ev
 
+from ..conftest import check_missing_and_malformed
+
 # 2 molecules x 3 conformers; molecule 7 and 3 (ids need not be 0..m-1 nor sorted)
 MOLECULE = np.array([7, 7, 7, 3, 3, 3])
 REF = np.array([0.0, 1.0, 2.0, 10.0, 12.0, 15.0])
@@ -266,12 +268,7 @@ def test_metrics_json_round_trip(tmp_path):
 
 
 def test_load_metrics_errors(tmp_path):
-    with pytest.raises(ev.MetricsFileError, match="does not exist"):
-        ev.load_metrics(tmp_path / "none.json")
-    bad = tmp_path / "bad.json"
-    bad.write_text("{")
-    with pytest.raises(ev.MetricsFileError, match="not valid JSON"):
-        ev.load_metrics(bad)
+    bad = check_missing_and_malformed(ev.load_metrics, ev.MetricsFileError, tmp_path, "bad.json", "{", "not valid JSON")
     bad.write_text('{"config": {}, "sets": {}}')
     with pytest.raises(ev.MetricsFileError, match=r"missing top-level key\(s\) \['roles'\]"):
         ev.load_metrics(bad)
