@@ -40,7 +40,6 @@ import os
 import platform
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -50,6 +49,7 @@ import torch
 from ase import units
 from ase.io.lammpsdata import write_lammps_data
 from ase.md.verlet import VelocityVerlet
+from lammps_nve import BIN, TIMESTEP_FS, nve_script, run_lmp  # bench/: first on the path of a script
 
 import ekd
 from ekd.calculator import EKDCalculator
@@ -58,36 +58,13 @@ from ekd.model_file import load_model, save_model
 from ekd.models import use_kernels
 from ekd.testing import toy_model
 
-BIN = Path(sys.executable).parent
-TIMESTEP_FS = 0.25
-
 
 def lammps_rate(workdir: Path, model: Path, species, n_atoms: int, steps: int, threads: int, nprocs: int = 1):
     """(atom-steps per wall second, per CPU second, mode) of `steps` NVE steps of pair_style ekd."""
-    script = f"""
-units real
-atom_style atomic
-boundary p p p
-read_data data.lmp
-pair_style ekd threads {threads}
-pair_coeff * * {model} {" ".join(species)}
-velocity all create 300.0 4928459 mom yes rot yes dist gaussian
-timestep {TIMESTEP_FS}
-fix integrate all nve
-thermo {steps}
-run {steps}
-"""
-    (workdir / "in.lmp").write_text(script)
-    cmd = [str(BIN / "lmp"), "-in", "in.lmp", "-log", "none"]
-    if nprocs > 1:
-        cmd = [str(BIN / "mpirun"), "-np", str(nprocs), *cmd]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"lmp failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
-    loop = float(re.search(r"Loop time of ([0-9.eE+-]+) on", proc.stdout).group(1))
-    cpu_percent = float(re.search(r"([0-9.]+)% CPU use", proc.stdout).group(1))  # of one rank's process
-    mode = re.search(r"pair_style ekd: mode (\w+)", proc.stdout).group(1)
+    out = run_lmp(workdir, nve_script(model, species, steps, f"threads {threads}"), nprocs).stdout
+    loop = float(re.search(r"Loop time of ([0-9.eE+-]+) on", out).group(1))
+    cpu_percent = float(re.search(r"([0-9.]+)% CPU use", out).group(1))  # of one rank's process
+    mode = re.search(r"pair_style ekd: mode (\w+)", out).group(1)
     return n_atoms * steps / loop, n_atoms * steps / (loop * cpu_percent / 100 * nprocs), mode
 
 

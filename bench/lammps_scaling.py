@@ -32,13 +32,12 @@ import argparse
 import os
 import platform
 import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
-TIMESTEP_FS = 0.25
+from lammps_nve import nve_script, run_lmp  # bench/: first on the path of a script
+
 SPECIES = ("C", "H", "N", "O")
 
 # runs each rank's lmp as a child and reports its peak resident memory (the wrapper's own is tiny)
@@ -88,31 +87,11 @@ def write_box(tmp: Path) -> int:
 
 def run(tmp: Path, model: Path, nprocs: int, mode: str, steps: int, replicate: bool = False) -> dict:
     grid = "processors 2 1 1" if replicate and nprocs == 2 else ""
-    script = f"""
-units real
-atom_style atomic
-boundary p p p
-{grid}
-read_data data.lmp
-{"replicate 2 1 1" if replicate else ""}
-pair_style ekd threads 1 mode {mode}
-pair_coeff * * {model} {" ".join(SPECIES)}
-velocity all create 300.0 4928459 mom yes rot yes dist gaussian
-timestep {TIMESTEP_FS}
-fix integrate all nve
-thermo {steps}
-run {steps}
-"""
-    (tmp / "in.lmp").write_text(script)
+    replicate_line = "replicate 2 1 1" if replicate else ""
+    script = nve_script(model, SPECIES, steps, f"threads 1 mode {mode}", before_read=grid, after_read=replicate_line)
     (tmp / "rss.py").write_text(RSS_WRAPPER)
-    cmd = [sys.executable, str(tmp / "rss.py"), str(BIN / "lmp"), "-in", "in.lmp", "-log", "none"]
-    if nprocs > 1:
-        cmd = [str(BIN / "mpirun"), "-np", str(nprocs), *cmd]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
+    proc = run_lmp(tmp, script, nprocs, wrapper=[sys.executable, str(tmp / "rss.py")])
     out = proc.stdout
-    if proc.returncode != 0:
-        raise RuntimeError(f"lmp failed:\n{out[-3000:]}\n{proc.stderr[-2000:]}")
     natoms = int(re.search(r"Loop time of [0-9.eE+-]+ on \d+ procs for \d+ steps with (\d+) atoms", out).group(1))
     loop = float(re.search(r"Loop time of ([0-9.eE+-]+) on", out).group(1))
     cpu = float(re.search(r"([0-9.]+)% CPU use", out).group(1)) / 100
