@@ -83,7 +83,7 @@ def captured(monkeypatch):
         seen.append((spec, dataset, {k: np.asarray(v) for k, v in splits.items()}))
         return {"member": spec.member}
 
-    monkeypatch.setattr(workflow, "run_parallel", run_here)
+    monkeypatch.setattr(workflow.rundir, "run_parallel", run_here)
     monkeypatch.setattr(ekd.train, "train_member", record)
     return seen
 
@@ -219,7 +219,7 @@ def test_an_element_only_in_the_test_pool_stops_the_run_before_training(groups, 
     def no_training(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(workflow, "run_parallel", no_training)
+    monkeypatch.setattr(workflow.rundir, "run_parallel", no_training)
     run = workflow.Run(_cfg(train, test), tmp_path / "run", progress=False)
     with pytest.raises(
         DataFileError, match=r"data.test .*test.h5: element\(s\) N \(in 'NH3'\) occur only in the out-of-sample pool"
