@@ -14,7 +14,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
 
+from ekd.calculator import EKDCalculator
 from ekd.model_file import FORMAT, ModelFileError, ModelMetadata, _quiet_jit, load_model, save_model
 from ekd.plugin import lammps_plugin_dir
 from ekd.testing import toy_model
@@ -163,10 +165,6 @@ def _box(seed=0):
 
 
 def test_calculator_forces_are_minus_energy_gradient(toy_file):
-    from ase.calculators.fd import calculate_numerical_forces
-
-    from ekd.calculator import EKDCalculator
-
     for atoms in (_box(), _box()[:7]):  # periodic (images within 2 x cutoff), and a molecule in vacuum
         if len(atoms) == 7:
             atoms.pbc = False
@@ -177,10 +175,6 @@ def test_calculator_forces_are_minus_energy_gradient(toy_file):
 
 
 def test_calculator_stress_is_strain_derivative(toy_file):
-    from ase.calculators.fd import calculate_numerical_stress
-
-    from ekd.calculator import EKDCalculator
-
     atoms = _box(1)
     atoms.set_cell(atoms.cell + [[0, 0.3, 0], [0.2, 0, 0], [0, 0.1, 0]], scale_atoms=True)  # triclinic
     atoms.calc = EKDCalculator(toy_file)
@@ -190,7 +184,6 @@ def test_calculator_stress_is_strain_derivative(toy_file):
 
 
 def test_calculator_units_and_invariances(toy_file):
-    from ekd.calculator import EKDCalculator
     from ekd.units import EV_TO_KCALMOL
 
     atoms = _box(2)
@@ -221,8 +214,6 @@ def test_calculator_units_and_invariances(toy_file):
 def test_ensemble_mean_and_spread(tmp_path):
     from ase.build import molecule
 
-    from ekd.calculator import EKDCalculator
-
     paths = []
     for seed, cutoff in ((0, 3.5), (1, 3.5), (2, 3.0)):
         module, meta = toy_model(SPECIES, cutoff, 2, seed=seed)
@@ -250,8 +241,6 @@ def test_ensemble_mean_and_spread(tmp_path):
 
 def test_calculator_rejects_unknown_elements(toy_file):
     from ase.build import molecule
-
-    from ekd.calculator import EKDCalculator
 
     atoms = molecule("SiH4")
     atoms.calc = EKDCalculator(toy_file)
