@@ -5,6 +5,7 @@
 #include "json.h"  // LAMMPS's copy of nlohmann::json
 
 #include <cmath>
+#include <iterator>
 #include <set>
 
 namespace ekd_lammps {
@@ -13,14 +14,21 @@ using LAMMPS_NS::json;
 
 namespace {
 
-const char *const ELEMENTS[] = {
-    "X",  "H",  "He", "Li", "Be", "B",  "C",  "N",  "O",  "F",  "Ne", "Na", "Mg", "Al", "Si", "P",  "S",
-    "Cl", "Ar", "K",  "Ca", "Sc", "Ti", "V",  "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Zn", "Ga", "Ge", "As",
-    "Se", "Br", "Kr", "Rb", "Sr", "Y",  "Zr", "Nb", "Mo", "Tc", "Ru", "Rh", "Pd", "Ag", "Cd", "In", "Sn",
-    "Sb", "Te", "I",  "Xe", "Cs", "Ba", "La", "Ce", "Pr", "Nd", "Pm", "Sm", "Eu", "Gd", "Tb", "Dy", "Ho",
-    "Er", "Tm", "Yb", "Lu", "Hf", "Ta", "W",  "Re", "Os", "Ir", "Pt", "Au", "Hg", "Tl", "Pb", "Bi", "Po",
-    "At", "Rn", "Fr", "Ra", "Ac", "Th", "Pa", "U",  "Np", "Pu", "Am", "Cm", "Bk", "Cf", "Es", "Fm", "Md",
-    "No", "Lr", "Rf", "Db", "Sg", "Bh", "Hs", "Mt", "Ds", "Rg", "Cn", "Nh", "Fl", "Mc", "Lv", "Ts", "Og"};
+// "a, b or c" of a generated list of names, plus `extra`
+template <std::size_t N>
+std::string one_of(const char *const (&names)[N], const char *extra = nullptr) {
+    std::string out;
+    for (std::size_t i = 0; i < N; ++i) out += (i ? ", " : "") + std::string(names[i]);
+    if (extra) out += std::string(", ") + extra;
+    return out;
+}
+
+template <std::size_t N>
+bool contains(const char *const (&names)[N], const std::string &name) {
+    for (const char *n : names)
+        if (name == n) return true;
+    return false;
+}
 
 // "2.13.0+cpu" -> "2.13"
 std::string major_minor(const std::string &v) {
@@ -56,7 +64,7 @@ void metadata_cutoff_depth(const std::string &text, const std::string &path, dou
 }
 
 int atomic_number(const std::string &symbol) {
-    for (int z = 1; z < static_cast<int>(sizeof(ELEMENTS) / sizeof(ELEMENTS[0])); ++z)
+    for (int z = 1; z < ELEMENTS_COUNT; ++z)
         if (symbol == ELEMENTS[z]) return z;
     return 0;
 }
@@ -77,11 +85,10 @@ ModelInfo parse_metadata(const std::string &text, const std::string &path, const
     if (format != MODEL_FORMAT && format != MODEL_FORMAT_1)
         throw ModelError(where + "model format is '" + format + "' but this plugin (ekd " + ekd_version +
                          ") reads '" + MODEL_FORMAT + "' and '" + MODEL_FORMAT_1 + "'" + reexport);
-    // the same field set as ekd.model_file.ModelMetadata: a missing or unknown field is refused
-    std::set<std::string> fields = {"cutoff",      "n_interactions", "species",     "dtype",
-                                    "ops_library", "role",           "description", "format",
-                                    "energy_unit", "length_unit",    "ekd_version", "torch_version"};
-    if (format == MODEL_FORMAT) fields.insert("kind");
+    // the field set of the schema: a missing or unknown field is refused
+    std::set<std::string> fields(std::begin(METADATA_FIELDS), std::end(METADATA_FIELDS));
+    if (format == MODEL_FORMAT_1)
+        for (const char *f : FIELDS_NOT_IN_FORMAT_1) fields.erase(f);
     for (const auto &f : fields)
         if (!j.contains(f)) throw ModelError(where + "metadata.json lacks '" + f + "'" + reexport);
     for (auto it = j.begin(); it != j.end(); ++it)
@@ -110,16 +117,17 @@ ModelInfo parse_metadata(const std::string &text, const std::string &path, const
         info.torch_version = j.at("torch_version").get<std::string>();
         auto energy_unit = j.at("energy_unit").get<std::string>();
         auto length_unit = j.at("length_unit").get<std::string>();
-        if (energy_unit != "kcal/mol" || length_unit != "angstrom")
-            throw ModelError(where + "units are " + energy_unit + "/" + length_unit +
-                             " but deployed models use kcal/mol/angstrom" + reexport);
+        if (energy_unit != ENERGY_UNIT || length_unit != LENGTH_UNIT)
+            throw ModelError(where + "units are " + energy_unit + "/" + length_unit + " but deployed models use " +
+                             ENERGY_UNIT + "/" + LENGTH_UNIT + reexport);
     } catch (const json::exception &e) {
         throw ModelError(where + "metadata.json is incomplete or mistyped (" + e.what() + ")" + reexport);
     }
     if (!(info.cutoff > 0.0) || !std::isfinite(info.cutoff))
         throw ModelError(where + "cutoff must be a positive number of Angstrom, got " + std::to_string(info.cutoff));
-    if (format == MODEL_FORMAT && !info.known_kind() && info.kind != "custom")
-        throw ModelError(where + "kind must be hipnn, hipnn-torch, toy or custom, got '" + info.kind + "'" + reexport);
+    if (format == MODEL_FORMAT && !info.known_kind() && info.kind != CUSTOM_KIND)
+        throw ModelError(where + "kind must be one of " + one_of(KINDS, CUSTOM_KIND) + ", got '" + info.kind + "'" +
+                         reexport);
     if (info.n_interactions < 0)
         throw ModelError(where + "n_interactions must be >= 0, got " + std::to_string(info.n_interactions));
     if (info.known_kind() && info.n_interactions < 1)
@@ -130,17 +138,17 @@ ModelInfo parse_metadata(const std::string &text, const std::string &path, const
         if (atomic_number(s) == 0) throw ModelError(where + "species '" + s + "' is not an element symbol" + reexport);
         if (!seen.insert(s).second) throw ModelError(where + "species lists '" + s + "' twice" + reexport);
     }
-    if (info.dtype != "float32" && info.dtype != "float64")
-        throw ModelError(where + "dtype must be float32 or float64, got '" + info.dtype + "'" + reexport);
+    if (!contains(DTYPES, info.dtype))
+        throw ModelError(where + "dtype must be one of " + one_of(DTYPES) + ", got '" + info.dtype + "'" + reexport);
     if (major_minor(info.ekd_version) != major_minor(ekd_version))
         throw ModelError(where + "exported by ekd " + info.ekd_version + " but this plugin belongs to ekd " +
                          ekd_version + reexport + ", or install ekd " + major_minor(info.ekd_version) + ".*");
     if (major_minor(info.torch_version) != major_minor(torch_version))
         throw ModelError(where + "exported with torch " + info.torch_version + " but the plugin runs torch " +
                          torch_version + "; re-export the model with this torch");
-    if (!info.ops_library.empty() && info.ops_library != "libekd_ops.so")
-        throw ModelError(where + "needs op library '" + info.ops_library +
-                         "' but this plugin provides only libekd_ops.so");
+    if (!info.ops_library.empty() && info.ops_library != OPS_LIBRARY)
+        throw ModelError(where + "needs op library '" + info.ops_library + "' but this plugin provides only " +
+                         OPS_LIBRARY);
     return info;
 }
 

@@ -1,18 +1,24 @@
 // metadata.json of a deployed ekd model (formats ekd-model-2 and ekd-model-1, written by
 // ekd.model_file.save_model) and the checks the plugin applies before running a model. Mirrors
-// ekd.model_file.check_metadata (tests/unit/test_model_trust.py feeds both the same bad files):
-// every message names the file, the problem and what to do.
+// ekd.model_metadata.check_metadata; the schema both read (format names, fields, kinds, units,
+// element table, eV -> kcal/mol) is python/ekd/model_format.json, compiled into
+// ekd_model_format.h by embed_model_format.cmake. tests/integration/test_lammps_trust.py feeds both
+// readers the same files. Every message names the file, the problem and what to do.
 #pragma once
 
 #include <string>
 #include <vector>
 
+#include "ekd_model_format.h"  // generated: MODEL_FORMAT, EV_TO_KCALMOL, KINDS, ELEMENTS, ...
+
 namespace ekd_lammps {
 
-constexpr const char *MODEL_FORMAT = "ekd-model-2";    // written by this ekd
-constexpr const char *MODEL_FORMAT_1 = "ekd-model-1";  // still read (trust_code yes; forward only)
-// 1 eV in kcal/mol (CODATA 2018, as ekd.units.EV_TO_KCALMOL and ASE 3.23+)
-constexpr double EV_TO_KCALMOL = 23.060547830619;
+// Whether `kind` is one of the kinds whose code this ekd writes (KINDS).
+inline bool is_known_kind(const std::string &kind) {
+    for (const char *k : KINDS)
+        if (kind == k) return true;
+    return false;
+}
 
 struct ModelInfo {
     std::string path;
@@ -23,12 +29,12 @@ struct ModelInfo {
     std::string ops_library;  // empty: none
     std::string role, description, ekd_version, torch_version;
     std::string format;  // MODEL_FORMAT or MODEL_FORMAT_1
-    // ekd-model-2: "hipnn", "hipnn-torch", "toy" (code this ekd writes, with the stage methods) or
-    // "custom" (any other module: needs trust_code yes); empty for ekd-model-1
+    // ekd-model-2: one of KINDS (code this ekd writes, with the stage methods) or CUSTOM_KIND (any
+    // other module: needs trust_code yes); empty for ekd-model-1
     std::string kind;
     std::string metadata_json;  // the text of metadata.json as read (bound to the weights)
 
-    bool known_kind() const { return kind == "hipnn" || kind == "hipnn-torch" || kind == "toy"; }
+    bool known_kind() const { return is_known_kind(kind); }
 
     // How far out (Angstrom) atoms influence an owned atom's energy: n_interactions * cutoff
     // (a model without interactions still needs its pairs' partners).
@@ -41,7 +47,7 @@ ModelInfo parse_metadata(const std::string &json, const std::string &path, const
                          const std::string &torch_version);
 
 // The model kind named by metadata.json `json` of `path`: "" for ekd-model-1 files (no kind),
-// else the kind field ("hipnn", "hipnn-torch", "toy", "custom"). Throws ModelError if unreadable.
+// else the kind field (one of KINDS or CUSTOM_KIND). Throws ModelError if unreadable.
 std::string metadata_kind(const std::string &json, const std::string &path);
 
 // cutoff and n_interactions of metadata.json `json` of `path` (already checked by parse_metadata).

@@ -7,6 +7,7 @@
 #include <caffe2/serialize/inline_container.h>
 
 #include <algorithm>
+#include <iterator>
 #include <map>
 #include <set>
 #include <vector>
@@ -21,12 +22,11 @@ const char *const OPT_IN =
     "If you trust this file (loading it runs its own code), add trust_code yes to the pair_style line: "
     "pair_style ekd ... trust_code yes";
 
-bool known_kind(const std::string &kind) { return kind == "hipnn" || kind == "hipnn-torch" || kind == "toy"; }
+const std::string METADATA_ENTRY = std::string("extra/") + METADATA_FILE;
 
 bool plain_entry(const std::string &name) {
-    static const std::set<std::string> plain = {"version",  "byteorder",     ".data/version", ".data/serialization_id",
-                                                "data.pkl", "constants.pkl", "extra/metadata.json"};
-    if (plain.count(name)) return true;
+    static const std::set<std::string> plain(std::begin(PLAIN_ENTRIES), std::end(PLAIN_ENTRIES));
+    if (plain.count(name) || name == METADATA_ENTRY) return true;
     if (name.rfind("data/", 0) == 0 && name.size() > 5)
         return std::all_of(name.begin() + 5, name.end(), [](char c) { return c >= '0' && c <= '9'; });
     return false;
@@ -52,14 +52,13 @@ void check_model_file(const std::string &path, bool trust_code) {
         std::set<std::string> unique(names.begin(), names.end());
         if (unique.size() != names.size())
             throw ModelError(where + "the archive names an entry twice; not a file written by ekd. " + OPT_IN);
-        if (!unique.count("extra/metadata.json"))
-            throw ModelError("model file " + path +
-                             " has no metadata.json: it was not written by ekd.export.save_model; "
-                             "export it with `ekd export`");
-        const std::string kind = metadata_kind(record(reader, "extra/metadata.json"), path);
+        if (!unique.count(METADATA_ENTRY))
+            throw ModelError("model file " + path + " has no " + METADATA_FILE +
+                             ": it was not written by ekd (ekd.model_file.save_model); export it with `ekd export`");
+        const std::string kind = metadata_kind(record(reader, METADATA_ENTRY), path);
         if (trust_code) return;
-        if (!known_kind(kind))
-            throw ModelError(where + (kind.empty() ? std::string("an ekd-model-1 file") : "model kind '" + kind + "'") +
+        if (!is_known_kind(kind))
+            throw ModelError(where + (kind.empty() ? "an " + std::string(MODEL_FORMAT_1) + " file" : "model kind '" + kind + "'") +
                              ": its code is not code this ekd writes, and loading a model runs its code. Re-export it "
                              "with this ekd (`ekd export`), or: " + OPT_IN);
         std::map<std::string, const CanonicalCode *> want;
@@ -102,14 +101,14 @@ void check_binding(const torch::jit::Module &module, const std::string &path) {
     std::string text, kind;
     try {
         caffe2::serialize::PyTorchStreamReader reader(path);
-        text = record(reader, "extra/metadata.json");
+        text = record(reader, METADATA_ENTRY);
     } catch (const c10::Error &e) {
         throw corrupt(path, first_line(e.what_without_backtrace()));
     }
     kind = metadata_kind(text, path);
     if (kind.empty()) return;  // ekd-model-1: no binding
     if (!module.hasattr("metadata_json")) {
-        if (known_kind(kind))
+        if (is_known_kind(kind))
             throw ModelError("model " + path + ": a " + kind +
                              " model without metadata_json; re-export it with `ekd export`");
         return;
@@ -119,7 +118,7 @@ void check_binding(const torch::jit::Module &module, const std::string &path) {
         throw ModelError("model " + path +
                          ": metadata.json was edited or does not belong to these weights (it differs from the copy "
                          "stored with the weights); re-export the model with `ekd export`");
-    if (!known_kind(kind)) return;
+    if (!is_known_kind(kind)) return;
     double cutoff = 0.0;
     int n_interactions = 0;
     metadata_cutoff_depth(text, path, cutoff, n_interactions);

@@ -34,8 +34,9 @@ Loading TorchScript runs the code stored in the archive (e.g. a class's ``__sets
 downloaded model file could do anything. ekd therefore opens a model only when, before TorchScript
 sees it, the archive checks out (:func:`check_archive`; the LAMMPS plugin does the same in C++):
 
-* its entries are within ``version, byteorder, .data/version, .data/serialization_id, data.pkl,
-  constants.pkl, data/<digits>, extra/metadata.json, code/...``;
+* its entries are within ``data.pkl``, ``constants.pkl``, ``data/<digits>``, ``extra/metadata.json``,
+  ``code/...`` and TorchScript's bookkeeping entries (the schema's ``plain_entries``,
+  :mod:`ekd.model_metadata`);
 * its ``code/`` entries are byte-identical to the code this ekd writes for the model's ``kind``
   (``hipnn``, ``hipnn-torch``, ``toy``): weights and hyper-parameters live in data.pkl, so every
   model of a kind has the same code. The canonical code is committed in ``ekd/model_code/<kind>/``
@@ -52,194 +53,54 @@ The metadata is bound to the weights: the module's ``metadata_json`` attribute (
 the text of ``extra/metadata.json``; a file where the two differ is refused (the metadata was
 edited, or moved onto other weights), opt-in or not.
 
-This module does not import torch at import time (:mod:`ekd.export` imports it for the
-``lammps.plugins`` entry point in the ``lmp`` wrapper).
+The metadata schema (fields, kinds, units, element table), shared with the plugin through one
+data file, is :mod:`ekd.model_metadata`; its names are re-exported here. This module does not
+import torch at import time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
-import math
 import os
 import re
 import sys
 import warnings
 import zipfile
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .model_metadata import (  # noqa: F401  (the schema's names are part of this module's API)
+    ATOMIC_NUMBERS,
+    CUSTOM,
+    DTYPES,
+    ELEMENTS,
+    ENERGY_UNIT,
+    FORMAT,
+    FORMAT_1,
+    FORMATS,
+    KINDS,
+    LENGTH_UNIT,
+    METADATA_FILE,
+    OPS_LIBRARY,
+    PLAIN_ENTRIES,
+    ModelFileError,
+    ModelMetadata,
+    UntrustedModelError,
+    check_metadata,
+)
 
-#: the format this ekd writes; it also reads FORMAT_1 files (only with trust_code=True)
-FORMAT = "ekd-model-2"
-FORMAT_1 = "ekd-model-1"
-FORMATS = (FORMAT_1, FORMAT)
-ENERGY_UNIT = "kcal/mol"
-LENGTH_UNIT = "angstrom"
-DTYPES = ("float32", "float64")
-#: name of the op library a model may call (torch.ops.ekd); the LAMMPS plugin loads the same file
-OPS_LIBRARY = "libekd_ops.so"
-METADATA_FILE = "metadata.json"
-#: model kinds whose code ekd writes (ekd.scripted's classes); "custom" = any other module
-KINDS = ("hipnn", "hipnn-torch", "toy")
-CUSTOM = "custom"
 #: where the canonical code of each kind lives (package data, not importable)
 CODE_DIR = Path(__file__).parent / "model_code"
 CODE_SUFFIX = ".txt"
 #: the opt-in, as each interface spells it (for messages)
 OPT_IN = "trust_code=True (Python), --trust-code (ekd CLI), `pair_style ekd ... trust_code yes` (LAMMPS)"
 
-# element symbols by atomic number (index 0 unused)
-ELEMENTS = (
-    "X H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Se Br Kr "
-    "Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu Gd Tb Dy Ho Er Tm Yb "
-    "Lu Hf Ta W Re Os Ir Pt Au Hg Tl Pb Bi Po At Rn Fr Ra Ac Th Pa U Np Pu Am Cm Bk Cf Es Fm Md No Lr Rf "
-    "Db Sg Bh Hs Mt Ds Rg Cn Nh Fl Mc Lv Ts Og"
-).split()
-ATOMIC_NUMBERS = {s: z for z, s in enumerate(ELEMENTS) if z > 0}
-
 # entries (below the archive's top folder) a model file may hold besides code/...
-_PLAIN_ENTRIES = {"version", "byteorder", ".data/version", ".data/serialization_id", "data.pkl", "constants.pkl"}
 _DATA_ENTRY = re.compile(r"data/[0-9]+")
 _EXTRA_ENTRY = "extra/" + METADATA_FILE
-
-
-class ModelFileError(ValueError):
-    """A model file that cannot be used; the message names the file, the problem and the fix."""
-
-
-class UntrustedModelError(ModelFileError):
-    """A model file whose code is not the code this ekd writes (refused without the opt-in)."""
-
-
-@dataclass(frozen=True)
-class ModelMetadata:
-    """What a deployed model says about itself (``metadata.json`` inside the TorchScript file).
-
-    cutoff: pair cutoff, Angstrom. n_interactions: message-passing depth (an atom's energy sees
-    atoms up to n_interactions * cutoff away). species: element symbols in model order.
-    dtype: "float32" or "float64" (of r_ij and of the energies). ops_library: file name of the op
-    library the TorchScript code calls (``libekd_ops.so``) or None. kind: which of ekd's model
-    classes the code is ("hipnn", "hipnn-torch", "toy") or "custom" (any other module: loads only
-    with the trust opt-in); empty in ekd-model-1 files. role / description: free text ("student",
-    "teacher", "toy", ...). Format, versions and units are filled in by :func:`save_model`.
-    """
-
-    cutoff: float
-    n_interactions: int
-    species: tuple[str, ...]
-    dtype: str = "float64"
-    ops_library: str | None = None
-    role: str = ""
-    description: str = ""
-    kind: str = CUSTOM
-    format: str = FORMAT
-    energy_unit: str = ENERGY_UNIT
-    length_unit: str = LENGTH_UNIT
-    ekd_version: str = __version__
-    torch_version: str = ""
-
-    @property
-    def atomic_numbers(self) -> tuple[int, ...]:
-        return tuple(ATOMIC_NUMBERS[s] for s in self.species)
-
-    def to_json(self) -> str:
-        d = asdict(self)
-        d["species"] = list(self.species)
-        if self.format == FORMAT_1:
-            del d["kind"]  # ekd-model-1 has no kind field
-        return json.dumps(d, indent=1, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str | bytes, source: str = "metadata") -> ModelMetadata:
-        """Parse and check (see :func:`check_metadata`); ``source`` names the file in messages."""
-        try:
-            d = json.loads(text)
-        except ValueError as e:
-            raise ModelFileError(f"{source}: metadata.json is not valid JSON ({e}); re-export the model") from e
-        if not isinstance(d, dict):
-            raise ModelFileError(f"{source}: metadata.json must hold a JSON object; re-export the model")
-        if d.get("format") not in FORMATS:
-            raise ModelFileError(
-                f"{source}: model format is {d.get('format')!r} but this ekd ({__version__}) reads {list(FORMATS)}; "
-                "re-export the model with this ekd (ekd export)"
-            )
-        names = {f.name for f in fields(cls)}
-        if d["format"] == FORMAT_1:
-            names.discard("kind")
-        missing = sorted(names - set(d))
-        if missing:
-            raise ModelFileError(f"{source}: metadata.json lacks {missing}; re-export the model with this ekd")
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ModelFileError(f"{source}: metadata.json has unknown fields {unknown}; re-export the model")
-        species = d["species"]
-        if not isinstance(species, list):
-            raise ModelFileError(f"{source}: species must be a list of element symbols, got {species!r}")
-        if d["format"] == FORMAT_1:
-            d["kind"] = ""
-        meta = cls(**{**d, "species": tuple(species)})
-        check_metadata(meta, source)
-        return meta
-
-
-def _major_minor(version: str) -> tuple[str, ...]:
-    return tuple(version.split("+")[0].split(".")[:2])
-
-
-def check_metadata(meta: ModelMetadata, source: str = "metadata") -> None:
-    """Raise :class:`ModelFileError` unless every field is usable by this ekd and torch."""
-    import torch
-
-    def bad(what: str) -> ModelFileError:
-        return ModelFileError(f"{source}: {what}")
-
-    if meta.format not in FORMATS:
-        raise bad(f"model format is {meta.format!r} but this ekd reads {list(FORMATS)}; re-export the model")
-    if meta.format == FORMAT and meta.kind not in (*KINDS, CUSTOM):
-        raise bad(f"kind must be one of {[*KINDS, CUSTOM]}, got {meta.kind!r}; re-export the model (ekd export)")
-    if meta.format == FORMAT_1 and meta.kind:
-        raise bad(f"kind {meta.kind!r} in an {FORMAT_1} file (that format has no kind); re-export the model")
-    if (
-        isinstance(meta.cutoff, bool)
-        or not isinstance(meta.cutoff, int | float)
-        or not math.isfinite(meta.cutoff)
-        or meta.cutoff <= 0
-    ):
-        raise bad(f"cutoff must be a positive number of Angstrom, got {meta.cutoff!r}")
-    if not isinstance(meta.n_interactions, int) or isinstance(meta.n_interactions, bool) or meta.n_interactions < 0:
-        raise bad(f"n_interactions must be a non-negative integer, got {meta.n_interactions!r}")
-    if meta.format == FORMAT and meta.kind in KINDS and meta.n_interactions < 1:
-        raise bad(f"n_interactions must be >= 1 for a {meta.kind} model, got {meta.n_interactions}")
-    if not meta.species:
-        raise bad("species is empty: name the model's elements in model order")
-    unknown = [s for s in meta.species if s not in ATOMIC_NUMBERS]
-    if unknown:
-        raise bad(f"species {unknown} are not element symbols (expected e.g. ['C', 'H', 'N', 'O'])")
-    if len(set(meta.species)) != len(meta.species):
-        raise bad(f"species {list(meta.species)} lists an element twice")
-    if meta.energy_unit != ENERGY_UNIT or meta.length_unit != LENGTH_UNIT:
-        raise bad(
-            f"units are {meta.energy_unit!r}/{meta.length_unit!r} but deployed models use "
-            f"{ENERGY_UNIT!r}/{LENGTH_UNIT!r}; convert the model's output in the exporter and re-export"
-        )
-    if meta.dtype not in DTYPES:
-        raise bad(f"dtype must be one of {DTYPES}, got {meta.dtype!r}")
-    if _major_minor(meta.ekd_version) != _major_minor(__version__):
-        raise bad(
-            f"exported by ekd {meta.ekd_version} but this is ekd {__version__}; re-export the model with this ekd "
-            f"or install ekd {'.'.join(_major_minor(meta.ekd_version))}.*"
-        )
-    if _major_minor(meta.torch_version) != _major_minor(torch.__version__):
-        raise bad(
-            f"exported with torch {meta.torch_version} but torch {torch.__version__} is installed; re-export the "
-            "model with this torch (TorchScript and the op library are tied to a torch release)"
-        )
-    if meta.ops_library not in (None, OPS_LIBRARY):
-        raise bad(f"needs op library {meta.ops_library!r}; this ekd provides only {OPS_LIBRARY!r}")
 
 
 @contextlib.contextmanager
@@ -320,12 +181,7 @@ def check_archive(path: str | Path, kind: str, trust_code: bool = False) -> None
                 f"Re-export it with this ekd (ekd export), or: {opt_in}"
             )
         for name in sorted(entries):
-            if (
-                name in _PLAIN_ENTRIES
-                or name == _EXTRA_ENTRY
-                or _DATA_ENTRY.fullmatch(name)
-                or name.startswith("code/")
-            ):
+            if name in PLAIN_ENTRIES or name == _EXTRA_ENTRY or _DATA_ENTRY.fullmatch(name) or name.startswith("code/"):
                 continue
             raise UntrustedModelError(
                 f"{source}: unexpected archive entry {entries[name]!r} (ekd's exporter writes only weights, metadata "
@@ -470,13 +326,16 @@ def read_metadata(path: str | Path) -> ModelMetadata:
 def _metadata_text(path: Path) -> str:
     """The text of a model file's metadata.json (UTF-8, as the LAMMPS plugin reads it)."""
     if not path.is_file():
-        raise FileNotFoundError(f"model file {path} not found; export one with `ekd export` (ekd.export.save_model)")
+        raise FileNotFoundError(
+            f"model file {path} not found; export one with `ekd export` (ekd.model_file.save_model)"
+        )
     try:
         with zipfile.ZipFile(path) as z:
             entries = [n for n in z.namelist() if n.endswith("/extra/" + METADATA_FILE)]
             if not entries:
                 raise ModelFileError(
-                    f"{path}: no {METADATA_FILE} in the archive: not an ekd model; export it with ekd.export.save_model"
+                    f"{path}: no {METADATA_FILE} in the archive: not an ekd model; export it with `ekd export` "
+                    "(or ekd.model_file.save_model)"
                 )
             text = z.read(entries[0])
     except (zipfile.BadZipFile, EOFError, OSError) as e:
@@ -503,10 +362,12 @@ def load_model(path: str | Path, device: str = "cpu", trust_code: bool = False):
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"model file {path} not found; export one with `ekd export` (ekd.export.save_model)")
+        raise FileNotFoundError(
+            f"model file {path} not found; export one with `ekd export` (ekd.model_file.save_model)"
+        )
     if not zipfile.is_zipfile(path):
         raise ModelFileError(
-            f"{path}: not a TorchScript archive (truncated, corrupt, or not written by ekd.export.save_model); "
+            f"{path}: not a TorchScript archive (truncated, corrupt, or not written by ekd.model_file.save_model); "
             "copy it again or re-export it (ekd export)"
         )
     text = _metadata_text(path)

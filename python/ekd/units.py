@@ -4,8 +4,13 @@ CODATA 2018 values (as used by ASE 3.23+): 1 Hartree = 627.509474 kcal/mol = 27.
 1 Bohr = 0.529177210903 Angstrom, 1 eV = 23.060548 kcal/mol.
 """
 
+import json
+from pathlib import Path
+
 HARTREE_TO_KCALMOL = 627.5094740631
-EV_TO_KCALMOL = 23.060547830619
+# written once for Python and the LAMMPS plugin (its `units metal` conversion): ekd/model_format.json
+_FORMAT_FILE = Path(__file__).parent / "model_format.json"
+EV_TO_KCALMOL = float(json.loads(_FORMAT_FILE.read_text(encoding="utf-8"))["ev_to_kcalmol"])
 BOHR_TO_ANGSTROM = 0.529177210903
 
 #: factor that converts an energy in the named unit to kcal/mol

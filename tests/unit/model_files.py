@@ -150,6 +150,20 @@ def metadata_files(d: Path) -> dict[str, tuple[Path, bool]]:
         "torch version": ({"torch_version": "1.13.1"}, True),
         "ops library": ({"ops_library": "libother.so"}, True),
         "torch.classes in the description": ({"description": "torch.classes"}, True),
+        # schema facts both readers take from ekd/model_format.json
+        "valid (species ends with the table's last element)": ({"species": ["H", "C", "Og"]}, False),
+        "species X (atomic number 0)": ({"species": ["X", "C"]}, True),
+        "length unit": ({"length_unit": "bohr"}, True),
+        "kind missing": ({"kind": DROP}, True),
+        "kind in an ekd-model-1 file": ({"format": "ekd-model-1"}, True),
+        "dtype float32 (the module's is float64)": ({"dtype": "float32"}, True),
+        # types: every field as the schema says
+        "species a string": ({"species": "HC"}, True),
+        "cutoff true": ({"cutoff": True}, True),
+        "n_interactions -1": ({"n_interactions": -1}, True),
+        "role a number": ({"role": 5}, True),
+        "ekd_version a number": ({"ekd_version": 0.1}, True),
+        "ops_library a number": ({"ops_library": 5}, True),
     }
     return {
         name: (rebind(toy, d / f"meta{i}.pt", **changes), refused)
