@@ -1,6 +1,7 @@
 // The torch side of the plugin: reading model files and running them. No LAMMPS headers here
 // (see ekd_model.h for why).
 #include "ekd_model.h"
+#include "ekd_model_aoti.h"
 #include "ekd_trust.h"
 
 #include <ATen/Parallel.h>
@@ -57,6 +58,7 @@ void load_ops_library(const std::string &name, const std::string &model_path) {
 }  // namespace
 
 std::string read_metadata_json(const std::string &path) {
+    if (is_aoti_package(path)) return aoti_metadata_json(path);  // format ekd-aoti-1 (.pt2)
     try {
         caffe2::serialize::PyTorchStreamReader reader(path);
         const std::string record = "extra/metadata.json";
@@ -74,12 +76,17 @@ std::string read_metadata_json(const std::string &path) {
 
 struct Model::Impl {
     torch::jit::Module module;
+    std::unique_ptr<AotiModel> aoti;  // set for an AOTInductor package (then `module` is unused)
     torch::ScalarType dtype;
     std::string path;
     bool staged = false;
     // whether interaction() takes n_out (computes the owned rows only); files made by an earlier
     // ekd-model-2 exporter (trust_code opt-in) compute every row
     bool rows_arg = false;
+    // whether the file has geometry(r_ij) and interaction_geo(k, z, first, second, geometry, n_out):
+    // the pair geometry is then computed and differentiated once per evaluation instead of once
+    // per layer (files of the previous ekd-model-2 code have interaction() only)
+    bool geometry = false;
     int n_interactions = 0;
     std::vector<int64_t> widths;
 
@@ -107,6 +114,10 @@ Model::Model(const std::string &path, const std::string &ops_library, bool float
     impl_->path = path;
     impl_->dtype = float32 ? torch::kFloat32 : torch::kFloat64;
     if (!ops_library.empty()) load_ops_library(ops_library, path);
+    if (is_aoti_package(path)) {  // chosen by content, not by the file name
+        impl_->aoti = std::make_unique<AotiModel>(path, float32, trust_code);
+        return;
+    }
     // The pair count changes every step: the profiling executor would re-specialise the graph
     // on new shapes; the plain interpreter has a steady cost per call.
     torch::jit::setGraphExecutorOptimize(false);
@@ -141,6 +152,7 @@ Model::Model(const std::string &path, const std::string &ops_library, bool float
         impl_->staged = true;
         for (const auto &a : m.get_method("interaction").function().getSchema().arguments())
             if (a.name() == "n_out") impl_->rows_arg = true;
+        impl_->geometry = impl_->rows_arg && m.find_method("geometry") && m.find_method("interaction_geo");
     }
 }
 
@@ -152,6 +164,10 @@ std::vector<int64_t> Model::feature_widths() const { return impl_->widths; }
 
 void Model::evaluate_halo(const PairInputs &in, int64_t n_local, HaloExchange &ex, std::vector<double> &local_energy,
                           std::vector<double> &grad) {
+    if (impl_->aoti)
+        throw ModelError("model " + impl_->path + " is an AOTInductor package (format ekd-aoti-1), which has no "
+                         "per-layer methods for mode halo: use pair_style ekd mode ghosts (any number of ranks) "
+                         "or mode images (1 rank), or its TorchScript export (`ekd export`) for mode halo");
     const auto lopt = torch::TensorOptions().dtype(torch::kLong);
     const auto dopt = torch::TensorOptions().dtype(torch::kDouble);
     auto species = torch::from_blob(const_cast<int64_t *>(in.species), {in.n_atoms}, lopt);
@@ -169,7 +185,19 @@ void Model::evaluate_halo(const PairInputs &in, int64_t n_local, HaloExchange &e
     const int64_t M = impl_->rows_arg ? n_local : N;
     std::vector<torch::Tensor> z_in(K), z_out(K), e_out(K);
     torch::Tensor z, energy;
+    // with geometry(): its outputs (graph to r kept for the end) and detached copies that the layers
+    // read, whose gradients the layers' backward passes accumulate
+    std::vector<torch::Tensor> geo_out, geo_in, geo_grad;
+    c10::List<torch::Tensor> geo_arg;
     try {
+        if (impl_->geometry) {
+            for (const auto &g : impl_->module.get_method("geometry")({r}).toTensorVector()) {
+                geo_out.push_back(g);
+                geo_in.push_back(g.detach().requires_grad_(g.requires_grad()));
+                geo_arg.push_back(geo_in.back());
+            }
+            geo_grad.resize(geo_in.size());
+        }
         auto emb = impl_->module.get_method("embed")({species}).toTuple();
         z = emb->elements().at(0).toTensor();
         auto e0 = emb->elements().at(1).toTensor();
@@ -178,11 +206,13 @@ void Model::evaluate_halo(const PairInputs &in, int64_t n_local, HaloExchange &e
         if (e0.dim() != 1 || e0.size(0) != N)
             throw impl_->bad_shape("embed's energies", e0, "[" + std::to_string(N) + "]");
         energy = e0.narrow(0, 0, n_local).detach().to(torch::kDouble);
-        auto interaction = impl_->module.get_method("interaction");
+        auto interaction = impl_->module.get_method(impl_->geometry ? "interaction_geo" : "interaction");
         for (int k = 0; k < K; ++k) {
             // embed's features of ghosts are already their owners' (they depend on the species only)
             z_in[k] = z.detach().requires_grad_(k > 0);
-            std::vector<c10::IValue> args{static_cast<int64_t>(k), z_in[k], first, second, r};
+            std::vector<c10::IValue> args{static_cast<int64_t>(k), z_in[k], first, second};
+            if (impl_->geometry) args.emplace_back(geo_arg);
+            else args.emplace_back(r);
             if (impl_->rows_arg) args.emplace_back(M);
             auto out = interaction(args).toTuple();
             z_out[k] = out->elements().at(0).toTensor();
@@ -215,7 +245,14 @@ void Model::evaluate_halo(const PairInputs &in, int64_t n_local, HaloExchange &e
     torch::Tensor g_next;
     try {
         for (int k = K - 1; k >= 0; --k) {
-            std::vector<torch::Tensor> outputs, grad_outputs, inputs{r};
+            std::vector<torch::Tensor> outputs, grad_outputs, inputs;
+            if (impl_->geometry) {
+                for (const auto &g : geo_in)
+                    if (g.requires_grad()) inputs.push_back(g);
+            } else {
+                inputs.push_back(r);
+            }
+            const size_t n_geo = inputs.size();
             auto e_owned = e_out[k].narrow(0, 0, n_local).sum();
             if (e_owned.requires_grad()) {
                 outputs.push_back(e_owned);
@@ -231,15 +268,36 @@ void Model::evaluate_halo(const PairInputs &in, int64_t n_local, HaloExchange &e
             if (!outputs.empty())
                 gs = torch::autograd::grad(outputs, inputs, grad_outputs, /*retain_graph=*/false,
                                            /*create_graph=*/false, /*allow_unused=*/true);
-            if (!gs.empty() && gs[0].defined()) g_r += gs[0].to(torch::kDouble);
+            if (impl_->geometry) {
+                for (size_t i = 0, j = 0; i < geo_in.size() && !gs.empty(); ++i) {
+                    if (!geo_in[i].requires_grad()) continue;
+                    const auto &g = gs[j++];
+                    if (g.defined()) geo_grad[i] = geo_grad[i].defined() ? geo_grad[i] + g : g;
+                }
+            } else if (!gs.empty() && gs[0].defined()) {
+                g_r += gs[0].to(torch::kDouble);
+            }
             if (k > 0) {
-                torch::Tensor gz = gs.size() > 1 && gs[1].defined() ? gs[1] : torch::zeros({N, F[k]}, impl_->dtype);
+                torch::Tensor gz =
+                    gs.size() > n_geo && gs[n_geo].defined() ? gs[n_geo] : torch::zeros({N, F[k]}, impl_->dtype);
                 auto gd = own_double(gz);
                 ex.reverse(gd.data_ptr<double>(), static_cast<int>(F[k]));
                 g_next = gd.to(impl_->dtype);
             }
             z_out[k] = torch::Tensor();
             e_out[k] = torch::Tensor();
+        }
+        // the pair geometry's share, once for all layers
+        std::vector<torch::Tensor> outputs, grad_outputs;
+        for (size_t i = 0; i < geo_out.size(); ++i)
+            if (geo_grad[i].defined() && geo_out[i].requires_grad()) {
+                outputs.push_back(geo_out[i]);
+                grad_outputs.push_back(geo_grad[i]);
+            }
+        if (!outputs.empty()) {
+            auto gs = torch::autograd::grad(outputs, {r}, grad_outputs, /*retain_graph=*/false,
+                                            /*create_graph=*/false, /*allow_unused=*/true);
+            if (gs[0].defined()) g_r += gs[0].to(torch::kDouble);
         }
     } catch (const std::exception &e) {
         throw impl_->failed(e);
@@ -254,6 +312,10 @@ Model::~Model() = default;
 
 void Model::evaluate(const PairInputs &in, int64_t n_local, std::vector<double> &local_energy,
                      std::vector<double> &grad) {
+    if (impl_->aoti) {
+        impl_->aoti->evaluate(in, n_local, local_energy, grad);
+        return;
+    }
     const auto lopt = torch::TensorOptions().dtype(torch::kLong);
     // from_blob does not copy; the model only reads its inputs
     auto species = torch::from_blob(const_cast<int64_t *>(in.species), {in.n_atoms}, lopt);
