@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import io
 import json
 import random
@@ -48,7 +47,7 @@ from .data.database import database_arrays
 from .groups import ROLES
 from .member import MODEL_FORMAT, Member, load_member, member_payload
 from .models import build_model, check_padding, use_kernels
-from .store import atomic_text, atomic_write, load_torch
+from .store import atomic_text, atomic_write, bytes_digest, canonical_json, load_torch
 
 
 @dataclass(frozen=True)
@@ -406,11 +405,11 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def _fingerprint(spec, arch: ModelConfig, tc, train_idx, valid_idx, dataset: Dataset) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps([asdict(spec), asdict(arch), tc.identity()], sort_keys=True).encode())
-    for arr in (train_idx, valid_idx, dataset.species, dataset.coordinates):
-        h.update(np.ascontiguousarray(arr).tobytes())
-    return h.hexdigest()[:16]
+    arrays = (train_idx, valid_idx, dataset.species, dataset.coordinates)
+    return bytes_digest(
+        canonical_json([asdict(spec), asdict(arch), tc.identity()]),
+        *(np.ascontiguousarray(arr).tobytes() for arr in arrays),
+    )
 
 
 def _truncate_log(path: Path, last_epoch: int) -> None:
