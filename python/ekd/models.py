@@ -11,8 +11,8 @@ Inputs are padded batches, as in :class:`~ekd.data.Dataset`:
   between real atoms would silently drop atoms: :func:`check_padding`);
 * positions (n, A, 3) Angstrom (anything in padding; it does not contribute).
 
-Interaction kernels: ekd's own op library is selected through :func:`use_kernels`; until
-``ekd.kernels`` exists it falls back to hippynn's kernels without warnings.
+Interaction kernels: :func:`use_kernels` selects them for the process (:mod:`ekd.kernels`;
+:func:`build_model` picks ekd's own op library unless another was chosen first).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from .config import ModelConfig
 from .data import Dataset
 
 # hippynn reads its settings once, at import: no progress bars unless asked for; "False" would
-# break its import (see the project notes), "none" is the accepted spelling.
+# break its import (found with the hippynn release ekd pins), "none" is the accepted spelling.
 os.environ.setdefault("HIPPYNN_PROGRESS", "none")
 # hippynn prints and warns for every batch holding a pair closer than its innermost sensitivity
 # function; rattled training geometries do that routinely, and it is the data layer's business.

@@ -177,19 +177,18 @@ def test_random_split_is_deterministic_disjoint_and_complete():
         random_split(idx, 1.5, seed=0)
 
 
-def test_hippynn_database_has_exactly_the_given_splits(tmp_path):
-    from ekd.data.database import to_database
+def test_database_arrays_are_the_dataset_padded(tmp_path):
+    from ekd.data.database import database_arrays
 
     ds = load_dataset(write_ani(tmp_path / "a.h5", _groups()), KEYS).require("energy")
-    splits = {"train": np.array([0, 2, 3]), "valid": np.array([1, 4]), "test": np.array([5])}
-    db = to_database(ds, ["energy"], splits)
-    for name, idx in splits.items():
-        assert sorted(db.splits[name]["indices"].tolist()) == idx.tolist()
-        np.testing.assert_allclose(db.splits[name]["energy"][:, 0].numpy(), ds.properties["energy"][idx], rtol=1e-6)
+    arrays = database_arrays(ds, ["energy"])
+    assert arrays["indices"].tolist() == list(range(len(ds)))
+    assert tuple(arrays["energy"].shape) == (len(ds), 1)
+    assert str(arrays["species"].dtype) == "torch.int64"
+    np.testing.assert_allclose(arrays["energy"][:, 0].numpy(), ds.properties["energy"], rtol=1e-6)
+    np.testing.assert_array_equal(arrays["species"].numpy(), ds.species)
     with pytest.raises(ValueError, match="missing \\(NaN\\) for 3 of 6"):
-        to_database(ds, ["forces"], splits)
-    with pytest.raises(ValueError, match="more than one split"):
-        to_database(ds, ["energy"], {"train": [0, 1], "valid": [1], "test": [2]})
+        database_arrays(ds, ["forces"])
 
 
 # --- malformed groups are refused, naming them (issue 14, item 4)

@@ -1,6 +1,7 @@
-// Plain C++ API of ekd's neighbor search, shared by the torch op (csrc/cpu/neighbors.cpp), the
-// Python helper module (ekd._C) and the LAMMPS plugin. No torch types here on purpose: callers
-// that are not torch ops (pybind11, LAMMPS) should not need the dispatcher to find pairs.
+// Plain C++ API of ekd's neighbor search, shared by the torch op (csrc/cpu/neighbors.cpp) and the
+// Python helper module (ekd._C); the LAMMPS plugin uses LAMMPS's own neighbor lists instead. No
+// torch types here on purpose: a caller that is not a torch op (pybind11) should not need the
+// dispatcher to find pairs.
 #pragma once
 
 #include <cstdint>
@@ -22,7 +23,7 @@ struct PairList {
 };
 
 // Thrown for inputs that cannot describe a structure (e.g. a singular periodic cell). The
-// message names the argument; op wrappers turn it into a torch error, LAMMPS into error->all.
+// message names the argument; the op wrapper turns it into a torch error, ekd._C into a Python ValueError.
 struct InputError : std::invalid_argument {
     using std::invalid_argument::invalid_argument;
 };
