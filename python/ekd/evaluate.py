@@ -20,12 +20,12 @@ Shapes (n configurations padded to A atoms, k members)::
       "sets": {                              # the test sets scored, e.g. test_pool and test_split
         "<set>": {"description": str, "n_configurations": int, "n_molecules": int}
       },
-      "roles": {                             # one entry per group of members (a row of the report)
-        "<label>": {                         # teacher, student_gen1, student_gen2, control, baseline
+      "roles": {                             # (historical key) one entry per group of members (a row of
+        "<group name>": {                    # the report): teacher, student_gen1, control, ... (ekd.groups)
           "role": str,                       # teacher | student | control | baseline
           "generation": int,                 # 0 for teachers, 1.. for students/controls/baseline
           "n_members": int,
-          "<set>": {                         # evaluate_role(...) of this group on this set
+          "<set>": {                         # evaluate_group(...) of this group on this set
             "members":  [score, ...],        # one score per member, in member order
             "summary":  {"<metric>": {"mean": float|null, "std": float|null, "n": int}},
             "ensemble": score                # score of the mean prediction of the members
@@ -250,7 +250,7 @@ def summarize(member_scores: Sequence[Mapping]) -> dict:
     return out
 
 
-def evaluate_role(predictions: Mapping, reference: Mapping, window: float = 100.0) -> dict:
+def evaluate_group(predictions: Mapping, reference: Mapping, window: float = 100.0) -> dict:
     """Scores of every member of a group, their summary, and the score of the ensembled prediction.
 
     predictions: {"energy": (k, n), "forces": (k, n, A, 3) or None} — one row per member.
@@ -280,6 +280,9 @@ def evaluate_role(predictions: Mapping, reference: Mapping, window: float = 100.
     ensemble = one(energy.mean(axis=0), None if forces is None else forces.mean(axis=0))
     return {"members": members, "summary": summarize(members), "ensemble": ensemble}
 
+
+#: the former name of :func:`evaluate_group` (it scores a group, whatever its role)
+evaluate_role = evaluate_group
 
 # ------------------------------------------------------------------------------------------
 # metrics.json
@@ -358,6 +361,7 @@ __all__ = [
     "SCHEMA",
     "MetricsFileError",
     "conformer_pair_errors",
+    "evaluate_group",
     "evaluate_role",
     "load_metrics",
     "plain_json",

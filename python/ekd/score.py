@@ -31,7 +31,7 @@ import numpy as np
 
 from .benchmark import ScoreError, TestSet, choose_keys, load_test
 from .data import Dataset
-from .evaluate import METRICS, evaluate_role, plain_json, summarize
+from .evaluate import METRICS, evaluate_group, plain_json, summarize
 from .evaluate import score as score_predictions
 from .tables import COLUMNS, fmt, text_table
 
@@ -226,7 +226,7 @@ def _with_conformer_pairs(full: dict, pairs: dict) -> dict:
 
 
 def score_group(predictions: dict, test: TestSet, window: float) -> dict:
-    """evaluate_role of one group on ``test``, with ΔE pairs formed by conformers only when the file
+    """evaluate_group of one group on ``test``, with ΔE pairs formed by conformers only when the file
     marks them (``kind``)."""
     data = test.data
     reference = {
@@ -235,7 +235,7 @@ def score_group(predictions: dict, test: TestSet, window: float) -> dict:
         "molecule": data.molecule,
         "species": data.species,
     }
-    result = evaluate_role(predictions, reference, window)
+    result = evaluate_group(predictions, reference, window)
     if not test.has_kind or test.conformer.all():
         return result
     c = test.conformer
@@ -245,7 +245,7 @@ def score_group(predictions: dict, test: TestSet, window: float) -> dict:
         "molecule": data.molecule[c],
         "species": data.species[c],
     }
-    pairs = evaluate_role({"energy": predictions["energy"][:, c], "forces": None}, sub_ref, window)
+    pairs = evaluate_group({"energy": predictions["energy"][:, c], "forces": None}, sub_ref, window)
     members = [_with_conformer_pairs(a, b) for a, b in zip(result["members"], pairs["members"], strict=True)]
     return {
         "members": members,

@@ -51,6 +51,28 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def pair_input(
+    model_files,
+    style: str = "",
+    elements: str = " ".join(SPECIES),
+    units: str = "real",
+    boundary: str = "p p p",
+    before_pair: str = "",
+) -> str:
+    """The start of a LAMMPS input: atoms from data.lmp, ``pair_style ekd <style>`` with ``model_files``
+    mapped to ``elements`` (``before_pair``: lines such as masses between the two)."""
+    files = " ".join(str(p) for p in model_files)
+    return f"""
+units {units}
+atom_style atomic
+boundary {boundary}
+read_data data.lmp
+{before_pair}
+pair_style ekd {style}
+pair_coeff * * {files} {elements}
+"""
+
+
 def lammps_env() -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("LAMMPS_PLUGIN_PATH", None)

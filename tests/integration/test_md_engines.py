@@ -22,19 +22,15 @@ def toy(toy_model_files):
     return str(toy_model_files("md", {"toy": dict(cutoff=4.0, n_interactions=2, seed=1)})["toy"])
 
 
+def _box_of_8(toy, engine: str, **protocol) -> RunSpec:
+    """A run of the toy model on a box of 8 CH3ONO molecules (9.3 A at 1.0 g/cm^3) with ``engine``."""
+    return RunSpec((toy,), n_molecules=8, engine=engine, **protocol)
+
+
 def test_ase_and_lammps_give_the_same_short_trajectory(toy):
     runs = {}
     for engine in ("ase", "lammps"):
-        spec = RunSpec(
-            (toy,),
-            dt_fs=0.5,
-            t_max_ps=0.01,
-            seed=3,
-            n_molecules=8,
-            equilibration_ps=0.0,
-            engine=engine,
-            energy_every_fs=0.5,
-        )
+        spec = _box_of_8(toy, engine, dt_fs=0.5, t_max_ps=0.01, seed=3, equilibration_ps=0.0, energy_every_fs=0.5)
         runs[engine] = run_one(spec, keep_positions=True)
     ase, lmp = runs["ase"], runs["lammps"]
     assert not ase["failed"] and not lmp["failed"] and ase["steps"] == lmp["steps"] == 20
@@ -50,16 +46,14 @@ def test_ase_and_lammps_give_the_same_short_trajectory(toy):
 
 @pytest.mark.parametrize("equilibration_ps", [0.0, 0.04])
 def test_lammps_halts_on_close_contact(toy, equilibration_ps):
-    r = run_one(
-        RunSpec((toy,), dt_fs=20.0, t_max_ps=2.0, n_molecules=8, equilibration_ps=equilibration_ps, engine="lammps")
-    )
+    r = run_one(_box_of_8(toy, "lammps", dt_fs=20.0, t_max_ps=2.0, equilibration_ps=equilibration_ps))
     assert r["failed"] and r["fail_step"] < 100
     assert r["t_fail_ps"] == pytest.approx(r["fail_step"] * 0.02)
     assert r["failed_in_equilibration"] == (r["fail_step"] <= round(equilibration_ps * 1e3 / 20.0))
 
 
 def test_lammps_stable_run_reports_drift(toy):
-    r = run_one(RunSpec((toy,), dt_fs=0.25, t_max_ps=0.02, n_molecules=8, equilibration_ps=0.005, engine="lammps"))
+    r = run_one(_box_of_8(toy, "lammps", dt_fs=0.25, t_max_ps=0.02, equilibration_ps=0.005))
     assert not r["failed"] and r["steps"] == 100
     assert r["drift_ev_atom_ps"] is not None and abs(r["drift_ev_atom_ps"]) < 0.05
 

@@ -197,9 +197,9 @@ def _role_inputs(k=3, seed=2):
     return {"energy": energy, "forces": forces}, reference
 
 
-def test_evaluate_role_members_summary_and_ensemble():
+def test_evaluate_group_members_summary_and_ensemble():
     preds, ref = _role_inputs()
-    out = ev.evaluate_role(preds, ref, window=100.0)
+    out = ev.evaluate_group(preds, ref, window=100.0)
     assert len(out["members"]) == 3
     for i, m in enumerate(out["members"]):
         assert m["energy_rmse"] == pytest.approx(np.sqrt(np.mean((preds["energy"][i] - REF) ** 2)))
@@ -219,15 +219,15 @@ def test_evaluate_role_members_summary_and_ensemble():
     assert out["ensemble"]["energy_rmse"] < out["summary"]["energy_rmse"]["mean"]
 
 
-def test_evaluate_role_without_reference_forces():
+def test_evaluate_group_without_reference_forces():
     preds, ref = _role_inputs(k=1)
-    out = ev.evaluate_role(preds, {**ref, "forces": None}, window=100.0)
+    out = ev.evaluate_group(preds, {**ref, "forces": None}, window=100.0)
     assert out["ensemble"]["force_rmse"] is None and out["summary"]["force_rmse"]["n"] == 0
     assert out["summary"]["energy_rmse"]["std"] == 0.0  # one member
-    out = ev.evaluate_role({"energy": preds["energy"], "forces": None}, ref, window=100.0)
+    out = ev.evaluate_group({"energy": preds["energy"], "forces": None}, ref, window=100.0)
     assert out["members"][0]["force_rmse"] is None
     with pytest.raises(ValueError, match='predictions\\["forces"\\] must have 2 members'):
-        ev.evaluate_role({"energy": np.zeros((2, 6)), "forces": preds["forces"]}, ref)
+        ev.evaluate_group({"energy": np.zeros((2, 6)), "forces": preds["forces"]}, ref)
 
 
 def _metrics():
@@ -240,7 +240,7 @@ def _metrics():
                 "role": "teacher",
                 "generation": 0,
                 "n_members": 3,
-                "test_split": ev.evaluate_role(preds, ref, 100.0),
+                "test_split": ev.evaluate_group(preds, ref, 100.0),
             }
         },
     }

@@ -50,7 +50,7 @@ def make_metrics(forces=True, seed=0):
                 "energy": ref["energy"] + rng.normal(0, e_noise, (k, n)),
                 "forces": rng.normal(0, f_noise, (k, n, a, 3)) + (ref["forces"] if forces else 0.0),
             }
-            entry[name] = ev.evaluate_role(preds, ref, 100.0)
+            entry[name] = ev.evaluate_group(preds, ref, 100.0)
         metrics["roles"][label] = entry
     return metrics
 

@@ -16,7 +16,7 @@ import pytest
 
 from ekd import config, score
 from ekd.data import DataFileError, write_ani
-from ekd.evaluate import evaluate_role, load_metrics
+from ekd.evaluate import evaluate_group, load_metrics
 from ekd.evaluate import score as score_predictions
 from ekd.units import BOHR_TO_ANGSTROM, EV_TO_KCALMOL, HARTREE_TO_KCALMOL
 
@@ -97,7 +97,7 @@ def test_model_files_scored_like_the_calculator_and_evaluate(files, models):
         "molecule": test.data.molecule,
         "species": test.data.species,
     }
-    expected = evaluate_role(
+    expected = evaluate_group(
         {"energy": np.stack([p[0] for p in preds]), "forces": np.stack([p[1] for p in preds])}, reference, 100.0
     )
     got = result.groups["models"]
