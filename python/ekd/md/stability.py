@@ -39,21 +39,19 @@ ADDED_FIELDS = {"energy_every_fs": 5.0}
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One MD run. model_paths: exported model file(s) (several = ensemble mean); dt_fs in fs;
-    equilibration_ps / t_max_ps in ps; temperature K; seed: velocities and thermostat;
-    box_seed: placement of the molecules; energy_every_fs: interval of the recorded NVE energies."""
+    """One MD run (the protocol of the module docstring)."""
 
-    model_paths: tuple[str, ...]
-    dt_fs: float
-    t_max_ps: float
-    seed: int = 0
-    n_molecules: int = 27
-    density: float = 1.0
-    temperature: float = 300.0
-    equilibration_ps: float = 0.05
-    min_distance: float = 0.5
-    engine: str = "ase"
-    box_seed: int = 0
+    model_paths: tuple[str, ...]  # exported model file(s); several: their ensemble mean
+    dt_fs: float  # time step, fs
+    t_max_ps: float  # NVE length of a run that does not fail, ps
+    seed: int = 0  # velocities and thermostat
+    n_molecules: int = 27  # CH3ONO molecules in the box
+    density: float = 1.0  # g/cm^3
+    temperature: float = 300.0  # K
+    equilibration_ps: float = 0.05  # Langevin before the NVE part, ps
+    min_distance: float = 0.5  # Angstrom: closer atoms end the run as failed
+    engine: str = "ase"  # or "lammps"
+    box_seed: int = 0  # placement of the molecules
     energy_every_fs: float = 5.0  # interval of the NVE energy frames (the drift fit), rounded to steps
 
     def check(self) -> None:
