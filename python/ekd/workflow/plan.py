@@ -3,8 +3,9 @@ baseline, the studies' groups), each member's seed, and a one-paragraph descript
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
+from .. import store
 from ..config import Config
 from .common import run_digest
 
@@ -35,6 +36,15 @@ class Group:
     study: str | None = None  # "capacity", "teachers" (ensemble size) or "external"
     variant: str | None = None  # capacity: the ensemble.student_variants entry (student architecture)
     teacher_members: int | None = None  # teachers: labels from the first k members of labels_from
+
+    def identity(self) -> dict:
+        """The fields as a dict for digests; the study fields (added with the studies) only when
+        set, so that the main groups keep the digests they had before the studies."""
+        return store.without_added_defaults(asdict(self), STUDY_FIELDS)
+
+
+#: Group fields that the studies added, with the value they have in a main group
+STUDY_FIELDS = {"study": None, "variant": None, "teacher_members": None}
 
 
 #: labels_from of the students of an external (not trained here) teacher ensemble

@@ -217,15 +217,13 @@ class Run:
         return self.cfg.model if group.role == "teacher" else self.cfg.variant_model(group.variant)
 
     def member_digest(self, group: Group, m: int) -> str:
-        # the study fields enter only when set, so that the main groups keep their digests
-        study = ("study", "variant", "teacher_members")
         return run_digest(
             {
                 "data": self.data_digest(),
                 "data_cfg": asdict(self.cfg.data),
                 "model": asdict(self.model_of(group)),
                 "train": self.cfg.train.identity(),
-                "group": {k: v for k, v in asdict(group).items() if not (k in study and v is None)},
+                "group": group.identity(),
                 "member": m,
                 "seed": self.cfg.seed,
                 "labels": (
