@@ -70,3 +70,22 @@ def _digests(cfg) -> tuple:
 def test_digests_of_existing_runs_are_unchanged(name):
     cfg = config.default_config() if name == "default" else config.load(CONFIGS / name)
     assert _digests(cfg) == RECORDED[name]
+
+
+# RunSpec digests of MD results (ekd.md.stability), computed with ekd at commit 7639a2c (before
+# the md/workflow split of issue 17) for a model file of the bytes below
+MD_RUNS = [
+    ({}, "9872289403a97a8d"),
+    ({"energy_every_fs": 2.5}, "a90f8c271a5d1442"),  # a field added later, set: it enters
+    ({"engine": "lammps", "seed": 3}, "07beb6a9bffbe279"),
+]
+
+
+@pytest.mark.parametrize("changes, recorded", MD_RUNS)
+def test_digests_of_existing_md_results_are_unchanged(tmp_path, changes, recorded):
+    from ekd.md.stability import RunSpec
+
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"not really a model" * 1000)
+    spec = RunSpec(model_paths=(str(model),), dt_fs=0.5, t_max_ps=0.1, **changes)
+    assert spec.digest() == recorded
