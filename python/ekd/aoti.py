@@ -25,9 +25,10 @@ A package is a compiled shared library: loading it runs machine code, and no byt
 with ekd's own code is possible. ekd therefore runs a ``.pt2`` only when
 
 * its entries are exactly what this exporter writes (checked on the zip before anything is
-  loaded: the top folder's ``archive_format``, ``archive_version``, ``byteorder``,
+  loaded: the top folder's ``archive_format``, ``archive_version``, ``byteorder``, ``version``,
   ``.data/version``, ``.data/serialization_id``, ``extra/metadata.json`` and one compiled model
-  under ``data/aotinductor/model/``), and
+  under ``data/aotinductor/model/``: its library, C++ sources, metadata and the list of ekd ops
+  it calls), and
 * its SHA-256 is in the local registry of packages ekd compiled on this machine (appended by
   :func:`export_module`; ``$EKD_TRUSTED_PACKAGES`` or ``$XDG_DATA_HOME/ekd/trusted-packages``,
   default ``~/.local/share/ekd/trusted-packages``; one ``<sha256>  <path>`` line per package),
@@ -46,6 +47,7 @@ import io
 import json
 import os
 import re
+import warnings
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -73,9 +75,9 @@ REGISTRY_ENV = "EKD_TRUSTED_PACKAGES"
 #: smallest number of atoms and of pairs the compiled function takes (callers pad)
 MIN_ROWS = 2
 
-_PLAIN = {"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id"}
+_PLAIN = {"archive_format", "archive_version", "byteorder", "version", ".data/version", ".data/serialization_id"}
 _MODEL_ENTRY = re.compile(
-    r"data/aotinductor/model/[a-z0-9]+\.(wrapper\.cpp|kernel\.cpp|wrapper_metadata\.json|kernel_metadata\.json"
+    r"data/aotinductor/model/[a-z0-9]+\.(wrapper\.cpp|kernel\.cpp|wrapper\.json|wrapper_metadata\.json|kernel_metadata\.json"
     r"|wrapper\.so)"
 )
 _EXTRA = "extra/" + METADATA_FILE
@@ -373,6 +375,15 @@ def _example(module, dtype, n_atoms: int, n_pairs: int, seed: int):
 
 
 @contextlib.contextmanager
+def _quiet_compile():
+    """torch 2.13's export and inductor warn about their own internals (FutureWarning: pytree
+    LeafSpec, torch._prims_common.check); nothing a user of ekd can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        yield
+
+
+@contextlib.contextmanager
 def _no_duck_shapes():
     # make_fx's symbolic tracing otherwise gives equal example sizes one symbol, and would fold
     # e.g. the number of atoms into a weight dimension of the same size
@@ -423,17 +434,18 @@ def export_module(module, path: str | Path, metadata: ModelMetadata | dict) -> M
 
     # sizes unlike any weight dimension and unlike each other (see _no_duck_shapes)
     example = _example(module, dtype, 37, 211, seed=0)
-    with _no_duck_shapes(), torch.no_grad():
-        graph = make_fx(view, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*example)
-    atoms = torch.export.Dim("n_atoms", min=MIN_ROWS)
-    pairs = torch.export.Dim("n_pairs", min=MIN_ROWS)
-    program = torch.export.export(
-        graph, example, dynamic_shapes=({0: atoms}, {0: pairs}, {0: pairs}, {0: pairs}, {0: atoms})
-    )
-    buf = io.BytesIO()
-    torch._inductor.aoti_compile_and_package(
-        program, package_path=buf, inductor_configs={"aot_inductor.metadata": {SO_METADATA_KEY: text}}
-    )
+    with _quiet_compile():
+        with _no_duck_shapes(), torch.no_grad():
+            graph = make_fx(view, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*example)
+        atoms = torch.export.Dim("n_atoms", min=MIN_ROWS)
+        pairs = torch.export.Dim("n_pairs", min=MIN_ROWS)
+        program = torch.export.export(
+            graph, example, dynamic_shapes=({0: atoms}, {0: pairs}, {0: pairs}, {0: pairs}, {0: atoms})
+        )
+        buf = io.BytesIO()
+        torch._inductor.aoti_compile_and_package(
+            program, package_path=buf, inductor_configs={"aot_inductor.metadata": {SO_METADATA_KEY: text}}
+        )
     data = _with_metadata(buf.getvalue(), text)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.check{SUFFIX}")
     try:
