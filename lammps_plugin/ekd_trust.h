@@ -1,5 +1,5 @@
 // The model-trust rule of the LAMMPS plugin (mirrors ekd.model_file.check_archive and
-// check_binding; tests/unit/test_model_trust.py feeds both the same files). Opening a TorchScript
+// check_binding; tests/integration/test_lammps_trust.py feeds both the same files). Opening a TorchScript
 // file runs the code stored in it, so before torch::jit::load the archive must hold only ekd's
 // entries, and its code/ entries must be byte-identical to the code this ekd writes for the
 // model's kind (compiled in from python/ekd/model_code by embed_model_code.cmake). A file that

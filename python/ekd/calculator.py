@@ -10,7 +10,7 @@ energy, forces and stress, plus the spread). Results are in ASE units: eV, eV/An
 * ``energy_std``: standard deviation (population) of the members' energies, eV.
 
 Forces and stress come from the gradient of the energy with respect to the pair vectors
-r_ij = x_j - x_i + shift (see :mod:`ekd.export`), as in LAMMPS.
+r_ij = x_j - x_i + shift (see :mod:`ekd.model_file`), as in LAMMPS.
 """
 
 from __future__ import annotations

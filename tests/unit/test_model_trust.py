@@ -8,17 +8,21 @@ The same bad files go through the LAMMPS plugin in tests/integration/test_lammps
 from __future__ import annotations
 
 import io
+import json
+import re
 import subprocess
 import sys
 import zipfile
+from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from ekd import model_file
+from ekd import model_file, units
 from ekd.calculator import EKDCalculator
-from ekd.model_file import ModelFileError, UntrustedModelError, load_model, save_model
+from ekd.model_file import ModelFileError, ModelMetadata, UntrustedModelError, load_model, save_model
 from ekd.scripted import ScriptedToy, available_ops, example_hipnn
 from ekd.testing import toy_model
 from tests.unit import model_files as mf
@@ -231,3 +235,27 @@ def test_calculator_refuses_atoms_at_one_position(files):
         atoms.get_potential_energy()
     atoms.positions[1, 0] = 7.9  # 0.1 A apart: close, but a finite answer
     assert np.isfinite(atoms.get_potential_energy())
+
+
+def test_the_schema_is_written_once():
+    """ekd/model_format.json is the one place for the schema's facts: Python takes them from it, and
+    the plugin's sources hold none of them as literals (they use the header CMake generates from it;
+    tests/integration/test_lammps_trust.py checks that both readers then agree)."""
+    schema = json.loads((Path(model_file.__file__).parent / "model_format.json").read_text(encoding="utf-8"))
+    assert [f.name for f in fields(ModelMetadata)] == schema["fields"]
+    assert model_file.ELEMENTS == tuple(schema["elements"]) and model_file.ATOMIC_NUMBERS["Og"] == 118
+    assert (model_file.FORMAT, model_file.FORMAT_1, model_file.KINDS, model_file.DTYPES) == (
+        schema["format"],
+        schema["format_1"],
+        tuple(schema["kinds"]),
+        tuple(schema["dtypes"]),
+    )
+    assert units.EV_TO_KCALMOL == schema["ev_to_kcalmol"]
+    facts = [schema["format"], schema["format_1"], schema["energy_unit"], schema["ops_library"], "Og"]
+    facts += [*schema["kinds"], schema["custom_kind"]]
+    plugin = Path(__file__).parents[2] / "lammps_plugin"
+    for source in sorted(plugin.glob("*.cpp")) + sorted(plugin.glob("*.h")):
+        code = re.sub(r"//[^\n]*", "", source.read_text(encoding="utf-8"))  # comments may name them
+        for fact in facts:
+            assert f'"{fact}"' not in code, f"{source.name} spells {fact!r}: use ekd_model_format.h"
+        assert "23.06" not in code, f"{source.name} spells the eV -> kcal/mol factor: use EV_TO_KCALMOL"
