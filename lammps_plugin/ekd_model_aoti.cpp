@@ -133,10 +133,10 @@ std::string check_package(const std::string &path, bool trust_code) {
         if (!unique.count(EXTRA))
             throw ModelError(where + "an AOTInductor package without extra/metadata.json: not written by "
                                      "`ekd export --format aoti`; export the model with ekd");
-        static const std::set<std::string> plain = {"archive_format", "archive_version", "byteorder", ".data/version",
-                                                    ".data/serialization_id", EXTRA};
+        static const std::set<std::string> plain = {"archive_format", "archive_version",        "byteorder", "version",
+                                                    ".data/version",  ".data/serialization_id", EXTRA};
         static const std::regex model(
-            "data/aotinductor/model/[a-z0-9]+\\.(wrapper\\.cpp|kernel\\.cpp|wrapper_metadata\\.json|"
+            "data/aotinductor/model/[a-z0-9]+\\.(wrapper\\.cpp|kernel\\.cpp|wrapper\\.json|wrapper_metadata\\.json|"
             "kernel_metadata\\.json|wrapper\\.so)");
         int libraries = 0;
         std::string odd;
