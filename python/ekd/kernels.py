@@ -127,23 +127,27 @@ def _factorised_is_cheaper(n_pairs: int, n_atoms: int, n_comp: int, n_sens: int,
 def sensitivity(module, dist_pairs: torch.Tensor) -> torch.Tensor:
     """hippynn's sensitivities s[p, n] of ``module`` (an interaction layer's ``sensitivity``), [P, N].
 
-    For hippynn's GaussianSensitivityModule the same formula with exp's argument clamped below at
-    log(2 x the smallest normal number of the dtype): torch's vectorised exp takes a slow path
-    (7-15x slower, measured: 90 vs 6-13 ms for 5M float32 numbers) for arguments whose result
-    underflows or nearly does, and with the paper's widths (sigma = 30) most of a box's
-    pairs x sensitivities do (arguments down to ~ -650). The clamped result differs by less than
-    2.4e-38 in float32 (4.5e-308 in float64), where the gradient was already that small. Other
-    modules (and subclasses, which may change the formula) run as they are.
+    For hippynn's InverseSensitivityModule (HIPNN's default) and GaussianSensitivityModule, whose
+    forward is the same formula (they differ in the low-distance warning only), the formula with
+    exp's argument clamped below at log(2 x the smallest normal number of the dtype): torch's
+    vectorised exp takes a slow path (7-15x slower, measured: 90 vs 6-13 ms for 5M float32
+    numbers) for arguments whose result underflows or nearly does, and with the paper's widths
+    (sigma = 30) most of a box's pairs x sensitivities do (arguments down to ~ -650). The clamped
+    result differs by less than 2.4e-38 in float32 (4.5e-308 in float64), where the gradient was
+    already that small. Other modules (and subclasses, which may change the formula) run as they are.
     """
     from hippynn import settings
-    from hippynn.layers.hiplayers.sensitivity import GaussianSensitivityModule, warn_if_under
+    from hippynn.layers.hiplayers import sensitivity as hs
 
-    if type(module) is not GaussianSensitivityModule:
+    kind = type(module)
+    if kind is not hs.InverseSensitivityModule and kind is not hs.GaussianSensitivityModule:
         return module(dist_pairs)
     if settings.WARN_LOW_DISTANCES:
-        with torch.no_grad():
+        with torch.no_grad():  # hippynn's warning, with each class's threshold
             mu, argmin = module.mu.min(dim=1)
-            warn_if_under(dist_pairs, mu + module.sigma[:, argmin])
+            sig = module.sigma[:, argmin]
+            inverse = kind is hs.InverseSensitivityModule
+            hs.warn_if_under(dist_pairs, (mu**-1 - sig**-1) ** -1 if inverse else mu + sig)
     # hippynn's expression, term by term (same rounding where nothing is clamped)
     nondim = (dist_pairs.unsqueeze(1) ** -1 - module.mu**-1) ** 2 / (module.sigma**-2)
     lowest = math.log(2 * torch.finfo(dist_pairs.dtype).tiny)

@@ -418,20 +418,21 @@ def test_use_kernels_rejects_unknown_names():
         use_kernels("cuda")
 
 
+@pytest.mark.parametrize("kind", ["InverseSensitivityModule", "GaussianSensitivityModule"])
 @pytest.mark.parametrize("dtype", FLOATS)
-def test_gaussian_sensitivity_equals_hippynns_without_underflowing_exp(dtype, monkeypatch):
-    """ekd.kernels.sensitivity = hippynn's GaussianSensitivityModule, but exp never sees an argument
+def test_sensitivity_equals_hippynns_without_underflowing_exp(dtype, kind, monkeypatch):
+    """ekd.kernels.sensitivity = hippynn's sensitivity modules, but exp never sees an argument
     whose result underflows (torch's exp is several times slower there; the paper's widths put most
     pair x sensitivity entries of a box there)."""
     from ekd.kernels import sensitivity
     from ekd.models import _import_hippynn
 
     hippynn = _import_hippynn()
-    from hippynn.layers.hiplayers.sensitivity import GaussianSensitivityModule
+    from hippynn.layers.hiplayers import sensitivity as hs
 
     monkeypatch.setattr(hippynn.settings, "WARN_LOW_DISTANCES", False)
     torch.manual_seed(0)
-    module = GaussianSensitivityModule(20, 0.75, 5.5, 6.5).to(dtype)  # the paper's sensitivities
+    module = getattr(hs, kind)(20, 0.75, 5.5, 6.5).to(dtype)  # the paper's sensitivities
     pos, pf, ps, offsets = periodic_box(cutoff=6.5, dtype=dtype)
     dist = pair_geometry(pos, pf, ps, offsets)[1].requires_grad_(True)
     expected = module(dist)
@@ -454,3 +455,28 @@ def test_gaussian_sensitivity_equals_hippynns_without_underflowing_exp(dtype, mo
     (g_got,) = torch.autograd.grad((got * weights).sum(), dist)
     (g_exp,) = torch.autograd.grad((expected * weights).sum(), dist)
     torch.testing.assert_close(g_got, g_exp, rtol=1e-12 if dtype == torch.float64 else 1e-6, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["InverseSensitivityModule", "GaussianSensitivityModule"])
+def test_sensitivity_warns_below_the_range_as_hippynn(kind, monkeypatch):
+    from ekd.kernels import sensitivity
+    from ekd.models import _import_hippynn
+
+    hippynn = _import_hippynn()
+    from hippynn.layers.hiplayers import sensitivity as hs
+
+    monkeypatch.setattr(hippynn.settings, "WARN_LOW_DISTANCES", True)
+    module = getattr(hs, kind)(20, 0.75, 5.5, 6.5).double()
+
+    def warned(fn, values):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            fn(torch.tensor(values, dtype=torch.float64))
+        return any("underneath sensitivity range" in str(w.message) for w in seen)
+
+    outcomes = set()
+    for values in ([0.1, 3.0], [3.0, 4.0], [31.0, 40.0]):
+        expected = warned(module, values)
+        assert warned(lambda d: sensitivity(module, d), values) == expected, values
+        outcomes.add(expected)
+    assert outcomes == {True, False}  # each class's threshold lies between the inputs
