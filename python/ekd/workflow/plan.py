@@ -7,31 +7,41 @@ from dataclasses import asdict, dataclass
 
 from .. import store
 from ..config import Config
+from ..groups import (
+    BASELINE,
+    CONTROL,
+    STUDENT,
+    STUDENT_EXTERNAL,
+    TEACHER,
+    student_group,
+    teacher_subset_group,
+    variant_group,
+)
 from .common import run_digest
 
 
 class UnknownGroupError(ValueError, KeyError):
-    """A group label that the run's configuration does not have."""
+    """A group name that the run's configuration does not have."""
 
     def __str__(self) -> str:
         return str(self.args[0])
 
 
 # ------------------------------------------------------------------------------------------
-# roles
+# groups (the words: ekd.groups)
 
 
 @dataclass(frozen=True)
 class Group:
     """A set of members trained the same way (one row of the report)."""
 
-    label: str  # e.g. teacher, student_gen1, control, baseline
-    role: str
+    label: str  # the group's name (teacher, student_gen1, control, ...); field name kept: digests use it
+    role: str  # teacher, student, control or baseline
     generation: int
     n_members: int
     forces: str | None  # dataset property used as force target
     directory: str  # relative to the run dir
-    labels_from: str | None = None  # label of the group whose ensemble made the force labels
+    labels_from: str | None = None  # name of the group whose ensemble made the force labels
     # the studies (docs/results.md): None for the main groups
     study: str | None = None  # "capacity", "teachers" (ensemble size) or "external"
     variant: str | None = None  # capacity: the ensemble.student_variants entry (student architecture)
@@ -56,27 +66,27 @@ def plan(cfg: Config) -> list[Group]:
     generation, controls, baseline), then the studies' groups (capacity variants, students of
     teacher subsets, students of an external teacher)."""
     e = cfg.ensemble
-    groups = [Group("teacher", "teacher", 0, e.n_teachers, None, "gen0/teacher")]
-    previous = "teacher"
+    groups = [Group(TEACHER, TEACHER, 0, e.n_teachers, None, "gen0/teacher")]
+    previous = TEACHER
     for g in range(1, e.generations + 1):
-        label = f"student_gen{g}"
-        groups.append(Group(label, "student", g, e.n_students, "ensemble_forces", f"gen{g}/student", previous))
-        previous = label
+        name = student_group(g)
+        groups.append(Group(name, STUDENT, g, e.n_students, "ensemble_forces", f"gen{g}/student", previous))
+        previous = name
     if e.controls:
-        groups.append(Group("control", "control", 1, e.n_students, None, "control"))
+        groups.append(Group(CONTROL, CONTROL, 1, e.n_students, None, "control"))
     if e.baseline and cfg.data.reference_forces_key:
-        groups.append(Group("baseline", "baseline", 1, e.n_students, "reference_forces", "baseline"))
+        groups.append(Group(BASELINE, BASELINE, 1, e.n_students, "reference_forces", "baseline"))
     ns = e.study_members or e.n_students
     for name in e.student_variants:
         groups.append(
             Group(
-                f"student_gen1@{name}",
-                "student",
+                variant_group(student_group(1), name),
+                STUDENT,
                 1,
                 ns,
                 "ensemble_forces",
                 f"variants/{name}/student",
-                "teacher",
+                TEACHER,
                 study="capacity",
                 variant=name,
             )
@@ -84,8 +94,8 @@ def plan(cfg: Config) -> list[Group]:
         if e.controls:
             groups.append(
                 Group(
-                    f"control@{name}",
-                    "control",
+                    variant_group(CONTROL, name),
+                    CONTROL,
                     1,
                     ns,
                     None,
@@ -97,13 +107,13 @@ def plan(cfg: Config) -> list[Group]:
     for k in e.teacher_subsets:
         groups.append(
             Group(
-                f"student_k{k}",
-                "student",
+                teacher_subset_group(k),
+                STUDENT,
                 1,
                 ns,
                 "ensemble_forces",
                 f"teachers_k{k}/student",
-                "teacher",
+                TEACHER,
                 study="teachers",
                 teacher_members=k,
             )
@@ -111,8 +121,8 @@ def plan(cfg: Config) -> list[Group]:
     if e.external_teacher:
         groups.append(
             Group(
-                "student_external",
-                "student",
+                STUDENT_EXTERNAL,
+                STUDENT,
                 1,
                 ns,
                 "ensemble_forces",
