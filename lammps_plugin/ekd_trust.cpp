@@ -66,6 +66,27 @@ void check_model_file(const std::string &path, bool trust_code) {
             if (kind == c->kind) want[c->name] = c;
         if (want.empty())
             throw ModelError(where + "this plugin has no canonical code for model kind '" + kind + "'. " + OPT_IN);
+        // the code of an earlier ekd (python/ekd/model_code/<kind>@<tag>, kind "<kind>@<tag>" in the
+        // table), entry for entry, is trusted like today's (mirrors ekd.model_file.earlier_code)
+        std::map<std::string, std::map<std::string, const CanonicalCode *>> earlier;
+        for (const CanonicalCode *c = CANONICAL_CODE; c->kind != nullptr; ++c)
+            if (std::string(c->kind).rfind(kind + "@", 0) == 0) earlier[c->kind][c->name] = c;
+        const auto same_code = [&](const std::map<std::string, const CanonicalCode *> &code) {
+            for (const auto &name : unique)
+                if (name.rfind("code/", 0) == 0 && !code.count(name)) return false;
+            for (const auto &[name, c] : code) {
+                if (!unique.count(name)) return false;
+                const std::string have = record(reader, name);
+                if (have.size() != c->size || !std::equal(have.begin(), have.end(), reinterpret_cast<const char *>(c->data)))
+                    return false;
+            }
+            return true;
+        };
+        for (const auto &[tag, code] : earlier)
+            if (same_code(code)) {
+                want = code;
+                break;
+            }
         for (const auto &name : unique) {
             const bool code = name.rfind("code/", 0) == 0;
             if (!code && !plain_entry(name))
