@@ -373,21 +373,21 @@ def file_digest(path: str | os.PathLike) -> str:
     return h.hexdigest()[:16]
 
 
-def claim(directory: str | os.PathLike, digest: str, what: str, hint: str = "") -> None:
-    """Bind ``directory`` to ``digest`` (its ``inputs.json``); raise :class:`RunDirError` if it
+def claim(directory: str | os.PathLike, inputs_digest: str, what: str, hint: str = "") -> None:
+    """Bind ``directory`` to ``inputs_digest`` (its ``inputs.json``); raise :class:`RunDirError` if it
     already belongs to another digest. what: what the directory holds ("teacher member 0");
     hint: appended to the error (how to reuse what is there)."""
     directory = Path(directory)
     stamp = directory / "inputs.json"
     if stamp.exists():
         old = json.loads(stamp.read_text()).get("digest")
-        if old != digest:
+        if old != inputs_digest:
             raise RunDirError(
                 f"{what} in {directory} was computed from a different configuration or data "
-                f"(digest {old}, now {digest}); use a new --run-dir, or delete {directory} to recompute it{hint}"
+                f"(digest {old}, now {inputs_digest}); use a new --run-dir, or delete {directory} to recompute it{hint}"
             )
         return
-    atomic_json(stamp, {"digest": digest, "what": what})
+    atomic_json(stamp, {"digest": inputs_digest, "what": what})
 
 
 def without_added_defaults(fields: Mapping[str, Any], added: Mapping[str, Any]) -> dict[str, Any]:
