@@ -32,6 +32,7 @@ ROLES: tuple[str, ...] = (TEACHER, STUDENT, CONTROL, BASELINE)
 STUDENT_EXTERNAL = "student_external"
 
 _GENERATION = re.compile(r"gen(\d+)$")
+_MAIN_GROUP = re.compile(rf"({TEACHER}|{CONTROL}|{BASELINE}|{STUDENT}_gen[1-9][0-9]*)")
 
 
 def student_group(generation: int) -> str:
@@ -50,6 +51,12 @@ def teacher_subset_group(k: int) -> str:
     return f"{STUDENT}_k{int(k)}"
 
 
+def is_main_group(name: str) -> bool:
+    """Whether ``name`` is one of the main groups a configuration may have (teacher, student_gen<g>,
+    control, baseline), as opposed to a study's group or a misspelling."""
+    return _MAIN_GROUP.fullmatch(name) is not None
+
+
 def generation_of(name: str, default: int = 0) -> int:
     """The generation a group name ends with (``student_gen2`` -> 2), else ``default``."""
     m = _GENERATION.search(name)
@@ -64,6 +71,7 @@ __all__ = [
     "STUDENT_EXTERNAL",
     "TEACHER",
     "generation_of",
+    "is_main_group",
     "student_group",
     "teacher_subset_group",
     "variant_group",

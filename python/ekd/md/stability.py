@@ -23,12 +23,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from ..groups import is_main_group
 from ..jobs import run_parallel
 from ..store import atomic_text, digest, file_digest, without_added_defaults
 
@@ -223,19 +223,16 @@ def sweep_jobs(models: dict[str, list[str]], md, out_dir: Path, box_seed: int = 
     return jobs
 
 
-_MAIN_ROLE = re.compile(r"(teacher|control|baseline|student_gen[1-9][0-9]*)")
-
-
 def select_roles(requested, present, strict: bool = False) -> list[str]:
     """The groups of ``requested`` (``md.roles`` or ``--roles``) that are among ``present`` (the
     run's group labels), in the requested order.
 
     A name that is no group of the run is an error naming it and the valid names, except, unless
-    ``strict``, a main role that this configuration happens not to have (``student_gen2`` with one
+    ``strict``, a main group that this configuration happens not to have (``student_gen2`` with one
     generation, ``baseline`` without reference forces): md.roles' default names them all.
     """
     present = list(present)
-    unknown = [r for r in requested if r not in present and (strict or not _MAIN_ROLE.fullmatch(r))]
+    unknown = [r for r in requested if r not in present and (strict or not is_main_group(r))]
     if unknown:
         raise ValueError(
             f"md.roles: {', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not a group of "
