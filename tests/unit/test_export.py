@@ -1,4 +1,4 @@
-"""Deployed-model files (ekd.export) and the ASE calculator (ekd.calculator) on ekd's toy model.
+"""Deployed-model files (ekd.model_file) and the ASE calculator (ekd.calculator) on ekd's toy model.
 
 No reference numbers are stored: forces are checked against central finite differences of the
 energy (ASE's calculate_numerical_forces), stress against finite strains
