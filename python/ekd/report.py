@@ -214,8 +214,7 @@ def write_report(metrics: Mapping, out_dir: str | os.PathLike, notes: str = "", 
 
 
 def _write_text(path: Path, lines: list[str]) -> Path:
-    text = "\n".join(lines).rstrip() + "\n"
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return atomic_write(path, "\n".join(lines).rstrip() + "\n")
 
 
 def _counts_line(metrics: Mapping, set_name: str) -> str:
