@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import re
 import sys
 import warnings
@@ -91,6 +90,7 @@ from .model_metadata import (  # noqa: F401  (the schema's names are part of thi
     UntrustedModelError,
     check_metadata,
 )
+from .store import atomic_write
 
 #: where the canonical code of each kind lives (package data, not importable)
 CODE_DIR = Path(__file__).parent / "model_code"
@@ -207,10 +207,11 @@ def check_archive(path: str | Path, kind: str, trust_code: bool = False) -> None
                 f"the installation?). {opt_in}"
             )
         have = {n for n in entries if n.startswith("code/")}
-        # the code of an earlier ekd, entry for entry, is trusted like today's
-        if any(have == set(code) and all(z.read(entries[n]) == code[n] for n in have) for code in earlier_code(kind)):
-            want = {}
-        for name in sorted(have | set(want)) if want else ():
+        for code in earlier_code(kind):
+            if set(code) == have:
+                want = code  # the code of an earlier ekd: trusted like today's if it matches byte for byte
+                break
+        for name in sorted(have | set(want)):
             if name not in want:
                 raise UntrustedModelError(
                     f"{source}: unexpected code entry {entries[name]!r}: not part of the {kind} model code this ekd "
@@ -257,21 +258,16 @@ def _archive_bytes(module, metadata_text: str) -> bytes:
     return out.getvalue()
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _kind_of(module) -> str:
     """The model kind of a (scripted) module: which ekd.scripted class it is, else "custom"."""
     name = type(module).__name__
     if hasattr(module, "original_name"):  # a ScriptModule
         name = module.original_name
     return {"ScriptedHipnn": "hipnn", "ScriptedHipnnTorch": "hipnn-torch", "ScriptedToy": "toy"}.get(name, CUSTOM)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    atomic_write(path, data)
 
 
 def save_model(module, path: str | Path, metadata: ModelMetadata | dict[str, Any]) -> ModelMetadata:
