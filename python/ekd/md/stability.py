@@ -30,7 +30,7 @@ import numpy as np
 
 from ..groups import is_main_group
 from ..jobs import run_parallel
-from ..store import atomic_text, digest, file_digest, without_added_defaults
+from ..store import atomic_text, atomic_write, digest, file_digest, without_added_defaults
 
 REQUIRED_ELEMENTS = ("C", "H", "N", "O")
 # RunSpec fields added after the first results, left out of digests at these defaults
@@ -388,9 +388,11 @@ def figure(table: list[dict], path: Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        # like every other output of a run: a killed sweep leaves no half-written PNG
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 
