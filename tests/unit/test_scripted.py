@@ -358,3 +358,95 @@ def test_interaction_n_out_gives_the_first_rows(kind):
     for bad in (-2, n + 1):
         with pytest.raises(Exception, match="n_out must be -1"):
             module.interaction(0, module.embed(species)[0], first, second, r, bad)
+
+
+def _layer_by_layer_with_shared_geometry(module, species, first, second, r):
+    """What the LAMMPS plugin's mode halo does on one rank (no exchange): geometry(r) once, the
+    blocks through interaction_geo on detached copies of it, one backward pass per block (in
+    reverse, feature gradients handed down), then one backward pass through the geometry."""
+    r = r.detach().requires_grad_(True)
+    geo = module.geometry(r)
+    leaves = [g.detach().requires_grad_(True) for g in geo]
+    z, energy = module.embed(species)
+    z_in, outs = [], []
+    for k in range(module.n_interactions):
+        z_in.append(z.detach().requires_grad_(k > 0))
+        z, e = module.interaction_geo(k, z_in[-1], first, second, leaves)
+        outs.append((z, e))
+        energy = energy + e.detach()
+    geo_grad = [torch.zeros_like(g) for g in leaves]
+    g_next = None
+    for k in reversed(range(module.n_interactions)):
+        z, e = outs[k]
+        outputs, grads = ([e.sum()], [torch.ones(())]) if e.requires_grad else ([], [])
+        if g_next is not None:
+            outputs.append(z)
+            grads.append(g_next)
+        inputs = leaves + ([z_in[k]] if k > 0 else [])
+        gs = torch.autograd.grad(outputs, inputs, grads, allow_unused=True)
+        for i, g in enumerate(gs[: len(leaves)]):
+            if g is not None:
+                geo_grad[i] += g
+        g_next = gs[len(leaves)] if k > 0 else None
+    (g_r,) = torch.autograd.grad(geo, [r], geo_grad)
+    return energy, g_r
+
+
+@pytest.mark.parametrize("kind", ["toy", *ENVSUMS])
+def test_shared_geometry_stages_give_forward_and_its_gradient(kind):
+    """geometry(r_ij) + interaction_geo per block (LAMMPS's mode halo: the pair geometry computed
+    and differentiated once, not once per block) give forward's energies and dE/dr_ij;
+    interaction_geo equals interaction; a geometry of other pairs is refused by name."""
+    g = torch.Generator().manual_seed(2)
+    n = 10
+    pos = torch.rand(n, 3, generator=g, dtype=torch.float64) * 3.0
+    species = torch.tensor([1, 6, 1, 1, 6, 1, 6, 1, 6, 6])
+    i, j = torch.triu_indices(n, n, 1)
+    first, second = torch.cat([i, j]), torch.cat([j, i])
+    r = pos[second] - pos[first]
+    if kind == "toy":
+        module = scripted.ScriptedToy([1, 6], 3.0, 3, 5, 4)
+    else:
+        module = scripted.example_hipnn(kind, 2, 3, 4)
+    module = torch.jit.script(module)
+    r_leaf = r.clone().requires_grad_(True)
+    e_ref = module(species, first, second, r_leaf)
+    (g_ref,) = torch.autograd.grad(e_ref.sum(), [r_leaf])
+    energy, g_r = _layer_by_layer_with_shared_geometry(module, species, first, second, r)
+    np.testing.assert_allclose(energy, e_ref.detach(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(g_r, g_ref, rtol=0, atol=1e-12 * float(g_ref.abs().max()))
+    z, _ = module.embed(species)
+    geo = module.geometry(r)
+    for m in (-1, 4):
+        a, b = module.interaction(0, z, first, second, r, m), module.interaction_geo(0, z, first, second, geo, m)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(Exception, match=r"geometry\[0\]: expected shape \[5\]"):
+        module.interaction_geo(0, z, first[:5], second[:5], geo)
+    with pytest.raises(Exception, match="expected the .* tensors of geometry"):
+        module.interaction_geo(0, z, first, second, geo[:1])
+    with pytest.raises(Exception, match=r"r_ij: expected pair vectors \[P, 3\]"):
+        module.geometry(r[:, :2])
+
+
+def test_files_of_the_previous_code_load_without_the_opt_in(tmp_path):
+    """A file written by the ekd before geometry() existed (its code is kept as the accepted
+    variant model_code/hipnn@before-geometry) loads without trust_code and has no geometry();
+    the same file with one byte of its code changed is refused."""
+    import zipfile
+    from pathlib import Path
+
+    from ekd.model_file import UntrustedModelError, load_model
+
+    old = Path(__file__).parents[1] / "integration" / "data" / "before_geometry_hipnn.pt"
+    module, meta = load_model(old)
+    assert meta.kind == "hipnn" and not hasattr(module, "geometry") and hasattr(module, "interaction")
+    edited = tmp_path / "edited.pt"
+    with zipfile.ZipFile(old) as src, zipfile.ZipFile(edited, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("code/__torch__/ekd/scripted.py"):
+                data = data.replace(b"0.5", b"0.4", 1)
+                assert data != src.read(info)
+            dst.writestr(info, data)
+    with pytest.raises(UntrustedModelError, match="differs from the hipnn model code"):
+        load_model(edited)
