@@ -79,3 +79,49 @@ def test_one_thread_runs_one_chunk():
         assert _C.parallel_plan(1 << 30, 3136) == (1, 1)
     finally:
         torch.set_num_threads(before)
+
+
+def _cpu_seconds_per_thread():
+    """{thread id: CPU seconds} of this process's threads (Linux: /proc/self/task/*/schedstat)."""
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                out[tid] = int(f.read().split()[0]) / 1e9
+        except OSError:  # the thread ended meanwhile
+            pass
+    return out
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux's per-thread CPU times")
+@pytest.mark.parametrize("name", ["tensor_envsum", "tensor_sensesum", "envsum", "sensesum", "featsum"])
+def test_large_kernels_run_on_two_threads(name, two_threads):
+    """The plan above is carried out: a large call puts work on a second thread. (ekd's kernels were
+    once compiled without OpenMP, where at::parallel_for silently runs on the calling thread.)
+    CPU time, not wall time: it holds on a loaded machine too."""
+    from ekd._ops import ops
+
+    gen = torch.Generator().manual_seed(0)
+    n_atoms, n_pairs, n_sens, n_comp, n_feat = 600, 24_000, 20, 9, 64
+    first = torch.randint(0, n_atoms, (n_pairs,), generator=gen)
+    second = torch.randint(0, n_atoms, (n_pairs,), generator=gen)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=gen)
+
+    args = {
+        "tensor_envsum": (r(n_pairs, n_comp), r(n_pairs, n_sens), r(n_atoms, n_sens, n_feat)),
+        "tensor_sensesum": (r(n_pairs, n_comp), r(n_atoms, n_comp, n_feat), r(n_atoms, n_sens, n_feat)),
+        "envsum": (r(n_pairs, n_sens), r(n_atoms, n_feat)),
+        "sensesum": (r(n_atoms, n_sens, n_feat), r(n_atoms, n_feat)),
+        "featsum": (r(n_atoms, n_sens, n_feat), r(n_pairs, n_sens)),
+    }[name]
+    op = getattr(ops, name)
+    assert _C.parallel_plan(n_pairs * n_sens * n_feat, n_atoms)[0] == 2
+    op(*args, first, second)  # warm-up: the OpenMP team exists
+    before = _cpu_seconds_per_thread()
+    for _ in range(5):
+        op(*args, first, second)
+    after = _cpu_seconds_per_thread()
+    busy = sorted((after[t] - before.get(t, 0.0) for t in after), reverse=True)
+    assert len(busy) >= 2 and busy[1] > 0.2 * busy[0], f"CPU seconds per thread: {busy[:3]}"
