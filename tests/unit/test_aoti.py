@@ -259,7 +259,7 @@ def test_export_refuses_a_scripted_module(registry, tmp_path):
 
 
 @pytest.mark.slow
-def test_float32_toy_package_and_cli_listing(registry, tmp_path):
+def test_float32_toy_package(registry, tmp_path):
     """float32 (the deployment default) with the toy model: the package's numbers are the
     TorchScript file's within float32 rounding."""
     from ekd.model_file import ModelMetadata
@@ -281,3 +281,54 @@ def test_float32_toy_package_and_cli_listing(registry, tmp_path):
 def test_registry_env_is_the_test_one(registry):
     # guards the other tests: nothing here writes the user's registry
     assert os.environ[aoti.REGISTRY_ENV] == str(registry)
+
+
+def _member_dir(path, seed: int = 1):
+    """A member directory as ekd's training leaves it (model.pt in ekd.member's format, done.json),
+    with random weights."""
+    from dataclasses import asdict
+
+    from ekd.config import ModelConfig
+    from ekd.member import MODEL_FORMAT
+    from ekd.models import build_model
+
+    arch = ModelConfig(
+        l_max=1,
+        n_interactions=1,
+        n_atom_layers=1,
+        width=4,
+        n_sensitivities=3,
+        cutoff_soft_min=0.8,
+        cutoff_soft_max=2.5,
+        cutoff_hard=3.0,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_model(arch, list(SPECIES))
+    path.mkdir()
+    payload = {
+        "format": MODEL_FORMAT,
+        "model_config": asdict(arch),
+        "species": list(model.species),
+        "state_dict": model.modules().state_dict(),
+        "spec": {"role": "teacher"},
+    }
+    torch.save(payload, path / "model.pt")
+    (path / "done.json").write_text("{}")
+    return path
+
+
+@pytest.mark.slow
+def test_cli_export_format_aoti(registry, tmp_path, capsys):
+    """`ekd export MEMBER --format aoti` writes a registered package with the TorchScript export's numbers."""
+    from ekd import cli
+
+    member = _member_dir(tmp_path / "member")
+    assert cli.main(["export", str(member), "--dtype", "float64", "-o", str(tmp_path / "m.pt")]) == 0
+    argv = ["export", str(member), "--format", "aoti", "--dtype", "float64", "-o", str(tmp_path / "m.pt2")]
+    assert cli.main(argv) == 0
+    assert "m.pt2" in capsys.readouterr().out
+    assert aoti.is_registered(aoti.sha256(tmp_path / "m.pt2"))
+    assert aoti.read_metadata(tmp_path / "m.pt2").role == "teacher"
+    mol = _molecules()["CH3ONO"]
+    _assert_same(_results(mol, tmp_path / "m.pt2"), _results(mol, tmp_path / "m.pt"))
