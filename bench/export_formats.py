@@ -79,6 +79,7 @@ def main():
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--cases", default="molecules,box")
     ap.add_argument("--markdown", action="store_true", help="also print the table as markdown (README)")
+    ap.add_argument("--lammps-steps", type=int, default=0, help="also s per MD step of pair_style ekd on the box")
     ap.add_argument("--workdir", help="keep the exported files here and reuse them when present (no new compile)")
     args = ap.parse_args()
 
@@ -133,6 +134,8 @@ def main():
             f"max|dg|/max|g| {gdiff:.1e}",
             flush=True,
         )
+    if args.lammps_steps:
+        lammps_rows = lammps(workdir, args.threads, args.lammps_steps)
     if args.markdown:
         print(f"\n{args.dtype}, {args.threads} thread(s), median of {args.repeats} calls (energy + gradient):\n")
         print("| system | atoms | pairs | TorchScript ms (CPU) | AOTInductor ms (CPU) | TorchScript / AOTI |")
@@ -143,6 +146,32 @@ def main():
                 f"| {w_ts / w_ao:.2f} |"
             )
         print(f"\nexport time: TorchScript {export_ts:.1f} s, AOTInductor {export_aoti:.0f} s (compile)")
+        if args.lammps_steps:
+            print(f"\nLAMMPS, box, pair_style ekd threads {args.threads} (mode images), s per MD step (CPU):")
+            for name, r in lammps_rows.items():
+                print(f"  {name}: " + (f"{r['time']:.3f} ({r['cpu']:.3f})" if "time" in r else str(r)))
+
+
+def lammps(workdir: Path, threads: int, steps: int) -> dict:
+    """s per MD step of bench/kernels.py's LAMMPS box run with the TorchScript file and with the
+    package (given the same file name: the plugin tells the formats apart by content)."""
+    import shutil
+
+    import kernels
+
+    why = kernels.lammps_skip_reason()
+    if why:
+        return {"skipped": {"reason": why}}
+    rows = {}
+    for name, source in (("torchscript", "paper.pt"), ("aoti", "paper.pt2")):
+        d = workdir / f"lammps-{name}"
+        d.mkdir(exist_ok=True)
+        if not (d / "box.data").is_file():
+            kernels.lammps_export(d)  # box.data (and a TorchScript paper.pt, replaced next)
+        shutil.copy(workdir / source, d / "paper.pt")
+        rows[name] = kernels.lammps_step(d, threads, steps)
+        print(f"lammps {name}: {rows[name]}", flush=True)
+    return rows
 
 
 if __name__ == "__main__":
