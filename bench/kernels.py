@@ -199,7 +199,7 @@ def worker(case, backend, task, repeats, threads, profile=False):
     for _ in range(2):  # warm-up: numba compiles each kernel and array-layout signature on first use
         step()
     if profile:
-        return profile_rows(step)
+        return dict(profile_rows(step), n_atoms=int(pos.shape[0]), n_pairs=int(pf.shape[0]))
     times, cpu, busiest = [], [], []
     for _ in range(repeats):
         before = thread_cpu()
@@ -246,10 +246,15 @@ def profile_rows(step, top=12):
         wall = time.perf_counter() - t0
     rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
     total = sum(e.self_cpu_time_total for e in rows) / 1e6
+    classes = {}
+    for e in rows:
+        kind = "pair" if e.key.startswith("ekd::") else "dense" if e.key in ("aten::mm", "aten::addmm") else "other"
+        classes[kind] = classes.get(kind, 0.0) + e.self_cpu_time_total / 1e6
     return {
         "wall": wall,
         "profiled": total,
         "ops": [(e.key, e.self_cpu_time_total / 1e6, e.count) for e in rows[:top]],
+        "classes": classes,
     }
 
 
@@ -362,6 +367,12 @@ def flops(task, n_atoms, n_pairs):
     Elementwise work (activations, sensitivities, cutoffs) is left out: it moves memory, it does
     not multiply-add.
     """
+    dense, pair = flops_split(task, n_atoms, n_pairs)
+    return dense + pair
+
+
+def flops_split(task, n_atoms, n_pairs):
+    """(dense-layer FLOP, pair-sum FLOP) of one call: the two parts of :func:`flops`."""
     dense_fwd = pair_fwd = dense_bwd = pair_bwd = 0
     for block, (nf_in, nf_out) in enumerate(zip(WIDTHS[:-1], WIDTHS[1:], strict=True)):
         atom = nf_in * N_SENS * nf_out + nf_in * nf_out + nf_out * nf_out  # Q, selfint, res
@@ -373,8 +384,8 @@ def flops(task, n_atoms, n_pairs):
         # the first block's input (one-hot species) needs no gradient
         dense_bwd += atom - (nf_in * N_SENS * nf_out + 2 * nf_in * nf_out if block == 0 else 0)
         pair_bwd += pair * (2 if block == 0 else 3)
-    infer = 2 * (n_atoms * (dense_fwd + dense_bwd) + n_pairs * (pair_fwd + pair_bwd))
-    return infer if task == "infer" else 3 * infer
+    scale = 1 if task == "infer" else 3
+    return 2 * scale * n_atoms * (dense_fwd + dense_bwd), 2 * scale * n_pairs * (pair_fwd + pair_bwd)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -520,7 +531,7 @@ def main():
         report_markdown(results, ceilings, thread_list, backends, args)
     if args.profile:
         for threads in thread_list:
-            report_profile(run_worker(["--profile-worker", "box", "infer"], threads), threads)
+            report_profile(run_worker(["--profile-worker", "box", "infer"], threads), threads, ceilings[False, threads])
     if isinstance(lammps_dir, str):
         import shutil
 
@@ -721,7 +732,7 @@ def report_ops(results, thread_list, args):
         print(f"{case:10s} {'load' if load else 'idle'} {threads}t {backend:14s} {cells or r}")
 
 
-def report_profile(p, threads):
+def report_profile(p, threads, ceiling):
     if "ops" not in p:
         print(f"\nprofile failed: {p}")
         return
@@ -731,6 +742,18 @@ def report_profile(p, threads):
     )
     for name, sec, calls in p["ops"]:
         print(f"  {name:40s} {sec:8.3f} s {100 * sec / p['profiled']:5.1f} %  {calls:5d} calls")
+    # a roofline by kind of work: the pair sums (ekd ops) gather a neighbour's N x O block per pair
+    # (10 KB for the paper's model) for (N + C) x O multiply-adds, so they run at the rate the caches
+    # deliver those blocks; the dense layers are GEMMs; the rest moves memory and does no FLOP
+    dense, pair = flops_split("infer", p["n_atoms"], p["n_pairs"])
+    print(f"  by kind of work (GEMM ceiling {ceiling:.0f} GFLOP/s at {threads} thread(s)):")
+    for kind, gflop in (("pair", pair / 1e9), ("dense", dense / 1e9), ("other", 0.0)):
+        sec = p["classes"].get(kind, 0.0)
+        label = {"pair": "pair sums (ekd::*)", "dense": "dense layers (mm, addmm)", "other": "elementwise, copies"}[
+            kind
+        ]
+        rate = f"{gflop / sec:6.1f} GFLOP/s {100 * gflop / sec / ceiling:4.0f} % of ceiling" if gflop and sec else ""
+        print(f"    {label:28s} {sec:7.3f} s {100 * sec / p['profiled']:5.1f} %  {gflop:6.1f} GFLOP  {rate}")
 
 
 if __name__ == "__main__":
