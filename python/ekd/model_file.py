@@ -20,9 +20,12 @@ A TorchScript archive written by :func:`save_model` with ``extra/metadata.json``
   atom i may depend on atoms up to ``n_interactions * cutoff`` away;
 * the stage methods (every model of a known ``kind``), for per-layer halo exchange in LAMMPS:
   ``embed(species) -> (z0 [N, F_0], e0 [N])`` and ``interaction(k, z [N, F_k], pair_first,
-  pair_second, r_ij) -> (z [N, F_{k+1}], e_k [N])`` (row i depends only on z[i] and on the pairs
-  with first atom i), with ``forward = e0 + sum_k e_k``; attributes ``n_interactions``, ``cutoff``,
-  ``feature_widths`` (F_0 .. F_n) and ``metadata_json``.
+  pair_second, r_ij, n_out=-1) -> (z [M, F_{k+1}], e_k [M])`` (row i depends only on z[i] and on
+  the pairs with first atom i; M = n_out rows, all for -1), with ``forward = e0 + sum_k e_k``;
+  ``geometry(r_ij) -> list[Tensor]`` (what every block reads of the pairs) and ``interaction_geo(k,
+  z, pair_first, pair_second, geometry, n_out=-1)``, the same block on that shared geometry (files
+  of the code before it, ``model_code/<kind>@before-geometry``, lack these two); attributes
+  ``n_interactions``, ``cutoff``, ``feature_widths`` (F_0 .. F_n) and ``metadata_json``.
 
 Forces and the virial are not part of the model: they are the gradient of the summed energies of
 the owned atoms with respect to ``r_ij`` (``g = dE/dr_ij``), applied as ``f_i += g, f_j -= g``,

@@ -259,8 +259,9 @@ def script_member(member_or_dir, dtype: torch.dtype = torch.float64, envsum: str
     ``envsum_impl`` says which pair sums it calls ("ekd" / "ekd-tensor": ekd's ops, which need the
     op library loaded before ``torch.jit.load``; "torch": pure torch); ``cutoff`` (Angstrom) and
     ``n_interactions``, ``feature_widths`` and ``metadata_json`` (empty until
-    :func:`ekd.model_file.save_model` binds the metadata) are attributes too; ``embed`` and
-    ``interaction`` are the stage methods of ``ekd-model-2``. Inference only.
+    :func:`ekd.model_file.save_model` binds the metadata) are attributes too; ``embed``,
+    ``geometry``, ``interaction_geo`` and ``interaction`` are the stage methods of ``ekd-model-2``.
+    Inference only.
     """
     module = build_module(member_or_dir, dtype=dtype, envsum=envsum)
     with _quiet_jit():
