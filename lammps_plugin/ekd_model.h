@@ -70,6 +70,8 @@ public:
     // After each interaction layer the ghost rows of the new features get their owners' values
     // (ex.forward); the backward pass runs the layers in reverse, sending the ghost rows of each
     // layer's feature gradient to their owners (ex.reverse). Energies and gradients as evaluate().
+    // Files with geometry()/interaction_geo() compute the pair geometry once and differentiate it
+    // once, after the last layer's backward pass; older files recompute it in every layer.
     void evaluate_halo(const PairInputs &in, int64_t n_local, HaloExchange &ex, std::vector<double> &local_energy,
                        std::vector<double> &grad);
 
