@@ -443,9 +443,17 @@ def export_module(module, path: str | Path, metadata: ModelMetadata | dict) -> M
             graph, example, dynamic_shapes=({0: atoms}, {0: pairs}, {0: pairs}, {0: pairs}, {0: atoms})
         )
         buf = io.BytesIO()
-        torch._inductor.aoti_compile_and_package(
-            program, package_path=buf, inductor_configs={"aot_inductor.metadata": {SO_METADATA_KEY: text}}
-        )
+        try:
+            torch._inductor.aoti_compile_and_package(
+                program, package_path=buf, inductor_configs={"aot_inductor.metadata": {SO_METADATA_KEY: text}}
+            )
+        except Exception as e:  # inductor raises its own error classes (compiler missing, codegen)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelFileError(
+                f"{path}: AOTInductor could not compile the model ({type(e).__name__}: {first}); it needs a "
+                "working C++ compiler (g++, or $CXX) and the torch headers; nothing was written. The TorchScript "
+                "export (ekd export, the default format) needs neither"
+            ) from e
     data = _with_metadata(buf.getvalue(), text)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.check{SUFFIX}")
     try:

@@ -332,3 +332,18 @@ def test_cli_export_format_aoti(registry, tmp_path, capsys):
     assert aoti.read_metadata(tmp_path / "m.pt2").role == "teacher"
     mol = _molecules()["CH3ONO"]
     _assert_same(_results(mol, tmp_path / "m.pt2"), _results(mol, tmp_path / "m.pt"))
+
+
+@pytest.mark.slow  # ~30 s of tracing before the compiler is needed
+def test_compile_failure_is_named(registry, tmp_path, monkeypatch):
+    """No working C++ compiler: a clear error, and no file or registry line left behind."""
+    module, meta = hipnn_module(n_interactions=1)
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (str(tmp_path / "no-such-compiler"),))
+    monkeypatch.setattr(inductor_config, "force_disable_caches", True)
+    before = registry.read_text() if registry.exists() else ""
+    with pytest.raises(ModelFileError, match="could not compile the model"):
+        aoti.export_module(module, tmp_path / "x.pt2", meta)
+    assert not (tmp_path / "x.pt2").exists()
+    assert (registry.read_text() if registry.exists() else "") == before
