@@ -158,6 +158,8 @@ Model::Model(const std::string &path, const std::string &ops_library, bool float
 
 bool Model::has_stages() const { return impl_->staged; }
 
+bool Model::shares_geometry() const { return impl_->geometry; }
+
 int Model::n_interactions() const { return impl_->n_interactions; }
 
 std::vector<int64_t> Model::feature_widths() const { return impl_->widths; }

@@ -62,6 +62,9 @@ public:
     // Whether the file has the per-stage methods of format ekd-model-2 (embed, interaction,
     // n_interactions, feature_widths); format ekd-model-1 files have `forward` only.
     bool has_stages() const;
+    // Whether evaluate_halo computes the pair geometry once (the file has geometry() and
+    // interaction_geo()); files exported before those existed recompute it in every layer.
+    bool shares_geometry() const;
     int n_interactions() const;            // valid when has_stages()
     std::vector<int64_t> feature_widths() const;  // n_interactions + 1 widths, when has_stages()
 

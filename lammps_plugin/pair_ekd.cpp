@@ -342,6 +342,13 @@ void PairEKD::init_style() {
                                ? "halo (one cutoff of ghosts; features exchanged after every interaction layer)"
                                : "ghosts (model on owned + ghost atoms)";
         utils::logmesg(lmp, std::string("pair_style ekd: mode ") + what + why + "\n");
+        if (ghost_mode == GhostMode::HALO)
+            for (size_t m = 0; m < models.size(); ++m)
+                if (!models[m]->shares_geometry())
+                    utils::logmesg(lmp, "pair_style ekd: model " + infos[m].path +
+                                            " was exported before the layers shared one pair geometry: mode halo "
+                                            "recomputes it in every layer (same results; re-export the model with "
+                                            "`ekd export` for a faster step)\n");
     }
     check_masses();
     halo_time = halo_cpu = pair_cpu = 0.0;

@@ -421,10 +421,14 @@ def test_files_of_the_previous_code_load_and_run_in_halo(tmp_path, models, name)
     e_a, f_a, _, _ = ase_single_point(atoms, [old])
     e_l, f_l, _, log = halo_single_point(tmp_path, atoms, [old], nprocs=2)
     assert "pair_style ekd: mode halo" in log
+    assert "was exported before the layers shared one pair geometry" in log
     assert abs(e_l - e_a) <= TOL * abs(e_a)
     np.testing.assert_allclose(f_l, f_a, rtol=0, atol=TOL * np.abs(f_a).max())
     if name != "hipnn_torch":
         current = models["L2" if name == "toy" else "hipnn"]
         e_c, f_c, _, _ = ase_single_point(atoms, [current])
+        new_dir = tmp_path / "current"
+        new_dir.mkdir()
+        assert "shared one pair geometry" not in halo_single_point(new_dir, atoms, [current], nprocs=2)[3]
         assert abs(e_c - e_a) <= TOL * abs(e_a)
         np.testing.assert_allclose(f_c, f_a, rtol=0, atol=TOL * np.abs(f_a).max())
