@@ -14,10 +14,20 @@ import pytest
 import torch
 
 from ekd import aoti, scripted
+from ekd.md.engines import thermo_rows
 from ekd.model_file import save_model
 
 from ..unit.test_aoti import hipnn_module
-from .test_lammps import ase_single_point, ch3ono_box, lammps_single_point, run_lammps, vacuum_molecule, write_data
+from .test_lammps import (
+    ase_single_point,
+    ch3ono_box,
+    lammps_single_point,
+    read_dump,
+    run_lammps,
+    single_point_script,
+    vacuum_molecule,
+    write_data,
+)
 
 # the package compiles for ~1 min on a loaded 2-core machine (tests/unit/test_aoti.py covers the
 # format in the default run)
@@ -45,6 +55,18 @@ def test_package_in_lammps_equals_torchscript_in_ase(tmp_path, files, system, mo
     assert abs(e_l - e_a) <= 1e-9 * max(1.0, abs(e_a))
     np.testing.assert_allclose(f_l, f_a, rtol=0, atol=1e-8 * max(1.0, np.abs(f_a).max()))
     np.testing.assert_allclose(w_l, 0.5 * (w_a + w_a.T), rtol=0, atol=1e-8 * max(1.0, np.abs(w_a).max()))
+
+
+def test_two_ranks_mode_ghosts(tmp_path, files):
+    """Each rank runs the package on its owned atoms and a ghost shell of n_interactions x cutoff."""
+    atoms = ch3ono_box(2)
+    write_data(atoms, tmp_path / "data.lmp")
+    proc = run_lammps(tmp_path, single_point_script([files["pt2"]], True, mode="ghosts"), nprocs=2)
+    e_l = thermo_rows(proc.stdout)[-1]["PotEng"]
+    f_l = read_dump(tmp_path / "forces.dump")[:, 1:4]
+    e_a, f_a, _, _ = ase_single_point(atoms, [files["pt"]], "real")
+    assert abs(e_l - e_a) <= 1e-9 * max(1.0, abs(e_a))
+    np.testing.assert_allclose(f_l, f_a, rtol=0, atol=1e-8 * max(1.0, np.abs(f_a).max()))
 
 
 def _lammps_error(tmp_path, model, style: str) -> str:
