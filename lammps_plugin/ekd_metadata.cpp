@@ -1,6 +1,7 @@
 #include "ekd_metadata.h"
 
 #include "ekd_model.h"
+#include "ekd_model_aoti.h"  // is_aoti_package
 
 #include "json.h"  // LAMMPS's copy of nlohmann::json
 
@@ -82,9 +83,16 @@ ModelInfo parse_metadata(const std::string &text, const std::string &path, const
     if (!j.is_object()) throw ModelError(where + "metadata.json must hold a JSON object" + reexport);
     std::string format = "<missing>";
     if (j.contains("format") && j.at("format").is_string()) format = j.at("format").get<std::string>();
-    if (format != MODEL_FORMAT && format != MODEL_FORMAT_1)
+    if (format != MODEL_FORMAT && format != MODEL_FORMAT_1 && format != MODEL_FORMAT_AOTI)
         throw ModelError(where + "model format is '" + format + "' but this plugin (ekd " + ekd_version +
-                         ") reads '" + MODEL_FORMAT + "' and '" + MODEL_FORMAT_1 + "'" + reexport);
+                         ") reads '" + MODEL_FORMAT + "', '" + MODEL_FORMAT_1 + "' and '" + MODEL_FORMAT_AOTI + "'" +
+                         reexport);
+    // the format must match the file: an AOTInductor package names MODEL_FORMAT_AOTI, a TorchScript
+    // archive one of the others (a renamed format would pick the wrong loader's checks)
+    if ((format == MODEL_FORMAT_AOTI) != is_aoti_package(path))
+        throw ModelError(where + "metadata.json names format '" + format + "' but the file is " +
+                         (format == MODEL_FORMAT_AOTI ? "not an AOTInductor package" : "an AOTInductor package") +
+                         reexport);
     // the field set of the schema: a missing or unknown field is refused
     std::set<std::string> fields(std::begin(METADATA_FIELDS), std::end(METADATA_FIELDS));
     if (format == MODEL_FORMAT_1)
@@ -100,7 +108,7 @@ ModelInfo parse_metadata(const std::string &text, const std::string &path, const
     info.format = format;
     info.metadata_json = text;
     try {
-        if (format == MODEL_FORMAT) info.kind = j.at("kind").get<std::string>();
+        if (format != MODEL_FORMAT_1) info.kind = j.at("kind").get<std::string>();
         if (!j.at("cutoff").is_number())
             throw ModelError(where + "cutoff must be a positive number of Angstrom, got " + j.at("cutoff").dump());
         if (!j.at("n_interactions").is_number_integer())
@@ -125,7 +133,7 @@ ModelInfo parse_metadata(const std::string &text, const std::string &path, const
     }
     if (!(info.cutoff > 0.0) || !std::isfinite(info.cutoff))
         throw ModelError(where + "cutoff must be a positive number of Angstrom, got " + std::to_string(info.cutoff));
-    if (format == MODEL_FORMAT && !info.known_kind() && info.kind != CUSTOM_KIND)
+    if (format != MODEL_FORMAT_1 && !info.known_kind() && info.kind != CUSTOM_KIND)
         throw ModelError(where + "kind must be one of " + one_of(KINDS, CUSTOM_KIND) + ", got '" + info.kind + "'" +
                          reexport);
     if (info.n_interactions < 0)

@@ -28,8 +28,8 @@ struct ModelInfo {
     std::string dtype;        // "float32" or "float64"
     std::string ops_library;  // empty: none
     std::string role, description, ekd_version, torch_version;
-    std::string format;  // MODEL_FORMAT or MODEL_FORMAT_1
-    // ekd-model-2: one of KINDS (code this ekd writes, with the stage methods) or CUSTOM_KIND (any
+    std::string format;  // MODEL_FORMAT, MODEL_FORMAT_1 or MODEL_FORMAT_AOTI (a .pt2 package)
+    // ekd-model-2 and ekd-aoti-1: one of KINDS (code this ekd writes, with the stage methods) or CUSTOM_KIND (any
     // other module: needs trust_code yes); empty for ekd-model-1
     std::string kind;
     std::string metadata_json;  // the text of metadata.json as read (bound to the weights)

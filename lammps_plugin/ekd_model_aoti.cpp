@@ -17,7 +17,6 @@ namespace ekd_lammps {
 
 namespace {
 
-const char *const FORMAT_AOTI = "ekd-aoti-1";
 const char *const SO_METADATA_KEY = "ekd_metadata_json";
 const char *const EXTRA = "extra/metadata.json";
 // the compiled function takes at least this many atoms and pairs (ekd.aoti.MIN_ROWS)
@@ -184,14 +183,8 @@ bool is_aoti_package(const std::string &path) {
 }
 
 std::string aoti_metadata_json(const std::string &path) {
-    const auto text = check_package(path, /*trust_code=*/true);
-    // ekd writes metadata.json with json.dumps(indent=1, sort_keys=True): one "format" line
-    const std::string aoti = std::string("\"format\": \"") + FORMAT_AOTI + "\"";
-    const auto at = text.find(aoti);
-    if (at == std::string::npos || text.find("\"format\"", at + 1) != std::string::npos)
-        throw ModelError("model " + path + ": an AOTInductor package whose metadata.json does not name format " +
-                         FORMAT_AOTI + "; re-export the model with this ekd (`ekd export --format aoti`)");
-    return text.substr(0, at) + "\"format\": \"ekd-model-2\"" + text.substr(at + aoti.size());
+    // parse_metadata checks that the text names MODEL_FORMAT_AOTI (ekd-aoti-1) for a package
+    return check_package(path, /*trust_code=*/true);
 }
 
 struct AotiModel::Impl {

@@ -21,9 +21,8 @@ namespace ekd_lammps {
 // Whether `path` is a torch .pt2 archive (by content: <top>/archive_format reads "pt2").
 bool is_aoti_package(const std::string &path);
 
-// metadata.json of a package, for parse_metadata: checks the format name (ekd-aoti-1) and returns
-// the text with it read as ekd-model-2 (the fields and their checks are the same); nothing of the
-// package is loaded. Throws ModelError.
+// metadata.json of a package, for parse_metadata (which requires its format to be ekd-aoti-1, with
+// the fields and checks of ekd-model-2); nothing of the package is loaded. Throws ModelError.
 std::string aoti_metadata_json(const std::string &path);
 
 class AotiModel {

@@ -280,14 +280,16 @@ void PairEKD::init_style() {
                           "not images of owned atoms); use mode halo, ghosts or auto");
     if (mode == IMAGES && !atom->tag_enable)
         error->all(FLERR, "pair_style ekd mode images needs atom IDs (atom_modify id yes)");
-    // format ekd-model-1 files have no per-layer methods: they run in mode ghosts only
+    // format ekd-model-1 files and AOTInductor packages (ekd-aoti-1) have no per-layer methods:
+    // they run in mode ghosts (or images) only
     std::string no_stages;
     for (size_t m = 0; m < models.size(); ++m)
-        if (!models[m]->has_stages()) no_stages += (no_stages.empty() ? "" : ", ") + infos[m].path;
+        if (!models[m]->has_stages())
+            no_stages += (no_stages.empty() ? "" : ", ") + infos[m].path + " (format " + infos[m].format + ")";
     if (mode == HALO && !no_stages.empty())
         error->all(FLERR, "pair_style ekd mode halo needs models with per-layer methods (format ekd-model-2), but " +
-                          no_stages + " has format ekd-model-1 (forward only); use pair_style ekd mode ghosts "
-                          "for it, or re-export the model with this ekd (`ekd export`)");
+                          no_stages + " has none; use pair_style ekd mode ghosts for it, or re-export the "
+                          "model with this ekd as TorchScript (`ekd export`)");
     std::string why;
     if (mode == IMAGES || (mode == AUTO && comm->nprocs == 1 && atom->tag_enable)) {
         ghost_mode = GhostMode::IMAGES;
@@ -297,9 +299,9 @@ void PairEKD::init_style() {
         ghost_mode = GhostMode::GHOSTS;
         if (mode == AUTO)
             why = comm->nprocs == 1 ? " (auto: no atom IDs for mode images, and " + no_stages +
-                                          " has format ekd-model-1, which mode halo cannot run)"
-                                    : " (auto: " + no_stages + " has format ekd-model-1, which mode halo cannot run; "
-                                      "re-export it with this ekd for the faster mode halo)";
+                                          " has no per-layer methods, which mode halo needs)"
+                                    : " (auto: " + no_stages + " has no per-layer methods, which mode halo needs; "
+                                      "re-export it with this ekd as TorchScript for the faster mode halo)";
     }
 
     comm_forward = 0;

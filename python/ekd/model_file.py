@@ -269,10 +269,6 @@ def _kind_of(module) -> str:
     return {"ScriptedHipnn": "hipnn", "ScriptedHipnnTorch": "hipnn-torch", "ScriptedToy": "toy"}.get(name, CUSTOM)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    atomic_write(path, data)
-
-
 def save_model(module, path: str | Path, metadata: ModelMetadata | dict[str, Any]) -> ModelMetadata:
     """Write ``module`` (an ``nn.Module`` obeying the interface above, scripted here if needed)
     with its metadata to ``path`` in format ``ekd-model-2``. Format, versions and units are
@@ -329,7 +325,7 @@ def save_model(module, path: str | Path, metadata: ModelMetadata | dict[str, Any
                 "(ekd.scripted changed: regenerate with `python -m ekd.model_file --regenerate`; or this process "
                 "loaded another version of the class before scripting: export in a fresh process)"
             )
-    _write_atomically(path, data)
+    atomic_write(path, data)
     return metadata
 
 

@@ -39,6 +39,8 @@ SCHEMA: dict = json.loads((Path(__file__).parent / "model_format.json").read_tex
 #: the format this ekd writes; it also reads FORMAT_1 files (only with trust_code=True)
 FORMAT: str = SCHEMA["format"]
 FORMAT_1: str = SCHEMA["format_1"]
+#: the format of AOTInductor packages (:mod:`ekd.aoti`): the fields and checks of FORMAT
+FORMAT_AOTI: str = SCHEMA["format_aoti"]
 FORMATS = (FORMAT_1, FORMAT)
 ENERGY_UNIT: str = SCHEMA["energy_unit"]
 LENGTH_UNIT: str = SCHEMA["length_unit"]

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .aoti import AOTIModel
 from .benchmark import ScoreError, TestSet, choose_keys, load_test
 from .data import Dataset
 from .evaluate import METRICS, evaluate_group, plain_json, summarize
@@ -91,9 +92,13 @@ def predict_model_file(module, cutoff: float, dtype: str, data: Dataset, advance
         cell = torch.zeros(b, 3, 3, dtype=torch.float64)
         pbc = torch.zeros(b, 3, dtype=torch.bool)
         first, second, _ = _ops.neighbor_list(positions, cutoff, cell, pbc, batch=batch)
-        r = (positions[second] - positions[first]).to(dt).requires_grad_(True)
-        e_atoms = module(species, first, second, r)
-        (g,) = torch.autograd.grad(e_atoms.sum(), r)
+        r = (positions[second] - positions[first]).to(dt)
+        if isinstance(module, AOTIModel):
+            e_atoms, g = module.energy_and_gradient(species, first, second, r)
+        else:
+            r.requires_grad_(True)
+            e_atoms = module(species, first, second, r)
+            (g,) = torch.autograd.grad(e_atoms.sum(), r)
         g = g.to(torch.float64)
         f = torch.zeros(positions.shape[0], 3, dtype=torch.float64)
         f.index_add_(0, first, g).index_add_(0, second, -g)
@@ -109,13 +114,16 @@ def predict_model_file(module, cutoff: float, dtype: str, data: Dataset, advance
 
 def model_files(paths: Sequence[str | os.PathLike], trust_code: bool = False, batch_size: int = 64) -> ModelGroup:
     """Exported model files (``ekd export``) as one group, one member per file."""
+    from .aoti import is_package, load_package  # noqa: I001
     from .model_file import load_model
 
     if not paths:
         raise ScoreError("give at least one model file (or --run-dir)")
     group = ModelGroup(MODELS_GROUP, "model")
     for p in paths:
-        module, meta = load_model(p, trust_code=trust_code)
+        # TorchScript file or AOTInductor package, told apart by content as in EKDCalculator
+        loader = load_package if is_package(p) else load_model
+        module, meta = loader(p, trust_code=trust_code)
 
         def predict(data, advance, module=module, meta=meta):
             return predict_model_file(module, meta.cutoff, meta.dtype, data, advance, batch_size)

@@ -156,6 +156,8 @@ def metadata_files(d: Path) -> dict[str, tuple[Path, bool]]:
         "length unit": ({"length_unit": "bohr"}, True),
         "kind missing": ({"kind": DROP}, True),
         "kind in an ekd-model-1 file": ({"format": "ekd-model-1"}, True),
+        # a TorchScript archive naming the AOTInductor package format: the format must match the file
+        "format ekd-aoti-1 in a TorchScript file": ({"format": "ekd-aoti-1"}, True),
         "dtype float32 (the module's is float64)": ({"dtype": "float32"}, True),
         # types: every field as the schema says
         "species a string": ({"species": "HC"}, True),

@@ -347,3 +347,25 @@ def test_compile_failure_is_named(registry, tmp_path, monkeypatch):
         aoti.export_module(module, tmp_path / "x.pt2", meta)
     assert not (tmp_path / "x.pt2").exists()
     assert (registry.read_text() if registry.exists() else "") == before
+
+
+def test_score_reads_packages_like_torchscript_files(files):
+    """`ekd score MODEL.pt2`: the package predicts the TorchScript file's energies and forces on a
+    padded batch of molecules (the scorer's own batched path, not the calculator's)."""
+    from ekd import score
+    from ekd.data import Dataset
+
+    mols = list(_molecules().values())
+    a = max(len(m) for m in mols)
+    species = np.zeros((len(mols), a), dtype=np.int64)
+    coords = np.zeros((len(mols), a, 3))
+    for i, m in enumerate(mols):
+        species[i, : len(m)] = m.numbers
+        coords[i, : len(m)] = m.positions
+    n = len(mols)
+    data = Dataset(species, coords, {}, np.arange(n), np.zeros(n, dtype=np.int64), tuple(f"m{i}" for i in range(n)))
+    group = score.model_files([files["pt"], files["pt2"]], batch_size=2)
+    (e_pt, f_pt), (e_pt2, f_pt2) = (predict(data, lambda k: None) for predict in group.predictors)
+    np.testing.assert_allclose(e_pt2, e_pt, rtol=E_RTOL, atol=0)
+    np.testing.assert_allclose(f_pt2, f_pt, rtol=0, atol=F_ATOL * max(1.0, np.abs(f_pt).max()))
+    assert np.abs(f_pt).max() > 0  # real forces, padding rows zero in both
