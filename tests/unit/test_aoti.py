@@ -27,21 +27,22 @@ E_RTOL = 1e-9
 F_ATOL = 1e-8
 
 
+def small_arch(l_max: int, n_interactions: int, width: int, n_sensitivities: int, soft_max: float, cutoff: float):
+    """A small HIPNN architecture (one atom layer, soft-min cutoff 0.8 A)."""
+    from ekd.config import ModelConfig
+
+    return ModelConfig(
+        **dict(l_max=l_max, n_interactions=n_interactions, n_atom_layers=1, width=width),
+        **dict(n_sensitivities=n_sensitivities, cutoff_soft_min=0.8),
+        **dict(cutoff_soft_max=soft_max, cutoff_hard=cutoff),
+    )
+
+
 def hipnn_module(species=SPECIES, dtype=torch.float64, n_interactions: int = 2, seed: int = 0):
     """An unscripted HIPNN module (ekd.scripted) with random, perturbed weights, and its metadata."""
-    from ekd.config import ModelConfig
     from ekd.models import build_model
 
-    arch = ModelConfig(
-        l_max=2,
-        n_interactions=n_interactions,
-        n_atom_layers=1,
-        width=6,
-        n_sensitivities=4,
-        cutoff_soft_min=0.8,
-        cutoff_soft_max=2.6,
-        cutoff_hard=3.2,
-    )
+    arch = small_arch(l_max=2, n_interactions=n_interactions, width=6, n_sensitivities=4, soft_max=2.6, cutoff=3.2)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = build_model(arch, list(species))
@@ -288,20 +289,10 @@ def _member_dir(path, seed: int = 1):
     with random weights."""
     from dataclasses import asdict
 
-    from ekd.config import ModelConfig
     from ekd.member import MODEL_FORMAT
     from ekd.models import build_model
 
-    arch = ModelConfig(
-        l_max=1,
-        n_interactions=1,
-        n_atom_layers=1,
-        width=4,
-        n_sensitivities=3,
-        cutoff_soft_min=0.8,
-        cutoff_soft_max=2.5,
-        cutoff_hard=3.0,
-    )
+    arch = small_arch(l_max=1, n_interactions=1, width=4, n_sensitivities=3, soft_max=2.5, cutoff=3.0)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = build_model(arch, list(SPECIES))
