@@ -326,21 +326,32 @@ def test_trained_member_from_its_directory(xtb_dataset, xtb_splits, tmp_path):
     assert scripted.metadata(tmp_path / "t", module)["role"] == "teacher"
 
 
+def _all_pairs_cluster(numbers, g: torch.Generator):
+    """Atoms of ``numbers`` at random in a 3 A cube with every pair (a FULL list): species, first,
+    second, r_ij (float64)."""
+    n = len(numbers)
+    pos = torch.rand(n, 3, generator=g, dtype=torch.float64) * 3.0
+    i, j = torch.triu_indices(n, n, 1)
+    first, second = torch.cat([i, j]), torch.cat([j, i])
+    return torch.tensor(numbers), first, second, pos[second] - pos[first]
+
+
+def _stage_module(kind: str, n_interactions: int):
+    """An unscripted model of ``kind`` (toy or an envsum of HIPNN) for the stage-method tests."""
+    if kind == "toy":
+        return scripted.ScriptedToy([1, 6], 3.0, n_interactions, 5, 4)
+    return scripted.example_hipnn(kind, 2, n_interactions, 4)
+
+
 @pytest.mark.parametrize("kind", ["toy", *ENVSUMS])
 def test_interaction_n_out_gives_the_first_rows(kind):
     """interaction(k, ..., n_out=m) equals the first m rows of interaction(k, ..., -1) (what LAMMPS's
     halo mode asks for: the owned rows, pair sums reading every row); -1 is forward's path."""
     g = torch.Generator().manual_seed(1)
-    n = 9
-    pos = torch.rand(n, 3, generator=g, dtype=torch.float64) * 3.0
-    species = torch.tensor([1, 6, 1, 1, 6, 1, 6, 1, 6])
-    i, j = torch.triu_indices(n, n, 1)
-    first, second = torch.cat([i, j]), torch.cat([j, i])
-    r = pos[second] - pos[first]
-    if kind == "toy":
-        module = scripted.ScriptedToy([1, 6], 3.0, 2, 5, 4)
-    else:
-        module = scripted.example_hipnn(kind, 2, 2, 4)
+    species, first, second, r = _all_pairs_cluster([1, 6, 1, 1, 6, 1, 6, 1, 6], g)
+    n = len(species)
+    module = _stage_module(kind, n_interactions=2)
+    if kind != "toy":
         assert type(module) is (scripted.ScriptedHipnnTorch if kind == "torch" else scripted.ScriptedHipnn)
     module = torch.jit.script(module)
     z, _ = module.embed(species)
@@ -398,17 +409,8 @@ def test_shared_geometry_stages_give_forward_and_its_gradient(kind):
     and differentiated once, not once per block) give forward's energies and dE/dr_ij;
     interaction_geo equals interaction; a geometry of other pairs is refused by name."""
     g = torch.Generator().manual_seed(2)
-    n = 10
-    pos = torch.rand(n, 3, generator=g, dtype=torch.float64) * 3.0
-    species = torch.tensor([1, 6, 1, 1, 6, 1, 6, 1, 6, 6])
-    i, j = torch.triu_indices(n, n, 1)
-    first, second = torch.cat([i, j]), torch.cat([j, i])
-    r = pos[second] - pos[first]
-    if kind == "toy":
-        module = scripted.ScriptedToy([1, 6], 3.0, 3, 5, 4)
-    else:
-        module = scripted.example_hipnn(kind, 2, 3, 4)
-    module = torch.jit.script(module)
+    species, first, second, r = _all_pairs_cluster([1, 6, 1, 1, 6, 1, 6, 1, 6, 6], g)
+    module = torch.jit.script(_stage_module(kind, n_interactions=3))
     r_leaf = r.clone().requires_grad_(True)
     e_ref = module(species, first, second, r_leaf)
     (g_ref,) = torch.autograd.grad(e_ref.sum(), [r_leaf])
