@@ -239,7 +239,12 @@ class ScriptedHipnn(nn.Module):
         mu = self.mu[k]
         sigma = self.sigma[k]
         cutoff = self.layer_cutoff[k]
-        base = torch.exp(-0.5 * ((d.unsqueeze(1) ** -1 - mu**-1) ** 2 / (sigma**-2)))
+        # exp's argument clamped at log(2 x the dtype's smallest normal number), as in
+        # ekd.kernels.sensitivity: torch's exp takes a 7-15x slower path where the result underflows
+        # (most of a box's pairs x sensitivities with the paper's widths); values change by less
+        # than that number
+        lowest = -86.64339756999317 if d.dtype == torch.float32 else -707.7032713517042
+        base = torch.exp((-0.5 * ((d.unsqueeze(1) ** -1 - mu**-1) ** 2 / (sigma**-2))).clamp(min=lowest))
         cut = torch.cos(math.pi / 2 * d / cutoff) ** 2
         cut = cut * (d < cutoff).to(cut.dtype)
         return base * cut.unsqueeze(1)

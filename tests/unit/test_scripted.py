@@ -452,3 +452,22 @@ def test_files_of_the_previous_code_load_without_the_opt_in(tmp_path):
             dst.writestr(info, data)
     with pytest.raises(UntrustedModelError, match="differs from the hipnn model code"):
         load_model(edited)
+
+
+def test_sensitivity_exp_clamp_is_the_dtypes_smallest_normal():
+    """The deployed HIPNN clamps exp's argument (speed: torch's exp is slow where it underflows) at
+    log(2 x smallest normal) of float32 / float64 (TorchScript has no finfo: literals), like
+    ekd.kernels.sensitivity; the clamped values stay within that number of the unclamped ones."""
+    import inspect
+    import math
+
+    source = inspect.getsource(scripted.ScriptedHipnn._sensitivities)
+    for dt in (torch.float32, torch.float64):
+        assert repr(math.log(2 * torch.finfo(dt).tiny)) in source, dt
+    module = scripted.example_hipnn("torch", 2, 1, 4, dtype=torch.float32)
+    d = torch.linspace(0.85, 2.6, 400, dtype=torch.float32)
+    s = module._sensitivities(0, d)
+    unclamped = torch.exp(-0.5 * ((d.unsqueeze(1) ** -1 - module.mu[0] ** -1) ** 2 / (module.sigma[0] ** -2)))
+    cutoff = module.layer_cutoff[0]
+    unclamped = unclamped * (torch.cos(math.pi / 2 * d / cutoff) ** 2 * (d < cutoff)).unsqueeze(1)
+    assert (s - unclamped).abs().max() <= 2 * torch.finfo(torch.float32).tiny
