@@ -129,6 +129,7 @@ def worker(case, backend, task, repeats, threads, profile=False):
     import torch
 
     torch.set_num_threads(threads)
+    from ekd._threads import cpu_seconds_per_thread
     from ekd.kernels import use_kernels
 
     use_kernels(backend)
@@ -202,12 +203,12 @@ def worker(case, backend, task, repeats, threads, profile=False):
         return dict(profile_rows(step), n_atoms=int(pos.shape[0]), n_pairs=int(pf.shape[0]))
     times, cpu, busiest = [], [], []
     for _ in range(repeats):
-        before = thread_cpu()
+        before = cpu_seconds_per_thread()
         t0, c0 = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-        after = thread_cpu()
+        after = cpu_seconds_per_thread()
         busiest.append(max((after[t] - before.get(t, 0.0) for t in after), default=float("nan")))
     return {
         "time": statistics.median(times),
@@ -218,22 +219,6 @@ def worker(case, backend, task, repeats, threads, profile=False):
         "n_atoms": int(pos.shape[0]),
         "n_pairs": int(pf.shape[0]),
     }
-
-
-def thread_cpu():
-    """{thread id: CPU seconds} of this process's threads (Linux; {} elsewhere)."""
-    out = {}
-    try:
-        tids = os.listdir("/proc/self/task")
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            with open(f"/proc/self/task/{tid}/schedstat") as f:
-                out[tid] = int(f.read().split()[0]) / 1e9
-        except OSError:  # the thread ended meanwhile
-            pass
-    return out
 
 
 def profile_rows(step, top=12):
@@ -624,22 +609,24 @@ THREADS_TARGET = 0.8
 CEILING_TARGET = 50.0
 
 
-def thread_ratio(results, load, threads, case, task):
-    """ekd's time at `threads` / its time at 1 thread (None for 1 thread or a missing row)."""
+def _ratio_to_one_thread(results, load, threads, case, task, at: str, one_thread: str):
+    """ekd's figure ``at`` at `threads` / its figure ``one_thread`` at 1 thread (None for 1 thread
+    or a missing row)."""
     r = results.get((load, threads, case, task, "ekd"), {})
     one = results.get((load, 1, case, task, "ekd"), {})
-    if threads == 1 or "time" not in r or "time" not in one:
+    if threads == 1 or at not in r or one_thread not in one:
         return None
-    return r["time"] / one["time"]
+    return r[at] / one[one_thread]
+
+
+def thread_ratio(results, load, threads, case, task):
+    """ekd's time at `threads` / its time at 1 thread (None for 1 thread or a missing row)."""
+    return _ratio_to_one_thread(results, load, threads, case, task, "time", "time")
 
 
 def amdahl_ratio(results, load, threads, case, task):
     """CPU time of ekd's busiest thread at `threads` / its CPU time at 1 thread (None if not measured)."""
-    r = results.get((load, threads, case, task, "ekd"), {})
-    one = results.get((load, 1, case, task, "ekd"), {})
-    if threads == 1 or "busiest" not in r or "cpu" not in one:
-        return None
-    return r["busiest"] / one["cpu"]
+    return _ratio_to_one_thread(results, load, threads, case, task, "busiest", "cpu")
 
 
 def ceiling_percent(results, ceilings, load, threads, case, task):

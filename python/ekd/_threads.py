@@ -73,3 +73,21 @@ def check_wait_policy(threads: int, where: str) -> None:
         RuntimeWarning,
         stacklevel=3,
     )
+
+
+def cpu_seconds_per_thread() -> dict[str, float]:
+    """{thread id: CPU seconds so far} of this process's threads (Linux:
+    /proc/self/task/*/schedstat; {} where that does not exist). For benches and tests that check
+    how work is spread over threads."""
+    out = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                out[tid] = int(f.read().split()[0]) / 1e9
+        except OSError:  # the thread ended meanwhile
+            pass
+    return out

@@ -81,18 +81,6 @@ def test_one_thread_runs_one_chunk():
         torch.set_num_threads(before)
 
 
-def _cpu_seconds_per_thread():
-    """{thread id: CPU seconds} of this process's threads (Linux: /proc/self/task/*/schedstat)."""
-    out = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/schedstat") as f:
-                out[tid] = int(f.read().split()[0]) / 1e9
-        except OSError:  # the thread ended meanwhile
-            pass
-    return out
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux's per-thread CPU times")
 @pytest.mark.parametrize("name", ["tensor_envsum", "tensor_sensesum", "envsum", "sensesum", "featsum"])
 def test_large_kernels_run_on_two_threads(name, two_threads):
@@ -119,9 +107,9 @@ def test_large_kernels_run_on_two_threads(name, two_threads):
     op = getattr(ops, name)
     assert _C.parallel_plan(n_pairs * n_sens * n_feat, n_atoms)[0] == 2
     op(*args, first, second)  # warm-up: the OpenMP team exists
-    before = _cpu_seconds_per_thread()
+    before = _threads.cpu_seconds_per_thread()
     for _ in range(5):
         op(*args, first, second)
-    after = _cpu_seconds_per_thread()
+    after = _threads.cpu_seconds_per_thread()
     busy = sorted((after[t] - before.get(t, 0.0) for t in after), reverse=True)
     assert len(busy) >= 2 and busy[1] > 0.2 * busy[0], f"CPU seconds per thread: {busy[:3]}"
