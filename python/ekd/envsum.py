@@ -161,11 +161,6 @@ def available_ops() -> tuple[str, ...]:
     return tuple(found)
 
 
-def ekd_envsum_available() -> bool:
-    """True when ``torch.ops.ekd.envsum`` works here (see :func:`available_ops`)."""
-    return "envsum" in available_ops()
-
-
 #: the environment-sum implementations by name (the ``envsum`` argument of :func:`script_member`)
 _CONTRACTIONS = {"ekd": EnvSumOp, "ekd-tensor": TensorEnvSumOp, "torch": EnvSumTorchContraction}
 # the op each implementation calls

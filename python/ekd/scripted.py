@@ -59,7 +59,6 @@ from .envsum import (  # noqa: F401  (the pair sums' names, importable from here
     _weigh,
     available_ops,
     choose_envsum,
-    ekd_envsum_available,
     envsum_torch,
 )
 from .script_helpers import (  # noqa: F401
