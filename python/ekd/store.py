@@ -364,13 +364,18 @@ def digest(obj, default: Callable | None = None) -> str:
     return bytes_digest(canonical_json(obj, default))
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    """Digest of a file's bytes (read in blocks: model and data files can be large)."""
+def file_sha256(path: str | os.PathLike) -> str:
+    """The full SHA-256 (hex) of a file's bytes, read in blocks (model and data files can be large)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()[:16]
+    return h.hexdigest()
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """Digest of a file's bytes (the first 16 hex digits of :func:`file_sha256`)."""
+    return file_sha256(path)[:16]
 
 
 def claim(directory: str | os.PathLike, inputs_digest: str, what: str, hint: str = "") -> None:

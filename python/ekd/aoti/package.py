@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from ..model_file import (
     UntrustedModelError,
 )
 from ..model_metadata import FORMAT_AOTI
+from ..store import file_sha256
 
 SUFFIX = ".pt2"
 #: AOTInductor metadata key holding the metadata text compiled into the library
@@ -51,11 +51,8 @@ def registry_path() -> Path:
 
 
 def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """The registry's key of a package: its full SHA-256."""
+    return file_sha256(path)
 
 
 def register(path: str | Path) -> str:
