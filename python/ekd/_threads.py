@@ -7,8 +7,11 @@ numbers, every GEMM, every ekd op), so when another process loads one of the cor
 thread holds the core the busy thread needs, and each region ends by waiting for a scheduler time
 slice. Measured on a 2-core machine with one busy process alongside (bench/kernels.py --load):
 molecule-batch inference of the paper's model took 0.8-2.4 s at 2 threads with spinning waits,
-0.08-0.16 s with passive ones (1 thread: 0.06-0.14 s). Spinning buys a few microseconds per region
-on an idle machine; sleeping waits cost nothing measurable here (bench/kernels.py prints both).
+0.08-0.16 s with passive ones (1 thread: 0.06-0.14 s). Spinning does pay on an idle machine for
+calls made of many short regions: molecule-batch inference at 2 threads took 0.76 of the 1-thread
+time with ``GOMP_SPINCOUNT=3000`` against 0.89-1.16 with passive waits, but 2.3x the 1-thread time
+(30,000: 3.75x) with a busy process on the other core. ekd takes the choice that never falls off
+that cliff; on a machine of your own, set ``GOMP_SPINCOUNT`` (README, Performance).
 
 libgomp reads its wait policy once, when it is loaded (``import torch``), so the default has to be
 in the environment before that: :func:`prefer_passive_waits` runs when ``ekd`` is imported and
