@@ -14,6 +14,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "ekd/radial.hpp"
+
 namespace ekd {
 namespace {
 
@@ -145,6 +147,39 @@ struct TensorSensesumFn : torch::autograd::Function<TensorSensesumFn> {
     }
 };
 
+// hippynn's radial sensitivity (include/ekd/radial.hpp). Not multilinear, so its backward is
+// its own: a fused kernel when the gradient is not differentiated again, else the analytic
+// derivative written with ATen ops (differentiable: force training's double backward).
+struct RadialSensitivityFn : torch::autograd::Function<RadialSensitivityFn> {
+    static Tensor forward(AutogradContext* ctx, const Tensor& dist, const Tensor& mu, const Tensor& sigma,
+                          double hard_max) {
+        ctx->save_for_backward({dist, mu, sigma});
+        ctx->saved_data["hard_max"] = hard_max;
+        at::AutoDispatchBelowADInplaceOrView guard;
+        static auto op = handle<Tensor(const Tensor&, const Tensor&, const Tensor&, double)>("ekd::radial_sensitivity");
+        return op.call(dist, mu, sigma, hard_max);
+    }
+    static tensor_list backward(AutogradContext* ctx, tensor_list g) {
+        auto v = ctx->get_saved_variables();
+        const double hard_max = ctx->saved_data["hard_max"].toDouble();
+        const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2)};
+        std::tuple<Tensor, Tensor, Tensor> grads;
+        if (at::GradMode::is_enabled()) {
+            grads = radial_sensitivity_grads_differentiable(g[0], v[0], v[1], v[2], hard_max, mask);
+        } else {
+            using Sig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                           double, std::array<bool, 3>);
+            static auto op = handle<Sig>("ekd::radial_sensitivity_backward");
+            grads = op.call(g[0], v[0], v[1], v[2], hard_max, mask);
+        }
+        return {std::get<0>(grads), std::get<1>(grads), std::get<2>(grads), Tensor()};
+    }
+};
+
+Tensor radial_sensitivity_ad(const Tensor& dist, const Tensor& mu, const Tensor& sigma, double hard_max) {
+    return RadialSensitivityFn::apply(dist, mu, sigma, hard_max);
+}
+
 Tensor envsum_ad(const Tensor& s, const Tensor& z, const Tensor& f, const Tensor& c) {
     return EnvsumFn::apply(s, z, f, c);
 }
@@ -170,4 +205,5 @@ TORCH_LIBRARY_IMPL(ekd, Autograd, m) {
     m.impl("featsum", &ekd::featsum_ad);
     m.impl("tensor_envsum", &ekd::tensor_envsum_ad);
     m.impl("tensor_sensesum", &ekd::tensor_sensesum_ad);
+    m.impl("radial_sensitivity", &ekd::radial_sensitivity_ad);
 }

@@ -44,6 +44,14 @@ TORCH_LIBRARY(ekd, m) {
     //   tensor_sensesum: a [P, C], y [A, C, O], x [A, N, O] -> [P, N],
     //                    out[p, n] = sum_o x[j, n, o] sum_c a[p, c] y[i, c, o]
     m.def("tensor_sensesum(Tensor a, Tensor y, Tensor x, Tensor pair_first, Tensor pair_second) -> Tensor");
+    // hippynn's Inverse/GaussianSensitivityModule with CosCutoff (include/ekd/radial.hpp):
+    //   radial_sensitivity: dist [P], mu [1, N], sigma [1, N] -> [P, N],
+    //     s[p, n] = exp(max(-0.5 (1/r_p - 1/mu_n)^2 / sigma_n^-2, log(2 tiny))) cos(pi/2 r_p/hard_max)^2 (r_p <= hard_max)
+    m.def("radial_sensitivity(Tensor dist, Tensor mu, Tensor sigma, float hard_max) -> Tensor");
+    //   its fused backward (no autograd of its own): gradients of sum(grad * s) wrt dist, mu, sigma,
+    //   undefined where output_mask is false
+    m.def("radial_sensitivity_backward(Tensor grad, Tensor dist, Tensor mu, Tensor sigma, float hard_max,"
+          " bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
     m.def("version() -> str", &ekd_version);
     m.def("torch_version() -> str", &ekd_torch_version);
 }

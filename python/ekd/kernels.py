@@ -148,7 +148,29 @@ def sensitivity(module, dist_pairs: torch.Tensor) -> torch.Tensor:
             sig = module.sigma[:, argmin]
             inverse = kind is hs.InverseSensitivityModule
             hs.warn_if_under(dist_pairs, (mu**-1 - sig**-1) ** -1 if inverse else mu + sig)
-    # hippynn's expression, term by term (same rounding where nothing is clamped)
+    if _fused_applies(module, dist_pairs):
+        return ops.radial_sensitivity(dist_pairs, module.mu, module.sigma, float(module.cutoff.hard_max_dist))
+    return _sensitivity_formula(module, dist_pairs)
+
+
+def _fused_applies(module, dist_pairs: torch.Tensor) -> bool:
+    """Whether ``ekd::radial_sensitivity`` computes ``module``'s formula for these inputs: CPU
+    float32/float64 distances, parameters of the same dtype on the CPU, and exactly hippynn's
+    CosCutoff (a subclass or another cutoff may differ). The op has no CUDA kernel: on GPUs
+    the ATen formula below runs."""
+    from hippynn.layers.hiplayers import sensitivity as hs
+
+    dtype = dist_pairs.dtype
+    return (
+        dist_pairs.device.type == "cpu"
+        and dtype in (torch.float32, torch.float64)
+        and type(module.cutoff) is hs.CosCutoff
+        and all(t.device.type == "cpu" and t.dtype == dtype for t in (module.mu, module.sigma))
+    )
+
+
+def _sensitivity_formula(module, dist_pairs: torch.Tensor) -> torch.Tensor:
+    """hippynn's expression with ATen ops, term by term (same rounding where nothing is clamped)."""
     nondim = (dist_pairs.unsqueeze(1) ** -1 - module.mu**-1) ** 2 / (module.sigma**-2)
     lowest = math.log(2 * torch.finfo(dist_pairs.dtype).tiny)
     base = torch.exp((-0.5 * nondim).clamp(min=lowest))

@@ -421,10 +421,11 @@ def test_use_kernels_rejects_unknown_names():
 @pytest.mark.parametrize("kind", ["InverseSensitivityModule", "GaussianSensitivityModule"])
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_sensitivity_equals_hippynns_without_underflowing_exp(dtype, kind, monkeypatch):
-    """ekd.kernels.sensitivity = hippynn's sensitivity modules, but exp never sees an argument
-    whose result underflows (torch's exp is several times slower there; the paper's widths put most
-    pair x sensitivity entries of a box there)."""
-    from ekd.kernels import sensitivity
+    """The ATen formula of ekd.kernels.sensitivity (GPU tensors, other cutoffs) = hippynn's
+    sensitivity modules, but exp never sees an argument whose result underflows (torch's exp is
+    several times slower there; the paper's widths put most pair x sensitivity entries of a box
+    there). The fused CPU op is compared with this formula in test_radial_sensitivity.py."""
+    from ekd.kernels import _sensitivity_formula as sensitivity
     from ekd.models import _import_hippynn
 
     hippynn = _import_hippynn()
