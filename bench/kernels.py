@@ -221,6 +221,10 @@ def worker(case, backend, task, repeats, threads, profile=False):
     }
 
 
+# ekd's pair sums (the FLOP of flops_split's "pair" part); ekd::radial_sensitivity is elementwise work
+PAIR_OPS = {f"ekd::{op}" for op in ("envsum", "sensesum", "featsum", "tensor_envsum", "tensor_sensesum")}
+
+
 def profile_rows(step, top=12):
     """Self CPU time per torch op over one call (torch.profiler), largest first."""
     from torch.profiler import ProfilerActivity, profile
@@ -233,7 +237,7 @@ def profile_rows(step, top=12):
     total = sum(e.self_cpu_time_total for e in rows) / 1e6
     classes = {}
     for e in rows:
-        kind = "pair" if e.key.startswith("ekd::") else "dense" if e.key in ("aten::mm", "aten::addmm") else "other"
+        kind = "pair" if e.key in PAIR_OPS else "dense" if e.key in ("aten::mm", "aten::addmm") else "other"
         classes[kind] = classes.get(kind, 0.0) + e.self_cpu_time_total / 1e6
     return {
         "wall": wall,
@@ -241,6 +245,35 @@ def profile_rows(step, top=12):
         "ops": [(e.key, e.self_cpu_time_total / 1e6, e.count) for e in rows[:top]],
         "classes": classes,
     }
+
+
+def wake_cost(threads, repeats=2000):
+    """Wall time (us, best of 3 runs of `repeats` calls) of small elementwise ops and a small GEMM of the
+    molecule batch's sizes at `threads` threads: at 1 thread the work, at 2 the work shared plus what
+    starting and ending one parallel region costs on this machine (waking a sleeping thread)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(660, 128, generator=gen), torch.randn(660, 128, generator=gen)
+    w = torch.randn(128, 128, generator=gen)
+    calls = {
+        "add 660x128": lambda: x + y,
+        "softplus 660x128": lambda: torch.nn.functional.softplus(x),
+        "mm 660x128 @ 128x128": lambda: x @ w,
+    }
+    out = {}
+    for name, call in calls.items():
+        for _ in range(50):
+            call()
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                call()
+            best = min(best, (time.perf_counter() - t0) / repeats)
+        out[name] = best * 1e6
+    return out
 
 
 def gemm_rate(threads, size=2048, repeats=5):
@@ -426,6 +459,7 @@ def main():
     ap.add_argument("--worker", nargs=3, metavar=("CASE", "BACKEND", "TASK"), help=argparse.SUPPRESS)
     ap.add_argument("--gemm-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--profile-worker", nargs=2, metavar=("CASE", "TASK"), help=argparse.SUPPRESS)
+    ap.add_argument("--wake-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--lammps-export-worker", metavar="DIR", help=argparse.SUPPRESS)
     ap.add_argument("--repeats", type=int, default=5, help="timed calls per row (median reported)")
     ap.add_argument("--threads", default="1", help="comma-separated torch/numba thread counts, e.g. 1,2")
@@ -441,7 +475,7 @@ def main():
     ap.add_argument("--backends", default="ekd,hippynn-numba", help=f"subset of {','.join(BACKENDS)}; ekd first")
     ap.add_argument("--profile", action="store_true", help="per-op profile of ekd's box inference")
     args = ap.parse_args()
-    if args.worker or args.gemm_worker or args.profile_worker or args.lammps_export_worker:
+    if args.worker or args.gemm_worker or args.profile_worker or args.lammps_export_worker or args.wake_worker:
         import warnings
 
         import ekd  # noqa: F401  (before torch, as in ekd's own processes: OpenMP wait policy, ekd/_threads.py)
@@ -450,6 +484,8 @@ def main():
         threads = int(args.threads)
         if args.gemm_worker:
             out = gemm_rate(threads)
+        elif args.wake_worker:
+            out = wake_cost(threads)
         elif args.lammps_export_worker:
             out = lammps_export(args.lammps_export_worker)
         elif args.profile_worker:
@@ -517,6 +553,11 @@ def main():
     if args.profile:
         for threads in thread_list:
             report_profile(run_worker(["--profile-worker", "box", "infer"], threads), threads, ceilings[False, threads])
+        if 1 in thread_list and 2 in thread_list and "molecules" in args.cases.split(","):
+            report_thread_profile(
+                {t: run_worker(["--profile-worker", "molecules", "infer"], t) for t in (1, 2)},
+                {t: run_worker(["--wake-worker"], t) for t in (1, 2)},
+            )
     if isinstance(lammps_dir, str):
         import shutil
 
@@ -741,6 +782,32 @@ def report_profile(p, threads, ceiling):
         ]
         rate = f"{gflop / sec:6.1f} GFLOP/s {100 * gflop / sec / ceiling:4.0f} % of ceiling" if gflop and sec else ""
         print(f"    {label:28s} {sec:7.3f} s {100 * sec / p['profiled']:5.1f} %  {gflop:6.1f} GFLOP  {rate}")
+
+
+def report_thread_profile(profiles, wakes):
+    """Why the molecule batch gains little from a second thread: its time by kind of work at 1 and 2
+    threads, and the cost of one parallel region measured on small ops of the same sizes."""
+    if any("classes" not in p for p in profiles.values()) or any("error" in w for w in wakes.values()):
+        print(f"\nthread profile failed: {profiles} {wakes}")
+        return
+    print("\n== the molecule batch (energy + forces) at 1 and 2 threads, by kind of work (torch.profiler, one call)")
+    labels = {"pair": "pair sums (ekd::*)", "dense": "dense layers (mm, addmm)", "other": "elementwise, copies"}
+    for kind, label in labels.items():
+        one, two = profiles[1]["classes"].get(kind, 0.0), profiles[2]["classes"].get(kind, 0.0)
+        ratio = two / one if one else float("nan")
+        print(f"    {label:28s} 1t {1e3 * one:7.1f} ms   2t {1e3 * two:7.1f} ms   2t/1t {ratio:5.2f}")
+    print("  small ops of the batch's sizes, us per call (wall, best of 3 x 2000 calls):")
+    for name in wakes[1]:
+        one, two = wakes[1][name], wakes[2][name]
+        print(f"    {name:24s} 1t {one:7.1f}   2t {two:7.1f}   2t/1t {two / one:5.2f}")
+    extra = wakes[2]["add 660x128"] - wakes[1]["add 660x128"] / 2
+    print(
+        f"  one parallel region costs ~{extra:.0f} us here beyond its share of the work (the add); the batch's"
+        " ~0.05 s call runs ~240 regions (GEMMs, elementwise ops, ekd ops), so a second thread only pays"
+        " where a region holds well over that much work. Sleeping waits (OMP_WAIT_POLICY=PASSIVE, ekd's"
+        " default) make the wake-up this slow; spinning waits (GOMP_SPINCOUNT) make it fast when the"
+        " machine is idle but a thread then holds a core that a busy neighbour needs (ekd/_threads.py)."
+    )
 
 
 if __name__ == "__main__":
