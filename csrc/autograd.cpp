@@ -119,8 +119,18 @@ struct TensorEnvsumFn : torch::autograd::Function<TensorEnvsumFn> {
         auto v = ctx->get_saved_variables();
         const Tensor &a = v[0], &b = v[1], &x = v[2], &f = v[3], &c = v[4], &h = g[0];
         tensor_list out;
-        out.push_back(ctx->needs_input_grad(0) ? tensor_sensesum(b, x, h, c, f) : Tensor());
-        out.push_back(ctx->needs_input_grad(1) ? tensor_sensesum(a, h, x, f, c) : Tensor());
+        if (!at::GradMode::is_enabled() && ctx->needs_input_grad(0) && ctx->needs_input_grad(1) && a.device().is_cpu()) {
+            // no graph of these gradients wanted (forces for MD, not force training): both pair
+            // gradients in one pass that reads each neighbour block once (same numbers)
+            static auto op = handle<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                               const Tensor&, const Tensor&)>("ekd::tensor_envsum_backward");
+            auto ab = op.call(h, a, b, x, f, c);
+            out.push_back(std::get<0>(ab));
+            out.push_back(std::get<1>(ab));
+        } else {
+            out.push_back(ctx->needs_input_grad(0) ? tensor_sensesum(b, x, h, c, f) : Tensor());
+            out.push_back(ctx->needs_input_grad(1) ? tensor_sensesum(a, h, x, f, c) : Tensor());
+        }
         out.push_back(ctx->needs_input_grad(2) ? tensor_envsum(b, a, h, c, f) : Tensor());
         no_index_grads(out);
         return out;
@@ -164,7 +174,13 @@ struct RadialSensitivityFn : torch::autograd::Function<RadialSensitivityFn> {
         const double hard_max = ctx->saved_data["hard_max"].toDouble();
         const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2)};
         std::tuple<Tensor, Tensor, Tensor> grads;
-        if (at::GradMode::is_enabled()) {
+        if (at::GradMode::is_enabled() && !mask[1] && !mask[2]) {
+            // forces (create_graph): sum_n grad * ds/dr with ds/dr an op of its own, whose fused
+            // backward gives the second derivatives force training needs
+            static auto dr = handle<Tensor(const Tensor&, const Tensor&, const Tensor&, double)>(
+                "ekd::radial_sensitivity_dr");
+            std::get<0>(grads) = g[0].mul(dr.call(v[0], v[1], v[2], hard_max)).sum(1);
+        } else if (at::GradMode::is_enabled()) {
             grads = radial_sensitivity_grads_differentiable(g[0], v[0], v[1], v[2], hard_max, mask);
         } else {
             using Sig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
@@ -175,6 +191,38 @@ struct RadialSensitivityFn : torch::autograd::Function<RadialSensitivityFn> {
         return {std::get<0>(grads), std::get<1>(grads), std::get<2>(grads), Tensor()};
     }
 };
+
+// ds/dr of the radial sensitivity: its backward (second derivatives of s) is a fused kernel, or
+// ATen ops when it is itself differentiated (third order).
+struct RadialSensitivityDrFn : torch::autograd::Function<RadialSensitivityDrFn> {
+    static Tensor forward(AutogradContext* ctx, const Tensor& dist, const Tensor& mu, const Tensor& sigma,
+                          double hard_max) {
+        ctx->save_for_backward({dist, mu, sigma});
+        ctx->saved_data["hard_max"] = hard_max;
+        at::AutoDispatchBelowADInplaceOrView guard;
+        static auto op =
+            handle<Tensor(const Tensor&, const Tensor&, const Tensor&, double)>("ekd::radial_sensitivity_dr");
+        return op.call(dist, mu, sigma, hard_max);
+    }
+    static tensor_list backward(AutogradContext* ctx, tensor_list g) {
+        auto v = ctx->get_saved_variables();
+        const double hard_max = ctx->saved_data["hard_max"].toDouble();
+        const std::array<bool, 3> mask{ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2)};
+        if (at::GradMode::is_enabled()) {  // third order and beyond: ATen ops
+            auto grads = radial_sensitivity_dr_grads_differentiable(g[0], v[0], v[1], v[2], hard_max, mask);
+            return {std::get<0>(grads), std::get<1>(grads), std::get<2>(grads), Tensor()};
+        }
+        using Sig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                       double, std::array<bool, 3>);
+        static auto op = handle<Sig>("ekd::radial_sensitivity_dr_backward");
+        auto grads = op.call(g[0], v[0], v[1], v[2], hard_max, mask);
+        return {std::get<0>(grads), std::get<1>(grads), std::get<2>(grads), Tensor()};
+    }
+};
+
+Tensor radial_sensitivity_dr_ad(const Tensor& dist, const Tensor& mu, const Tensor& sigma, double hard_max) {
+    return RadialSensitivityDrFn::apply(dist, mu, sigma, hard_max);
+}
 
 Tensor radial_sensitivity_ad(const Tensor& dist, const Tensor& mu, const Tensor& sigma, double hard_max) {
     return RadialSensitivityFn::apply(dist, mu, sigma, hard_max);
@@ -206,4 +254,5 @@ TORCH_LIBRARY_IMPL(ekd, Autograd, m) {
     m.impl("tensor_envsum", &ekd::tensor_envsum_ad);
     m.impl("tensor_sensesum", &ekd::tensor_sensesum_ad);
     m.impl("radial_sensitivity", &ekd::radial_sensitivity_ad);
+    m.impl("radial_sensitivity_dr", &ekd::radial_sensitivity_dr_ad);
 }

@@ -44,6 +44,12 @@ TORCH_LIBRARY(ekd, m) {
     //   tensor_sensesum: a [P, C], y [A, C, O], x [A, N, O] -> [P, N],
     //                    out[p, n] = sum_o x[j, n, o] sum_c a[p, c] y[i, c, o]
     m.def("tensor_sensesum(Tensor a, Tensor y, Tensor x, Tensor pair_first, Tensor pair_second) -> Tensor");
+    //   tensor_envsum_backward: grad [A, C, O] of tensor_envsum(a, b, x, ...) -> (grad_a [P, C], grad_b [P, N]),
+    //                    i.e. tensor_sensesum(b, x, grad, pair_second, pair_first) and
+    //                    tensor_sensesum(a, grad, x, pair_first, pair_second) in one pass over the pairs (CPU;
+    //                    what tensor_envsum's autograd uses when no graph of the gradient is asked for)
+    m.def("tensor_envsum_backward(Tensor grad, Tensor a, Tensor b, Tensor x, Tensor pair_first, Tensor pair_second)"
+          " -> (Tensor, Tensor)");
     // hippynn's Inverse/GaussianSensitivityModule with CosCutoff (include/ekd/radial.hpp):
     //   radial_sensitivity: dist [P], mu [1, N], sigma [1, N] -> [P, N],
     //     s[p, n] = exp(max(-0.5 (1/r_p - 1/mu_n)^2 / sigma_n^-2, log(2 tiny))) cos(pi/2 r_p/hard_max)^2 (r_p <= hard_max)
@@ -51,6 +57,11 @@ TORCH_LIBRARY(ekd, m) {
     //   its fused backward (no autograd of its own): gradients of sum(grad * s) wrt dist, mu, sigma,
     //   undefined where output_mask is false
     m.def("radial_sensitivity_backward(Tensor grad, Tensor dist, Tensor mu, Tensor sigma, float hard_max,"
+          " bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+    //   radial_sensitivity_dr: ds/dr [P, N] (the backward of radial_sensitivity under create_graph,
+    //   i.e. force training, is sum_n grad * ds/dr) and its fused backward (second derivatives)
+    m.def("radial_sensitivity_dr(Tensor dist, Tensor mu, Tensor sigma, float hard_max) -> Tensor");
+    m.def("radial_sensitivity_dr_backward(Tensor grad, Tensor dist, Tensor mu, Tensor sigma, float hard_max,"
           " bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
     m.def("version() -> str", &ekd_version);
     m.def("torch_version() -> str", &ekd_torch_version);

@@ -340,6 +340,104 @@ EKD_RADIAL_KERNELS(double)
 #undef EKD_RADIAL_KERNELS
 
 // ------------------------------------------------------------------------------------------------
+// Second order (force training): D = ds/dr and the gradients of sum(gD * D). With A the clamped
+// exp argument (dA/d arg = pass, 0 or 1), u = dA/dr = pass d sigma^2 / r^2, C the cutoff factor:
+//   D = E (u C + C'),  dD/dq = dA/dq (u C + C') E + E (du/dq C + [q = r] (u C' + C''))
+// for q in r, mu, sigma (C depends on r only):
+//   du/dr = pass sigma^2 (-1/r^4 - 2 d / r^3),  dA/dmu = -pass d sigma^2 / mu^2,
+//   du/dmu = pass sigma^2 / (r^2 mu^2),  dA/dsigma = -pass d^2 sigma,  du/dsigma = 2 pass sigma d / r^2.
+
+template <typename T>
+struct PairCut {
+    T c, c1, c2;  // C, dC/dr, d2C/dr2
+    PairCut(T rp, T hard) {
+        const T k = T(kHalfPi) / hard;
+        const T x = T(kHalfPi) * rp / hard;
+        const T in = T(rp <= hard);
+        const T cs = std::cos(x), sn = std::sin(x);
+        c = cs * cs * in;
+        c1 = T(-2) * k * cs * sn * in;
+        c2 = T(-2) * k * k * (cs * cs - sn * sn) * in;
+    }
+};
+
+template <typename T>
+EKD_INLINE void dr_forward_impl(const T* __restrict r, const T* __restrict inv_mu, const T* __restrict sm2,
+                                const T* __restrict sig2, int64_t N, T hard, T lowest, T* __restrict out, int64_t p0,
+                                int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+        const T rp = r[p];
+        const PairCut<T> cut(rp, hard);
+        const T inv_r = T(1) / rp, inv_r2 = inv_r * inv_r;
+        T* __restrict o = out + p * N;
+#pragma GCC ivdep
+        for (int64_t n = 0; n < N; ++n) {
+            const T d = inv_r - inv_mu[n];
+            const T a = T(-0.5) * ((d * d) / sm2[n]);
+            const T e = exp_nonpositive(a < lowest ? lowest : a);
+            const T u = not_below(a, lowest) * d * sig2[n] * inv_r2;
+            o[n] = e * (u * cut.c + cut.c1);
+        }
+    }
+}
+
+// buf: 3 N scratch numbers; acc_mu / acc_sigma: null unless the parameter gradients are wanted.
+template <typename T>
+EKD_INLINE void dr_backward_impl(const T* __restrict g, const T* __restrict r, const T* __restrict inv_mu,
+                                 const T* __restrict sm2, const T* __restrict sig2, const T* __restrict sigma,
+                                 int64_t N, T hard, T lowest, T* __restrict grad_r, double* __restrict acc_mu,
+                                 double* __restrict acc_sigma, T* __restrict buf, int64_t p0, int64_t p1) {
+    T* __restrict br = buf;
+    T* __restrict bm = buf + N;
+    T* __restrict bs = buf + 2 * N;
+    for (int64_t p = p0; p < p1; ++p) {
+        const T rp = r[p];
+        const PairCut<T> cut(rp, hard);
+        const T inv_r = T(1) / rp, inv_r2 = inv_r * inv_r;
+        const T* __restrict gp = g + p * N;
+#pragma GCC ivdep
+        for (int64_t n = 0; n < N; ++n) {
+            const T d = inv_r - inv_mu[n];
+            const T a = T(-0.5) * ((d * d) / sm2[n]);
+            const T e = exp_nonpositive(a < lowest ? lowest : a);
+            const T pass = not_below(a, lowest);
+            const T s2 = sig2[n], im2 = inv_mu[n] * inv_mu[n];
+            const T u = pass * d * s2 * inv_r2;
+            const T common = e * (u * cut.c + cut.c1);
+            const T du_dr = pass * s2 * (-inv_r2 * inv_r2 - T(2) * d * inv_r2 * inv_r);
+            br[n] = gp[n] * (u * common + e * (du_dr * cut.c + u * cut.c1 + cut.c2));
+            bm[n] = gp[n] * (-pass * d * s2 * im2 * common + e * (pass * s2 * inv_r2 * im2) * cut.c);
+            bs[n] = gp[n] * (-pass * d * d * sigma[n] * common + e * (T(2) * pass * sigma[n] * d * inv_r2) * cut.c);
+        }
+        if (grad_r != nullptr) {
+            T sum = 0;
+            for (int64_t n = 0; n < N; ++n) sum += br[n];
+            grad_r[p] = sum;
+        }
+        if (acc_mu != nullptr) {
+            for (int64_t n = 0; n < N; ++n) {
+                acc_mu[n] += double(bm[n]);
+                acc_sigma[n] += double(bs[n]);
+            }
+        }
+    }
+}
+
+#define EKD_RADIAL_DR_KERNELS(T)                                                                                    \
+    EKD_RADIAL_CLONES void dr_forward(const T* r, const T* inv_mu, const T* sm2, const T* sig2, int64_t N, T hard,  \
+                                      T lowest, T* out, int64_t p0, int64_t p1) {                                   \
+        dr_forward_impl<T>(r, inv_mu, sm2, sig2, N, hard, lowest, out, p0, p1);                                     \
+    }                                                                                                               \
+    EKD_RADIAL_CLONES void dr_backward(const T* g, const T* r, const T* inv_mu, const T* sm2, const T* sig2,        \
+                                       const T* sigma, int64_t N, T hard, T lowest, T* grad_r, double* acc_mu,      \
+                                       double* acc_sigma, T* buf, int64_t p0, int64_t p1) {                         \
+        dr_backward_impl<T>(g, r, inv_mu, sm2, sig2, sigma, N, hard, lowest, grad_r, acc_mu, acc_sigma, buf, p0, p1); \
+    }
+EKD_RADIAL_DR_KERNELS(float)
+EKD_RADIAL_DR_KERNELS(double)
+#undef EKD_RADIAL_DR_KERNELS
+
+// ------------------------------------------------------------------------------------------------
 // Entry points
 
 at::Tensor radial_sensitivity_cpu(const at::Tensor& dist_in, const at::Tensor& mu_in, const at::Tensor& sigma_in,
@@ -440,6 +538,84 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radial_sensitivity_backward_cpu(
     return {grad_r, grad_mu, grad_sigma};
 }
 
+constexpr const char* kDrOp = "ekd::radial_sensitivity_dr";
+constexpr const char* kDrBackOp = "ekd::radial_sensitivity_dr_backward";
+
+at::Tensor radial_sensitivity_dr_cpu(const at::Tensor& dist_in, const at::Tensor& mu_in, const at::Tensor& sigma_in,
+                                     double hard_max) {
+    check_radial_args(kDrOp, dist_in, mu_in, sigma_in, hard_max);
+    const at::Tensor dist = dist_in.contiguous(), mu = mu_in.contiguous(), sigma = sigma_in.contiguous();
+    const int64_t P = dist.size(0), N = mu.size(-1);
+    at::Tensor out = at::empty({P, N}, dist.options());
+    if (P == 0 || N == 0) return out;
+    dispatch_float(dist, [&](auto tag) {
+        using T = decltype(tag);
+        const T* sg = sigma.data_ptr<T>();
+        const Widths<T> w(mu.data_ptr<T>(), sg, N);
+        std::vector<T> sig2(N);
+        for (int64_t n = 0; n < N; ++n) sig2[n] = sg[n] * sg[n];
+        const T lowest = Clamp<T>(dist.scalar_type()).lowest;
+        const T* r = dist.data_ptr<T>();
+        T* o = out.data_ptr<T>();
+        const ParallelPlan plan = parallel_plan(P * N * 2 * kWorkPerEntry, P);
+        run_chunks(plan.chunks, plan.threads, [&](int64_t c) {
+            const FlushSubnormals ftz;
+            dr_forward(r, w.inv_mu.data(), w.sm2.data(), sig2.data(), N, static_cast<T>(hard_max), lowest, o,
+                       P * c / plan.chunks, P * (c + 1) / plan.chunks);
+        });
+    });
+    return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> radial_sensitivity_dr_backward_cpu(
+    const at::Tensor& grad_in, const at::Tensor& dist_in, const at::Tensor& mu_in, const at::Tensor& sigma_in,
+    double hard_max, std::array<bool, 3> mask) {
+    check_backward_args(grad_in, dist_in, mu_in, sigma_in, hard_max);
+    const at::Tensor grad = grad_in.contiguous(), dist = dist_in.contiguous();
+    const at::Tensor mu = mu_in.contiguous(), sigma = sigma_in.contiguous();
+    const int64_t P = dist.size(0), N = mu.size(-1);
+    at::Tensor grad_r, grad_mu, grad_sigma;
+    if (mask[0]) grad_r = at::empty({P}, dist.options());
+    const bool params = mask[1] || mask[2];
+    if (!mask[0] && !params) return {grad_r, grad_mu, grad_sigma};
+    const int64_t work = P * N * 3 * kWorkPerEntry;
+    const int64_t K = params ? chunks_for(work, std::max<int64_t>(P, 1)) : parallel_plan(work, P).chunks;
+    const int64_t threads = parallel_plan(work, P).threads;
+    std::vector<double> partial(params ? 2 * K * N : 0, 0.0);  // [K][acc_mu N | acc_sigma N]
+    dispatch_float(dist, [&](auto tag) {
+        using T = decltype(tag);
+        const T* sg = sigma.data_ptr<T>();
+        const Widths<T> w(mu.data_ptr<T>(), sg, N);
+        std::vector<T> sig2(N);
+        for (int64_t n = 0; n < N; ++n) sig2[n] = sg[n] * sg[n];
+        const T lowest = Clamp<T>(dist.scalar_type()).lowest;
+        T* gr = mask[0] ? grad_r.data_ptr<T>() : nullptr;
+        if (P > 0) {
+            run_chunks(K, threads, [&](int64_t c) {
+                const FlushSubnormals ftz;
+                std::vector<T> buf(3 * N);
+                double* acc = params ? partial.data() + 2 * c * N : nullptr;
+                dr_backward(grad.data_ptr<T>(), dist.data_ptr<T>(), w.inv_mu.data(), w.sm2.data(), sig2.data(), sg, N,
+                            static_cast<T>(hard_max), lowest, gr, acc, params ? acc + N : nullptr, buf.data(),
+                            P * c / K, P * (c + 1) / K);
+            });
+        }
+        if (!params) return;
+        if (mask[1]) grad_mu = at::zeros(mu.sizes(), mu.options());
+        if (mask[2]) grad_sigma = at::zeros(sigma.sizes(), sigma.options());
+        for (int64_t n = 0; n < N; ++n) {
+            double sm = 0, ss = 0;
+            for (int64_t c = 0; c < K; ++c) {
+                sm += partial[2 * c * N + n];
+                ss += partial[2 * c * N + N + n];
+            }
+            if (mask[1]) grad_mu.data_ptr<T>()[n] = static_cast<T>(sm);
+            if (mask[2]) grad_sigma.data_ptr<T>()[n] = static_cast<T>(ss);
+        }
+    });
+    return {grad_r, grad_mu, grad_sigma};
+}
+
 // ------------------------------------------------------------------------------------------------
 // Meta kernels (shapes only, same checks): FakeTensor / torch.compile / opcheck.
 
@@ -500,19 +676,66 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radial_sensitivity_grads_differen
     return {grad_r, grad_mu, grad_sigma};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> radial_sensitivity_dr_grads_differentiable(
+    const at::Tensor& grad, const at::Tensor& dist, const at::Tensor& mu, const at::Tensor& sigma, double hard_max,
+    std::array<bool, 3> mask) {
+    check_backward_args(grad, dist, mu, sigma, hard_max);
+    // the formulas of the dr kernels above (second order), with ATen ops
+    const double lowest = radial_lowest(dist.scalar_type());
+    const at::Tensor mu_row = mu.reshape({1, -1}), sigma_row = sigma.reshape({1, -1});
+    const at::Tensor inv_r = dist.reciprocal().unsqueeze(1), inv_r2 = inv_r.square();
+    const at::Tensor im2 = mu_row.reciprocal().square();
+    const at::Tensor d = inv_r - mu_row.reciprocal();
+    const at::Tensor s2 = sigma_row.square();
+    const at::Tensor arg = d.square().div(sigma_row.pow(-2)).mul(-0.5);
+    const at::Tensor pass = arg.ge(lowest).to(dist.scalar_type());
+    const at::Tensor e = arg.clamp_min(lowest).exp();
+    const double k = kHalfPi / hard_max;
+    const at::Tensor x = dist.mul(kHalfPi).div(hard_max);
+    const at::Tensor inside = dist.le(hard_max).to(dist.scalar_type());
+    const at::Tensor cs = x.cos(), sn = x.sin();
+    const at::Tensor c = cs.square().mul(inside).unsqueeze(1);
+    const at::Tensor c1 = cs.mul(sn).mul(-2.0 * k).mul(inside).unsqueeze(1);
+    const at::Tensor u = pass.mul(d).mul(s2).mul(inv_r2);
+    const at::Tensor common = e.mul(u.mul(c) + c1);
+    at::Tensor grad_r, grad_mu, grad_sigma;
+    if (mask[0]) {
+        const at::Tensor c2 = (cs.square() - sn.square()).mul(-2.0 * k * k).mul(inside).unsqueeze(1);
+        const at::Tensor du_dr = pass.mul(s2).mul(inv_r2.square().neg() - d.mul(inv_r2).mul(inv_r).mul(2.0));
+        grad_r = grad.mul(u.mul(common) + e.mul(du_dr.mul(c) + u.mul(c1) + c2)).sum(1);
+    }
+    if (mask[1]) {
+        const at::Tensor t = pass.mul(s2).mul(im2);
+        grad_mu = grad.mul(e.mul(t).mul(inv_r2).mul(c) - t.mul(d).mul(common)).sum(0, true).reshape(mu.sizes());
+    }
+    if (mask[2]) {
+        const at::Tensor t = pass.mul(sigma_row).mul(d);
+        grad_sigma =
+            grad.mul(e.mul(t).mul(inv_r2).mul(c).mul(2.0) - t.mul(d).mul(common)).sum(0, true).reshape(sigma.sizes());
+    }
+    return {grad_r, grad_mu, grad_sigma};
+}
+
 }  // namespace ekd
 
 TORCH_LIBRARY_IMPL(ekd, CPU, m) {
     m.impl("radial_sensitivity", &ekd::radial_sensitivity_cpu);
     m.impl("radial_sensitivity_backward", &ekd::radial_sensitivity_backward_cpu);
+    m.impl("radial_sensitivity_dr", &ekd::radial_sensitivity_dr_cpu);
+    m.impl("radial_sensitivity_dr_backward", &ekd::radial_sensitivity_dr_backward_cpu);
 }
 
+// ds/dr and its backward have the shapes of s and of its backward
 TORCH_LIBRARY_IMPL(ekd, Meta, m) {
     m.impl("radial_sensitivity", &ekd::radial_sensitivity_meta);
     m.impl("radial_sensitivity_backward", &ekd::radial_sensitivity_backward_meta);
+    m.impl("radial_sensitivity_dr", &ekd::radial_sensitivity_meta);
+    m.impl("radial_sensitivity_dr_backward", &ekd::radial_sensitivity_backward_meta);
 }
 
 TORCH_LIBRARY_IMPL(ekd, CUDA, m) {
     m.impl("radial_sensitivity", &ekd::radial_sensitivity_cuda);
     m.impl("radial_sensitivity_backward", &ekd::radial_sensitivity_backward_cuda);
+    m.impl("radial_sensitivity_dr", &ekd::radial_sensitivity_cuda);
+    m.impl("radial_sensitivity_dr_backward", &ekd::radial_sensitivity_backward_cuda);
 }

@@ -228,3 +228,46 @@ def test_other_cutoffs_and_mixed_dtypes_keep_the_formula(hs):
     # hippynn's own forward underflows to 0 where the formula's clamp leaves ~2 tiny
     tiny = torch.finfo(torch.float64).tiny
     torch.testing.assert_close(sensitivity(module, dist), module(dist), rtol=0, atol=2 * tiny)
+
+
+@pytest.mark.parametrize("sigma_scale", [1.0, 10.0])
+def test_ds_dr_op_and_its_second_derivatives(sigma_scale):
+    """radial_sensitivity_dr (the first derivative force training differentiates again) equals
+    ds/dr column by column, and its fused backward passes gradcheck wrt dist, mu and sigma."""
+    dist, mu, sigma = small_inputs(sigma_scale)
+    dr = ops.radial_sensitivity_dr(dist, mu, sigma, 5.0)
+    for n in range(mu.shape[1]):
+        (col,) = torch.autograd.grad(_formula(dist, mu, sigma, 5.0)[:, n].sum(), dist)
+        torch.testing.assert_close(dr[:, n], col, rtol=1e-13, atol=1e-300)
+    assert torch.autograd.gradcheck(lambda d, m, s: ops.radial_sensitivity_dr(d, m, s, 5.0), (dist, mu, sigma))
+
+
+def test_forces_under_create_graph_take_the_ds_dr_op():
+    dist, mu, sigma = small_inputs(1.0)
+    mu.requires_grad_(False)
+    sigma.requires_grad_(False)
+    with torch.autograd.profiler.profile() as prof:
+        torch.autograd.grad(ops.radial_sensitivity(dist, mu, sigma, 5.0).sum(), dist, create_graph=True)
+    assert "ekd::radial_sensitivity_dr" in {e.name for e in prof.function_events}
+    # second order through it: gradgradcheck wrt dist alone (mu, sigma fixed) uses this path
+    assert torch.autograd.gradgradcheck(lambda d: ops.radial_sensitivity(d, mu, sigma, 5.0), (dist,))
+
+    # third order (ATen ops) equals the formula's, wrt dist, mu and sigma
+    def third(fn):
+        x, m, s = (t.detach().clone().requires_grad_(True) for t in (dist, mu, sigma))
+        (f,) = torch.autograd.grad(fn(x, m, s).sum(), x, create_graph=True)
+        second = torch.autograd.grad((f**2).sum(), [x, m, s], create_graph=True)
+        return torch.autograd.grad(sum((g**2).sum() for g in second), [x, m, s])
+
+    expected = third(lambda x, m, s: _formula(x, m, s, 5.0))
+    got = third(lambda x, m, s: ops.radial_sensitivity(x, m, s, 5.0))
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-11 * float(e.abs().max()))
+
+
+def _formula(dist, mu, sigma, hard):
+    """ekd.kernels._sensitivity_formula for bare tensors with hippynn's CosCutoff."""
+    nondim = (dist.unsqueeze(1) ** -1 - mu**-1) ** 2 / (sigma**-2)
+    base = torch.exp((-0.5 * nondim).clamp(min=math.log(2 * torch.finfo(dist.dtype).tiny)))
+    cut = torch.cos(math.pi / 2 * dist / hard) ** 2 * (dist <= hard).to(dist.dtype)
+    return base * cut.unsqueeze(1)

@@ -60,4 +60,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radial_sensitivity_grads_differen
     const at::Tensor& grad, const at::Tensor& dist, const at::Tensor& mu, const at::Tensor& sigma, double hard_max,
     std::array<bool, 3> output_mask);
 
+// The same for ekd::radial_sensitivity_dr (ds/dr): its gradients (second derivatives of s) with
+// differentiable ATen ops, for derivatives of third order.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> radial_sensitivity_dr_grads_differentiable(
+    const at::Tensor& grad, const at::Tensor& dist, const at::Tensor& mu, const at::Tensor& sigma, double hard_max,
+    std::array<bool, 3> output_mask);
+
 }  // namespace ekd
