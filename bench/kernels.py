@@ -222,7 +222,10 @@ def worker(case, backend, task, repeats, threads, profile=False):
 
 
 # ekd's pair sums (the FLOP of flops_split's "pair" part); ekd::radial_sensitivity is elementwise work
-PAIR_OPS = {f"ekd::{op}" for op in ("envsum", "sensesum", "featsum", "tensor_envsum", "tensor_sensesum")}
+PAIR_OPS = {
+    f"ekd::{op}"
+    for op in ("envsum", "sensesum", "featsum", "tensor_envsum", "tensor_sensesum", "tensor_envsum_backward")
+}
 
 
 def profile_rows(step, top=12):

@@ -397,6 +397,25 @@ EKD_INLINE void tensor_sensesum_body(const T* av, const T* y, const T* x, const 
     }
 }
 
+// The gradients of tensor_envsum with respect to a and b in one pass over the pairs (inference:
+// forces without a graph). Separately they are tensor_sensesum(b, x, h, second, first) and
+// tensor_sensesum(a, h, x, first, second), and each reads the neighbour's N x O block x[j] (10 KB
+// for the paper's model) once per pair, from L2 or beyond; here the second use finds it in L1. Same
+// primitives in the same order as those two calls, so the same bits.
+template <typename T>
+EKD_INLINE void tensor_envsum_grad_ab_body(const T* av, const T* bv, const T* x, const T* h, const int64_t* first,
+                                           const int64_t* second, int64_t C, int64_t N, int64_t O, T* ga, T* gb,
+                                           T* mbuf, T* gbuf, int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+        const T* xj = x + second[p] * N * O;
+        const T* hi = h + first[p] * C * O;
+        combine_rows<T>(bv + p * N, xj, N, O, mbuf);    // b[p] @ x[j]
+        dot_all_rows<T>(hi, C, O, mbuf, ga + p * C);    // grad a[p] = h[i] @ (b[p] @ x[j])
+        combine_rows<T>(av + p * C, hi, C, O, gbuf);    // a[p] @ h[i]
+        dot_all_rows<T>(xj, N, O, gbuf, gb + p * N);    // grad b[p] = x[j] @ (a[p] @ h[i])
+    }
+}
+
 #define EKD_INSTANTIATE(T)                                                                                        \
     EKD_CLONES void envsum_run(const T* s, const T* z, const int64_t* sec, const Groups* g, int64_t N, int64_t F, \
                                T* out, int64_t a0, int64_t a1) {                                                  \
@@ -414,6 +433,11 @@ EKD_INLINE void tensor_sensesum_body(const T* av, const T* y, const T* x, const 
                                       int64_t C, int64_t N, int64_t O, T* out, std::vector<T>& m, int64_t a0,     \
                                       int64_t a1) {                                                               \
         tensor_envsum_body<T>(a, b, x, sec, g, C, N, O, out, m, a0, a1);                                          \
+    }                                                                                                             \
+    EKD_CLONES void tensor_envsum_grad_ab_run(const T* a, const T* b, const T* x, const T* h, const int64_t* fi,   \
+                                              const int64_t* sec, int64_t C, int64_t N, int64_t O, T* ga, T* gb,    \
+                                              T* mb, T* gbf, int64_t p0, int64_t p1) {                              \
+        tensor_envsum_grad_ab_body<T>(a, b, x, h, fi, sec, C, N, O, ga, gb, mb, gbf, p0, p1);                     \
     }                                                                                                             \
     EKD_CLONES void tensor_sensesum_run(const T* a, const T* y, const T* x, const int64_t* fi, const int64_t* sec, \
                                         int64_t C, int64_t N, int64_t O, T* out, T* gb, int64_t p0, int64_t p1) {  \
@@ -576,6 +600,36 @@ at::Tensor tensor_sensesum_cpu(const at::Tensor& a_, const at::Tensor& y_, const
     return out;
 }
 
+std::tuple<at::Tensor, at::Tensor> tensor_envsum_backward_cpu(const at::Tensor& h_, const at::Tensor& a_,
+                                                              const at::Tensor& b_, const at::Tensor& x_,
+                                                              const at::Tensor& first_, const at::Tensor& second_) {
+    const auto shapes = tensor_envsum_backward_shapes(h_, a_, b_, x_, first_, second_);
+    std::vector<int64_t> shape;
+    auto ga = at::empty(concrete(shapes[0], shape), a_.options());
+    auto gb = at::empty(concrete(shapes[1], shape), a_.options());
+    auto a = a_.contiguous(), b = b_.contiguous(), x = x_.contiguous(), h = h_.contiguous();
+    auto first = first_.contiguous(), second = second_.contiguous();
+    const int64_t P = a.size(0), C = a.size(1), N = b.size(1), A = x.size(0), O = x.size(2);
+    check_index_range("ekd::tensor_envsum_backward", "pair_first", first.data_ptr<int64_t>(), P, A);
+    check_index_range("ekd::tensor_envsum_backward", "pair_second", second.data_ptr<int64_t>(), P, A);
+    dispatch_float(a, [&](auto tag) {
+        using T = decltype(tag);
+        const T* ap = a.data_ptr<T>();
+        const T* bp = b.data_ptr<T>();
+        const T* xp = x.data_ptr<T>();
+        const T* hp = h.data_ptr<T>();
+        const int64_t* fi = first.data_ptr<int64_t>();
+        const int64_t* sec = second.data_ptr<int64_t>();
+        T* gap = ga.data_ptr<T>();
+        T* gbp = gb.data_ptr<T>();
+        for_pairs(P, 2 * (N + C) * O, [&](int64_t p0, int64_t p1) {
+            std::vector<T> mbuf(O), gbuf(O);
+            tensor_envsum_grad_ab_run(ap, bp, xp, hp, fi, sec, C, N, O, gap, gbp, mbuf.data(), gbuf.data(), p0, p1);
+        });
+    });
+    return {ga, gb};
+}
+
 // ------------------------------------------------------------------------------------------------
 // Meta kernels: shapes only (same checks as the CPU entry points). They give FakeTensor /
 // torch.compile / opcheck the output shapes without a Python registration, so TorchScript and the
@@ -598,6 +652,12 @@ at::Tensor tensor_sensesum_meta(const at::Tensor& a, const at::Tensor& y, const 
                                 const at::Tensor& c) {
     return at::empty_symint(tensor_sensesum_shape(a, y, x, f, c), a.options());
 }
+std::tuple<at::Tensor, at::Tensor> tensor_envsum_backward_meta(const at::Tensor& h, const at::Tensor& a,
+                                                               const at::Tensor& b, const at::Tensor& x,
+                                                               const at::Tensor& f, const at::Tensor& c) {
+    const auto shapes = tensor_envsum_backward_shapes(h, a, b, x, f, c);
+    return {at::empty_symint(shapes[0], a.options()), at::empty_symint(shapes[1], a.options())};
+}
 
 }  // namespace
 }  // namespace ekd
@@ -608,6 +668,7 @@ TORCH_LIBRARY_IMPL(ekd, CPU, m) {
     m.impl("featsum", &ekd::featsum_cpu);
     m.impl("tensor_envsum", &ekd::tensor_envsum_cpu);
     m.impl("tensor_sensesum", &ekd::tensor_sensesum_cpu);
+    m.impl("tensor_envsum_backward", &ekd::tensor_envsum_backward_cpu);
 }
 
 TORCH_LIBRARY_IMPL(ekd, Meta, m) {
@@ -616,4 +677,5 @@ TORCH_LIBRARY_IMPL(ekd, Meta, m) {
     m.impl("featsum", &ekd::featsum_meta);
     m.impl("tensor_envsum", &ekd::tensor_envsum_meta);
     m.impl("tensor_sensesum", &ekd::tensor_sensesum_meta);
+    m.impl("tensor_envsum_backward", &ekd::tensor_envsum_backward_meta);
 }

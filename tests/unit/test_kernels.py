@@ -411,6 +411,82 @@ def test_hipnn_quad_training_steps_ekd_equal_pytorch(restore_kernels):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
 
 
+# ------------------------------------------------------------------------------------------------
+# tensor_envsum_backward: both pair gradients of tensor_envsum in one pass (forces without a graph)
+
+
+def _envsum_backward_args(dtype, n_atoms=30, n_pairs=700, pairs=None, seed=3):
+    sizes = dict(n_sens=6, n_feat=21, dtype=dtype, pairs=pairs, seed=seed)
+    a, b, x, pf, ps = op_args("tensor_envsum", n_atoms, n_pairs, **sizes)
+    grad = torch.randn(x.shape[0], a.shape[1], x.shape[2], generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return grad, a, b, x, pf, ps
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("pairs", ["random", "molecules", "none"])
+def test_tensor_envsum_backward_is_the_two_sensesums_bit_for_bit(dtype, pairs):
+    chosen = {
+        "random": None,
+        "molecules": molecule_batch(cutoff=4.0)[1:3],
+        "none": (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)),
+    }[pairs]
+    n_atoms = int(chosen[0].max()) + 1 if pairs == "molecules" else 30
+    h, a, b, x, pf, ps = _envsum_backward_args(dtype, n_atoms=n_atoms, pairs=chosen)
+    grad_a, grad_b = ops.tensor_envsum_backward(h, a, b, x, pf, ps)
+    assert torch.equal(grad_a, ops.tensor_sensesum(b, x, h, ps, pf))
+    assert torch.equal(grad_b, ops.tensor_sensesum(a, h, x, pf, ps))
+    # and they are the gradients: against the float64 reference of tensor_envsum
+    a64, b64 = a.double().requires_grad_(True), b.double().requires_grad_(True)
+    out = ref.tensor_envsum_reference(a64, b64, x.double(), pf, ps)
+    ra, rb = torch.autograd.grad(out, (a64, b64), h.double(), allow_unused=True)
+    torch.testing.assert_close(grad_a.double(), ra if ra is not None else torch.zeros_like(a64), **TOL[dtype])
+    torch.testing.assert_close(grad_b.double(), rb if rb is not None else torch.zeros_like(b64), **TOL[dtype])
+
+
+def test_tensor_envsum_backward_does_not_depend_on_thread_count():
+    args = _envsum_backward_args(torch.float32, n_atoms=300, n_pairs=20000)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops.tensor_envsum_backward(*args)
+        torch.set_num_threads(2)
+        two = ops.tensor_envsum_backward(*args)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+
+
+def test_tensor_envsum_backward_checks_and_meta():
+    h, a, b, x, pf, ps = _envsum_backward_args(torch.float64)
+    with pytest.raises(RuntimeError, match=r"backward: `grad` must be the shape of tensor_envsum\(a, b, x"):
+        ops.tensor_envsum_backward(h[:, :2], a, b, x, pf, ps)
+    with pytest.raises(RuntimeError, match="`grad` has dtype Float but `a` has dtype Double"):
+        ops.tensor_envsum_backward(h.float(), a, b, x, pf, ps)
+    op = torch.ops.ekd.tensor_envsum_backward.default
+    torch.library.opcheck(op, (h, a, b, x, pf, ps), test_utils=("test_schema", "test_faketensor"))
+
+
+def test_forces_without_a_graph_take_the_fused_backward_and_equal_the_graph_path(restore_kernels):
+    from torch.profiler import ProfilerActivity, profile
+
+    from ekd.kernels import use_kernels
+
+    use_kernels("ekd")
+    pos, pf, ps, offsets = periodic_box()
+    net, head = _hipnn_quad(seed=5)
+    runs = {}
+    for create_graph in (False, True):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            energy, forces = _energy_forces(net, head, pos, pf, ps, offsets, create_graph=create_graph)
+        ops_run = {e.key for e in prof.key_averages()}
+        runs[create_graph] = (energy.detach(), forces.detach(), "ekd::tensor_envsum_backward" in ops_run)
+    assert runs[False][2], "forces without create_graph should use ekd::tensor_envsum_backward"
+    assert not runs[True][2], "force training (create_graph) needs the differentiable sibling ops"
+    # equal up to rounding: the radial sensitivities' backward also changes path with create_graph
+    torch.testing.assert_close(runs[False][0], runs[True][0], rtol=1e-13, atol=0)
+    torch.testing.assert_close(runs[False][1], runs[True][1], rtol=1e-12, atol=1e-14)
+
+
 def test_use_kernels_rejects_unknown_names():
     from ekd.kernels import use_kernels
 

@@ -112,4 +112,19 @@ inline std::vector<c10::SymInt> tensor_sensesum_shape(const at::Tensor& a, const
     return {a.sym_size(0), x.sym_size(1)};
 }
 
+// tensor_envsum_backward(grad [A, C, O], a [P, C], b [P, N], x [A, N, O], pair_first, pair_second)
+//   -> ([P, C], [P, N]): the gradients of tensor_envsum(a, b, x, ...) with respect to a and b.
+inline std::vector<std::vector<c10::SymInt>> tensor_envsum_backward_shapes(const at::Tensor& grad, const at::Tensor& a,
+                                                                          const at::Tensor& b, const at::Tensor& x,
+                                                                          const at::Tensor& first,
+                                                                          const at::Tensor& second) {
+    constexpr const char* op = "ekd::tensor_envsum_backward";
+    const std::vector<c10::SymInt> out = tensor_envsum_shape(a, b, x, first, second);
+    check_float_arg(op, "grad", grad, 3, "n_atoms x n_components x n_features (tensor_envsum's output)", "a", a);
+    for (int64_t d = 0; d < 3; ++d) {
+        check_sym_size(op, "grad", grad, d, out[d], "the shape of tensor_envsum(a, b, x, ...): n_atoms x n_components x n_features");
+    }
+    return {{a.sym_size(0), a.sym_size(1)}, {b.sym_size(0), b.sym_size(1)}};
+}
+
 }  // namespace ekd
