@@ -71,7 +71,7 @@ void check_model_file(const std::string &path, bool trust_code) {
         std::map<std::string, std::map<std::string, const CanonicalCode *>> earlier;
         for (const CanonicalCode *c = CANONICAL_CODE; c->kind != nullptr; ++c)
             if (std::string(c->kind).rfind(kind + "@", 0) == 0) earlier[c->kind][c->name] = c;
-        // (checked below byte for byte like today's): the variant with the file's code entries
+        // whether a code variant names exactly the file's code entries
         const auto same_entries = [&](const std::map<std::string, const CanonicalCode *> &code) {
             size_t n_code = 0;
             for (const auto &name : unique)
@@ -81,11 +81,30 @@ void check_model_file(const std::string &path, bool trust_code) {
                 }
             return n_code == code.size();
         };
-        for (const auto &[tag, code] : earlier)
-            if (same_entries(code)) {
-                want = code;
-                break;
+        // today's code, then earlier ekds': several may name the same entries (a change inside one
+        // code file), so the file's bytes pick among those; a file matching none is compared with
+        // the first (today's if its entries match)
+        const auto same_bytes = [&](const std::map<std::string, const CanonicalCode *> &code) {
+            for (const auto &[name, c] : code) {
+                const std::string have = record(reader, name);
+                const char *bytes = reinterpret_cast<const char *>(c->data);
+                if (have.size() != c->size || !std::equal(have.begin(), have.end(), bytes)) return false;
             }
+            return true;
+        };
+        std::vector<const std::map<std::string, const CanonicalCode *> *> same;
+        if (same_entries(want)) same.push_back(&want);
+        for (const auto &[tag, code] : earlier)
+            if (same_entries(code)) same.push_back(&code);
+        if (!same.empty()) {
+            const auto *pick = same.front();
+            for (const auto *code : same)
+                if (same_bytes(*code)) {
+                    pick = code;
+                    break;
+                }
+            want = *pick;
+        }
         for (const auto &name : unique) {
             const bool code = name.rfind("code/", 0) == 0;
             if (!code && !plain_entry(name))

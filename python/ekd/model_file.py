@@ -170,7 +170,8 @@ def canonical_code(kind: str) -> dict[str, bytes]:
 def earlier_code(kind: str) -> list[dict[str, bytes]]:
     """The code this ekd's earlier releases wrote for ``kind`` and that it still accepts, as
     :func:`canonical_code`: ``ekd/model_code/<kind>@<tag>/`` (kept when the classes change, e.g.
-    ``@before-geometry``; such files run without the newer stage methods)."""
+    ``@before-geometry``, whose files run without the newer stage methods, and ``hipnn@before-radial``,
+    whose files compute the sensitivities with ATen ops instead of ``ekd::radial_sensitivity``)."""
     if kind not in KINDS:
         return []
     out = []
@@ -210,10 +211,12 @@ def check_archive(path: str | Path, kind: str, trust_code: bool = False) -> None
                 f"the installation?). {opt_in}"
             )
         have = {n for n in entries if n.startswith("code/")}
-        for code in earlier_code(kind):
-            if set(code) == have:
-                want = code  # the code of an earlier ekd: trusted like today's if it matches byte for byte
-                break
+        # today's code, then earlier ekds' (trusted like today's if one matches byte for byte); several
+        # may name the same entries (a change inside one code file), so the file's bytes pick among
+        # those, and a file matching none is compared with the first (today's if its entries match)
+        same = [code for code in (want, *earlier_code(kind)) if set(code) == have]
+        if same:
+            want = next((c for c in same if all(z.read(entries[n]) == c[n] for n in c)), same[0])
         for name in sorted(have | set(want)):
             if name not in want:
                 raise UntrustedModelError(

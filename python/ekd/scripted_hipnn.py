@@ -234,8 +234,18 @@ class ScriptedHipnn(nn.Module):
         return torch.cat([one, u, quad], dim=1)
 
     def _sensitivities(self, k: int, d: Tensor) -> Tensor:
-        """d [P] Angstrom -> [P, N] of block k: inverse sensitivities times the cos^2 cutoff (zero at
-        and beyond the cutoff)."""
+        """d [P] Angstrom -> [P, N] of block k: inverse sensitivities times the cos^2 cutoff (zero
+        beyond the cutoff). On the CPU ekd's op ``radial_sensitivity`` (one pass over [P, N] and a
+        fused backward instead of ~10 ATen ops and their backwards); elsewhere (no CUDA kernel) the
+        ATen formula :meth:`_sensitivities_aten`. The two agree to rounding, also at d == cutoff,
+        where the op keeps hippynn's ``d <= cutoff`` and gives cos^2(pi / 2) (~4e-33 in float64,
+        ~2e-15 in float32) times the Gaussian, the formula 0."""
+        if d.device.type == "cpu":
+            return torch.ops.ekd.radial_sensitivity(d, self.mu[k], self.sigma[k], self.layer_cutoff[k])
+        return self._sensitivities_aten(k, d)
+
+    def _sensitivities_aten(self, k: int, d: Tensor) -> Tensor:
+        """:meth:`_sensitivities` with ATen ops (zero at and beyond the cutoff)."""
         mu = self.mu[k]
         sigma = self.sigma[k]
         cutoff = self.layer_cutoff[k]
@@ -341,6 +351,24 @@ class ScriptedHipnn(nn.Module):
 class ScriptedHipnnTorch(ScriptedHipnn):
     """:class:`ScriptedHipnn` with the pure-torch pair sums (envsum "torch"): its code calls no op of
     ekd's library, so it loads where the library is missing (model kind "hipnn-torch")."""
+
+    def _sensitivities(self, k: int, d: Tensor) -> Tensor:
+        """The ATen formula, :meth:`ScriptedHipnn._sensitivities_aten` word for word: a copy, not a
+        call, so that this kind's code is the code it had before ScriptedHipnn used the op (files
+        exported with it stay canonical; TorchScript names a method by its def, so an alias does
+        not do); test_scripted checks the two bodies are equal."""
+        mu = self.mu[k]
+        sigma = self.sigma[k]
+        cutoff = self.layer_cutoff[k]
+        # exp's argument clamped at log(2 x the dtype's smallest normal number), as in
+        # ekd.kernels.sensitivity: torch's exp takes a 7-15x slower path where the result underflows
+        # (most of a box's pairs x sensitivities with the paper's widths); values change by less
+        # than that number
+        lowest = -86.64339756999317 if d.dtype == torch.float32 else -707.7032713517042
+        base = torch.exp((-0.5 * ((d.unsqueeze(1) ** -1 - mu**-1) ** 2 / (sigma**-2))).clamp(min=lowest))
+        cut = torch.cos(math.pi / 2 * d / cutoff) ** 2
+        cut = cut * (d < cutoff).to(cut.dtype)
+        return base * cut.unsqueeze(1)
 
     def _contract(
         self, angular: Tensor, s: Tensor, z: Tensor, weights: Tensor, pair_first: Tensor, pair_second: Tensor

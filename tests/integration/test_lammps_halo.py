@@ -432,3 +432,19 @@ def test_files_of_the_previous_code_load_and_run_in_halo(tmp_path, models, name)
         assert "shared one pair geometry" not in halo_single_point(new_dir, atoms, [current], nprocs=2)[3]
         assert abs(e_c - e_a) <= TOL * abs(e_a)
         np.testing.assert_allclose(f_c, f_a, rtol=0, atol=TOL * np.abs(f_a).max())
+
+
+@pytest.mark.parametrize("nprocs,mode", [(1, "auto"), (2, "halo")])
+def test_files_before_the_radial_op_run_untrusted_with_todays_numbers(tmp_path, models, nprocs, mode):
+    """A HIPNN file exported before kind "hipnn" called ekd::radial_sensitivity (written by the ekd
+    of commit 37f51c4: tests/integration/data/make_before_radial.py) runs without trust_code (the
+    plugin embeds model_code/hipnn@before-radial too) and gives the energy and forces of today's
+    file with the same weights (models["hipnn"]) through the calculator."""
+    old = BEFORE_GEOMETRY / "before_radial_hipnn.pt"
+    atoms = ch3ono_box(3, seed=7)
+    e_c, f_c, _, _ = ase_single_point(atoms, [models["hipnn"]])
+    write_data(atoms, tmp_path / "data.lmp")
+    proc = run_lammps(tmp_path, single_point_script([old], True, mode=mode), nprocs=nprocs)
+    e_l, f_l = thermo_rows(proc.stdout)[-1]["PotEng"], read_dump(tmp_path / "forces.dump")[:, 1:4]
+    assert abs(e_l - e_c) <= TOL * abs(e_c)
+    np.testing.assert_allclose(f_l, f_c, rtol=0, atol=TOL * np.abs(f_c).max())

@@ -461,9 +461,10 @@ def test_sensitivity_exp_clamp_is_the_dtypes_smallest_normal():
     import inspect
     import math
 
-    source = inspect.getsource(scripted.ScriptedHipnn._sensitivities)
-    for dt in (torch.float32, torch.float64):
-        assert repr(math.log(2 * torch.finfo(dt).tiny)) in source, dt
+    for method in (scripted.ScriptedHipnn._sensitivities_aten, scripted.ScriptedHipnnTorch._sensitivities):
+        source = inspect.getsource(method)
+        for dt in (torch.float32, torch.float64):
+            assert repr(math.log(2 * torch.finfo(dt).tiny)) in source, dt
     module = scripted.example_hipnn("torch", 2, 1, 4, dtype=torch.float32)
     d = torch.linspace(0.85, 2.6, 400, dtype=torch.float32)
     s = module._sensitivities(0, d)
@@ -471,3 +472,117 @@ def test_sensitivity_exp_clamp_is_the_dtypes_smallest_normal():
     cutoff = module.layer_cutoff[0]
     unclamped = unclamped * (torch.cos(math.pi / 2 * d / cutoff) ** 2 * (d < cutoff)).unsqueeze(1)
     assert (s - unclamped).abs().max() <= 2 * torch.finfo(torch.float32).tiny
+
+
+def _body(method) -> str:
+    """A method's statements without its docstring (and its comments), as an AST dump."""
+    import ast
+    import inspect
+    import textwrap
+
+    (fn,) = ast.parse(textwrap.dedent(inspect.getsource(method))).body
+    return ast.dump(ast.Module(body=fn.body[1:], type_ignores=[]))
+
+
+def test_the_torch_kinds_sensitivity_formula_is_the_fallbacks_word_for_word():
+    """ScriptedHipnnTorch keeps its own copy of the ATen formula (so that its canonical code did not
+    change when ScriptedHipnn moved to the op); the copy must not drift from ScriptedHipnn's."""
+    assert _body(scripted.ScriptedHipnnTorch._sensitivities) == _body(scripted.ScriptedHipnn._sensitivities_aten)
+
+
+def _cutoff_distances(cutoff: float, dtype) -> torch.Tensor:
+    """Distances across the sensitivities' range, with the cutoff itself, its neighbouring floats and
+    distances beyond it."""
+    c = torch.tensor(cutoff, dtype=dtype)
+    near = [torch.nextafter(c, c - 1), c, torch.nextafter(c, c + 1), c + 0.25]
+    return torch.cat([torch.linspace(0.7, cutoff, 300, dtype=dtype)[:-1], torch.stack(near)])
+
+
+@pytest.mark.skipif(not OPS, reason="no op library")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_deployed_sensitivities_call_the_op_and_equal_the_formula(dtype):
+    """Model kind "hipnn" computes its sensitivities with ekd::radial_sensitivity on the CPU: equal
+    to the ATen formula (the code before the op, still the "hipnn-torch" kind's and the non-CPU
+    fallback) to rounding, values and d/dd, beyond the cutoff too (exactly 0). At d == cutoff the
+    op keeps hippynn's d <= cutoff: cos^2(pi/2) times the Gaussian, below 4e-33 (float64) / 2e-15
+    (float32), where the formula gives 0."""
+    module = scripted.example_hipnn("ekd-tensor" if "tensor_envsum" in OPS else "ekd", 2, 1, 4, dtype=dtype)
+    from ekd.model_file import canonical_code
+
+    assert any(b"ops.ekd.radial_sensitivity(" in c for c in canonical_code("hipnn").values())
+    assert not any(b"radial_sensitivity" in c for c in canonical_code("hipnn-torch").values())
+    cutoff = module.layer_cutoff[0]
+    d = _cutoff_distances(cutoff, dtype).requires_grad_(True)
+    s = module._sensitivities(0, d)
+    ref = module._sensitivities_aten(0, d)
+    assert torch.equal(s, torch.ops.ekd.radial_sensitivity(d, module.mu[0], module.sigma[0], cutoff))
+    weights = torch.rand(s.shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    (g,) = torch.autograd.grad((s * weights).sum(), d)
+    (g_ref,) = torch.autograd.grad((ref * weights).sum(), d)
+    tiny, eps = torch.finfo(dtype).tiny, torch.finfo(dtype).eps
+    rtol = 1e-12 if dtype == torch.float64 else 8 * eps
+    at = d.detach() == cutoff
+    beyond = d.detach() > cutoff
+    assert at.sum() == 1 and beyond.sum() == 2
+    ok = ~at
+    # subnormal results may be flushed to 0 (the op) or kept (torch): within 2 x the smallest normal
+    torch.testing.assert_close(s[ok], ref[ok], rtol=rtol, atol=2 * tiny)
+    assert torch.equal(s[beyond], torch.zeros_like(s[beyond])) and torch.equal(ref[at], torch.zeros_like(ref[at]))
+    assert float(s[at].detach().abs().max()) <= (4e-33 if dtype == torch.float64 else 2e-15)
+    scale = float(g_ref.abs().max())
+    torch.testing.assert_close(g[ok], g_ref[ok], rtol=rtol, atol=rtol * scale)
+    assert float(g[at].abs().max()) <= 1e3 * eps * scale
+    assert torch.equal(g[beyond], torch.zeros_like(g[beyond]))
+
+
+def _small_member_module():
+    """test_lammps_halo._small_hipnn's member (the weights of tests/integration/data/before_*_hipnn.pt)
+    scripted with today's code."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        arch = ModelConfig(
+            l_max=2, n_interactions=2, n_atom_layers=2, width=8, n_sensitivities=5, cutoff_soft_max=3.0, cutoff_hard=3.5
+        )
+        model = build_model(arch, [6, 1, 7, 8])
+    return scripted.script_member(model, dtype=torch.float64)
+
+
+@pytest.mark.skipif(not OPS, reason="no op library")
+def test_files_before_the_radial_op_load_and_give_todays_numbers(tmp_path):
+    """A file written before model kind "hipnn" called ekd::radial_sensitivity (its code is kept as
+    the accepted variant model_code/hipnn@before-radial) loads without trust_code and gives the
+    energies and dE/dr of today's code with the same weights to 1e-12, with pairs beyond the cutoff
+    and one exactly at it; the same file with one byte of its code changed is refused."""
+    import zipfile
+    from pathlib import Path
+
+    from ekd.model_file import UntrustedModelError, load_model
+
+    old_file = Path(__file__).parents[1] / "integration" / "data" / "before_radial_hipnn.pt"
+    old, meta = load_model(old_file)
+    new = _small_member_module()
+    assert meta.kind == "hipnn" and meta.cutoff == new.cutoff == 3.5
+    species, first, second, r = _all_pairs_cluster([6, 1, 1, 8, 7, 1, 6, 8, 1], torch.Generator().manual_seed(4))
+    at_cutoff = torch.tensor([[3.5, 0.0, 0.0], [-3.5, 0.0, 0.0]], dtype=torch.float64)
+    first, second = torch.cat([first, torch.tensor([0, 1])]), torch.cat([second, torch.tensor([1, 0])])
+    r = torch.cat([1.4 * r, at_cutoff])  # the cluster scaled to a 4.2 A cube: pairs beyond the cutoff
+    assert (r.norm(dim=1) > 3.5).any()
+    results = []
+    for module in (old, new):
+        rr = r.clone().requires_grad_(True)
+        e = module(species, first, second, rr)
+        (g,) = torch.autograd.grad(e.sum(), rr)
+        results.append((e.detach(), g))
+    (e_old, g_old), (e_new, g_new) = results
+    torch.testing.assert_close(e_new, e_old, rtol=1e-12, atol=1e-12 * float(e_old.abs().max()))
+    torch.testing.assert_close(g_new, g_old, rtol=1e-12, atol=1e-12 * float(g_old.abs().max()))
+    edited = tmp_path / "edited.pt"
+    with zipfile.ZipFile(old_file) as src, zipfile.ZipFile(edited, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("code/__torch__/ekd/scripted_hipnn.py"):
+                data = data.replace(b"0.5", b"0.4", 1)
+                assert data != src.read(info)
+            dst.writestr(info, data)
+    with pytest.raises(UntrustedModelError, match="differs from the hipnn model code"):
+        load_model(edited)

@@ -4,6 +4,7 @@ AOTInductor, register (:func:`export_module`, :func:`export_member`). See :mod:`
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import os
 import warnings
@@ -26,6 +27,13 @@ def _export_view(module):
     class EnergyAndGradient(torch.nn.Module):
         def __init__(self, m):
             super().__init__()
+            if isinstance(m, ScriptedHipnn):
+                # the ATen formula of the sensitivities, not ekd::radial_sensitivity: the op's backward
+                # returns no tensor for the gradients not asked for (mu, sigma), and AOTInductor's
+                # calls of an op must get a tensor for every Tensor its schema returns; inductor fuses
+                # the formula into its own loops (a shallow copy: the caller's module is left alone)
+                m = copy.copy(m)
+                m._sensitivities = m._sensitivities_aten
             self.m = m
 
         def _embed(self, species):
