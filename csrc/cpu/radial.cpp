@@ -61,19 +61,6 @@ constexpr double kHalfPi = 1.5707963267948966;
 // decides whether a second thread pays (parallel.hpp).
 constexpr int64_t kWorkPerEntry = 8;
 
-// Runs body(c) for every chunk c in [0, n_chunks) on up to `threads` threads, one parallel region,
-// chunks taken first come first served (a thread slowed down by another process takes fewer).
-template <typename Body>
-void run_chunks(int64_t n_chunks, int64_t threads, const Body& body) {
-    if (threads <= 1 || n_chunks <= 1) {
-        for (int64_t c = 0; c < n_chunks; ++c) body(c);
-        return;
-    }
-    std::atomic<int64_t> next{0};
-    at::parallel_for(0, std::min(threads, n_chunks), 1, [&](int64_t, int64_t) {
-        for (int64_t c = next.fetch_add(1); c < n_chunks; c = next.fetch_add(1)) body(c);
-    });
-}
 
 // Flushes subnormal results and operands to zero on this thread while it lives (restores the
 // caller's mode). Entries whose exp argument is clamped are ~2 tiny times the cutoff factor, i.e.
@@ -477,22 +464,51 @@ void check_backward_args(const at::Tensor& grad, const at::Tensor& dist, const a
     check_same_device(kBackOp, "grad", grad, "dist", dist);
 }
 
+// What the two backward entry points share: checked, contiguous inputs, the gradient wrt dist if
+// asked for, and a chunking of the pairs fixed by the problem size (never by the thread count), so
+// the per-chunk partial sums over pairs (for the mu and sigma gradients), reduced in chunk order,
+// are reproducible.
+struct BackwardPlan {
+    at::Tensor grad, dist, mu, sigma, grad_r;
+    int64_t P, N, K, threads;
+    bool params;
+    std::vector<double> partial;  // [K][2 N]: two sums over each chunk's pairs per sensitivity
+
+    BackwardPlan(const at::Tensor& grad_in, const at::Tensor& dist_in, const at::Tensor& mu_in,
+                 const at::Tensor& sigma_in, double hard_max, std::array<bool, 3> mask, int64_t work_per_entry) {
+        check_backward_args(grad_in, dist_in, mu_in, sigma_in, hard_max);
+        grad = grad_in.contiguous(), dist = dist_in.contiguous(), mu = mu_in.contiguous(), sigma = sigma_in.contiguous();
+        P = dist.size(0), N = mu.size(-1);
+        if (mask[0]) grad_r = at::empty({P}, dist.options());
+        params = mask[1] || mask[2];
+        const int64_t work = P * N * work_per_entry;
+        K = params ? chunks_for(work, std::max<int64_t>(P, 1)) : parallel_plan(work, P).chunks;
+        threads = parallel_plan(work, P).threads;
+        partial.assign(params ? 2 * K * N : 0, 0.0);
+    }
+    double* chunk_sums(int64_t c) { return params ? partial.data() + 2 * c * N : nullptr; }
+    // The chunks' sums, added in chunk order: (first sums [N], second sums [N]).
+    std::array<std::vector<double>, 2> sums() const {
+        std::array<std::vector<double>, 2> out{std::vector<double>(N, 0.0), std::vector<double>(N, 0.0)};
+        for (int64_t c = 0; c < K; ++c) {
+            for (int64_t n = 0; n < N; ++n) {
+                out[0][n] += partial[2 * c * N + n];
+                out[1][n] += partial[2 * c * N + N + n];
+            }
+        }
+        return out;
+    }
+};
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> radial_sensitivity_backward_cpu(
     const at::Tensor& grad_in, const at::Tensor& dist_in, const at::Tensor& mu_in, const at::Tensor& sigma_in,
     double hard_max, std::array<bool, 3> mask) {
-    check_backward_args(grad_in, dist_in, mu_in, sigma_in, hard_max);
-    const at::Tensor grad = grad_in.contiguous(), dist = dist_in.contiguous();
-    const at::Tensor mu = mu_in.contiguous(), sigma = sigma_in.contiguous();
-    const int64_t P = dist.size(0), N = mu.size(-1);
-    at::Tensor grad_r, grad_mu, grad_sigma;
-    if (mask[0]) grad_r = at::empty({P}, dist.options());
-    const bool params = mask[1] || mask[2];
+    BackwardPlan b(grad_in, dist_in, mu_in, sigma_in, hard_max, mask, kWorkPerEntry);
+    const at::Tensor &grad = b.grad, &dist = b.dist, &mu = b.mu, &sigma = b.sigma;
+    const int64_t P = b.P, N = b.N, K = b.K;
+    const bool params = b.params;
+    at::Tensor grad_r = b.grad_r, grad_mu, grad_sigma;
     if (!mask[0] && !params) return {grad_r, grad_mu, grad_sigma};
-    // Fixed by the problem size (not the thread count): the chunked sums below are reproducible.
-    const int64_t work = P * N * kWorkPerEntry;
-    const int64_t K = params ? chunks_for(work, std::max<int64_t>(P, 1)) : parallel_plan(work, P).chunks;
-    const int64_t threads = parallel_plan(work, P).threads;
-    std::vector<double> partial(params ? 2 * K * N : 0, 0.0);  // [K][acc_d N | acc_dd N]
     dispatch_float(dist, [&](auto tag) {
         using T = decltype(tag);
         const T* mup = mu.data_ptr<T>();
@@ -504,23 +520,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radial_sensitivity_backward_cpu(
         T* gr = mask[0] ? grad_r.data_ptr<T>() : nullptr;
         const T hard = static_cast<T>(hard_max);
         if (P > 0) {
-            run_chunks(K, threads, [&](int64_t c) {
+            run_chunks(K, b.threads, [&](int64_t c) {
                 const int64_t p0 = P * c / K, p1 = P * (c + 1) / K;
                 const FlushSubnormals ftz;
                 std::vector<T> buf(3 * kRows * N);
-                double* acc = params ? partial.data() + 2 * c * N : nullptr;
+                double* acc = b.chunk_sums(c);
                 backward_pairs(g, r, w.inv_mu.data(), w.sm2.data(), N, hard, lowest, gr, acc, params ? acc + N : nullptr,
                                buf.data(), p0, p1);
             });
         }
         if (!params) return;
-        std::vector<double> sum_d(N, 0.0), sum_dd(N, 0.0);
-        for (int64_t c = 0; c < K; ++c) {
-            for (int64_t n = 0; n < N; ++n) {
-                sum_d[n] += partial[2 * c * N + n];
-                sum_dd[n] += partial[2 * c * N + N + n];
-            }
-        }
+        const auto sums = b.sums();
+        const std::vector<double>&sum_d = sums[0], &sum_dd = sums[1];
         // d = 1/r - 1/mu: dd/dmu = mu^-2;  nondim = d^2 / sigma^-2 = d^2 sigma^2: d nondim/d sigma = 2 d^2 sigma
         if (mask[1]) {
             grad_mu = at::empty(mu.sizes(), mu.options());
@@ -571,18 +582,12 @@ at::Tensor radial_sensitivity_dr_cpu(const at::Tensor& dist_in, const at::Tensor
 std::tuple<at::Tensor, at::Tensor, at::Tensor> radial_sensitivity_dr_backward_cpu(
     const at::Tensor& grad_in, const at::Tensor& dist_in, const at::Tensor& mu_in, const at::Tensor& sigma_in,
     double hard_max, std::array<bool, 3> mask) {
-    check_backward_args(grad_in, dist_in, mu_in, sigma_in, hard_max);
-    const at::Tensor grad = grad_in.contiguous(), dist = dist_in.contiguous();
-    const at::Tensor mu = mu_in.contiguous(), sigma = sigma_in.contiguous();
-    const int64_t P = dist.size(0), N = mu.size(-1);
-    at::Tensor grad_r, grad_mu, grad_sigma;
-    if (mask[0]) grad_r = at::empty({P}, dist.options());
-    const bool params = mask[1] || mask[2];
+    BackwardPlan b(grad_in, dist_in, mu_in, sigma_in, hard_max, mask, 3 * kWorkPerEntry);
+    const at::Tensor &grad = b.grad, &dist = b.dist, &mu = b.mu, &sigma = b.sigma;
+    const int64_t P = b.P, N = b.N, K = b.K;
+    const bool params = b.params;
+    at::Tensor grad_r = b.grad_r, grad_mu, grad_sigma;
     if (!mask[0] && !params) return {grad_r, grad_mu, grad_sigma};
-    const int64_t work = P * N * 3 * kWorkPerEntry;
-    const int64_t K = params ? chunks_for(work, std::max<int64_t>(P, 1)) : parallel_plan(work, P).chunks;
-    const int64_t threads = parallel_plan(work, P).threads;
-    std::vector<double> partial(params ? 2 * K * N : 0, 0.0);  // [K][acc_mu N | acc_sigma N]
     dispatch_float(dist, [&](auto tag) {
         using T = decltype(tag);
         const T* sg = sigma.data_ptr<T>();
@@ -592,26 +597,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radial_sensitivity_dr_backward_cp
         const T lowest = Clamp<T>(dist.scalar_type()).lowest;
         T* gr = mask[0] ? grad_r.data_ptr<T>() : nullptr;
         if (P > 0) {
-            run_chunks(K, threads, [&](int64_t c) {
+            run_chunks(K, b.threads, [&](int64_t c) {
                 const FlushSubnormals ftz;
                 std::vector<T> buf(3 * N);
-                double* acc = params ? partial.data() + 2 * c * N : nullptr;
+                double* acc = b.chunk_sums(c);
                 dr_backward(grad.data_ptr<T>(), dist.data_ptr<T>(), w.inv_mu.data(), w.sm2.data(), sig2.data(), sg, N,
                             static_cast<T>(hard_max), lowest, gr, acc, params ? acc + N : nullptr, buf.data(),
                             P * c / K, P * (c + 1) / K);
             });
         }
         if (!params) return;
-        if (mask[1]) grad_mu = at::zeros(mu.sizes(), mu.options());
-        if (mask[2]) grad_sigma = at::zeros(sigma.sizes(), sigma.options());
+        const auto sums = b.sums();
+        if (mask[1]) grad_mu = at::empty(mu.sizes(), mu.options());
+        if (mask[2]) grad_sigma = at::empty(sigma.sizes(), sigma.options());
         for (int64_t n = 0; n < N; ++n) {
-            double sm = 0, ss = 0;
-            for (int64_t c = 0; c < K; ++c) {
-                sm += partial[2 * c * N + n];
-                ss += partial[2 * c * N + N + n];
-            }
-            if (mask[1]) grad_mu.data_ptr<T>()[n] = static_cast<T>(sm);
-            if (mask[2]) grad_sigma.data_ptr<T>()[n] = static_cast<T>(ss);
+            if (mask[1]) grad_mu.data_ptr<T>()[n] = static_cast<T>(sums[0][n]);
+            if (mask[2]) grad_sigma.data_ptr<T>()[n] = static_cast<T>(sums[1][n]);
         }
     });
     return {grad_r, grad_mu, grad_sigma};

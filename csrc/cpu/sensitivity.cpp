@@ -88,20 +88,6 @@ std::vector<int64_t> chunk_bounds(const Groups& g, int64_t k) {
     return bounds;
 }
 
-// Runs body(c) for every chunk c in [0, n_chunks) on `threads` threads, in one parallel region;
-// chunks are taken first come, first served (include/ekd/parallel.hpp says why).
-template <typename Body>
-void run_chunks(int64_t n_chunks, int64_t threads, const Body& body) {
-    if (threads <= 1 || n_chunks <= 1) {
-        for (int64_t c = 0; c < n_chunks; ++c) body(c);
-        return;
-    }
-    std::atomic<int64_t> next{0};
-    at::parallel_for(0, std::min(threads, n_chunks), 1, [&](int64_t, int64_t) {
-        for (int64_t c = next.fetch_add(1); c < n_chunks; c = next.fetch_add(1)) body(c);
-    });
-}
-
 // Runs body(a0, a1) over the atoms (pairs grouped by atom) in chunks of roughly equal pair count.
 template <typename Body>
 void for_atom_chunks(const Groups& g, int64_t work_per_pair, const Body& body) {

@@ -11,6 +11,10 @@
 // buffers reduced in chunk order) and their count depends on the problem size only.
 #pragma once
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 namespace ekd {
@@ -42,5 +46,19 @@ struct ParallelPlan {
     int64_t chunks;
 };
 ParallelPlan parallel_plan(int64_t work, int64_t units);
+
+// Runs body(c) for every chunk c in [0, n_chunks) on up to `threads` threads, in one parallel
+// region; chunks are taken first come, first served (see the top of this file for why).
+template <typename Body>
+void run_chunks(int64_t n_chunks, int64_t threads, const Body& body) {
+    if (threads <= 1 || n_chunks <= 1) {
+        for (int64_t c = 0; c < n_chunks; ++c) body(c);
+        return;
+    }
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, std::min(threads, n_chunks), 1, [&](int64_t, int64_t) {
+        for (int64_t c = next.fetch_add(1); c < n_chunks; c = next.fetch_add(1)) body(c);
+    });
+}
 
 }  // namespace ekd
