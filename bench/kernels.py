@@ -1,11 +1,14 @@
 """Benchmark of HIPNN interaction kernels: ekd vs hippynn's numba and pure-torch backends.
 
 One command:  python bench/kernels.py [--threads 1,2] [--load] [--repeats 5] [--cases molecules,box] [--profile]
-              [--markdown]
+              [--markdown] [--processes]
 
 It ends with the targets of issue 16, each marked met or MISSED (ekd >= 4x hippynn-numba for
 energy + forces and >= 3x for a training step, 2 threads <= 0.8x the 1-thread time, box inference
 >= 50 % of the GEMM rate); --markdown also prints README's performance table from the same run.
+
+--processes also times the molecule batch as two 1-thread processes started together (how `ekd run
+--workers 2` trains two members on two cores) and prints the time per batch against 1 thread.
 
 --load runs every row a second time with a busy Python process alongside (it stops by itself after
 3 h or as soon as the bench is gone). Each row prints ekd's median wall time and process CPU time
@@ -450,6 +453,20 @@ def measure(case, backend, task, repeats, threads):
     return run_worker(["--worker", case, backend, task, "--repeats", str(repeats)], threads)
 
 
+def measure_two_processes(case, task, repeats):
+    """Two ekd workers at 1 thread each, started together (how `ekd run --workers 2` trains two
+    members on two cores: no barrier is shared between them). Returns the time per batch (each
+    process's median call time, averaged, over 2: two batches finish in that time)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    cmd = [sys.executable, __file__, "--worker", case, "ekd", task, "--repeats", str(repeats), "--threads", "1"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in "ab"]
+    outs = [p.communicate() for p in procs]
+    if any(p.returncode for p in procs):
+        return {"error": next(((e.strip().splitlines() or ["?"])[-1] for _, e in outs if e.strip()), "?")[:100]}
+    times = [json.loads(o.strip().splitlines()[-1])["time"] for o, _ in outs]
+    return {"time": statistics.mean(times) / 2, "each": times}
+
+
 def skip_reason(case, backend, task):
     # hippynn's pure-torch kernels materialise pairs x 180 x 128 floats per call: ~25 GB on the box
     if backend == "pytorch" and case == "box":
@@ -477,6 +494,11 @@ def main():
     ap.add_argument("--markdown", action="store_true", help="also print README's performance table (markdown)")
     ap.add_argument("--backends", default="ekd,hippynn-numba", help=f"subset of {','.join(BACKENDS)}; ekd first")
     ap.add_argument("--profile", action="store_true", help="per-op profile of ekd's box inference")
+    ap.add_argument(
+        "--processes",
+        action="store_true",
+        help="also time the molecule batch as 2 processes x 1 thread (how ekd run --workers 2 uses 2 cores)",
+    )
     args = ap.parse_args()
     if args.worker or args.gemm_worker or args.profile_worker or args.lammps_export_worker or args.wake_worker:
         import warnings
@@ -526,6 +548,10 @@ def main():
                             r = {"skipped": reason} if reason else measure(case, backend, task, repeats, threads)
                             results[load, threads, case, task, backend] = r
                             progress(load, threads, f"{case}/{task} {backend}", r)
+                    if args.processes and case == "molecules":
+                        r = measure_two_processes(case, task, args.repeats)
+                        results[load, "2p", case, task, "ekd"] = r
+                        progress(load, "2p", f"{case}/{task} ekd", r)
             if "lammps" in tasks:
                 for threads in thread_list:
                     r = (
@@ -550,6 +576,8 @@ def main():
             report_lammps(results, thread_list, args)
         else:
             report(results, ceilings, task, thread_list, backends, args)
+    if args.processes:
+        report_processes(results, args)
     report_targets(results, ceilings, thread_list, backends, args)
     if args.markdown:
         report_markdown(results, ceilings, thread_list, backends, args)
@@ -706,6 +734,20 @@ def target_checks(results, ceilings, thread_list, backends, args):
                 (pct >= CEILING_TARGET, f"{where}: {pct:.0f} % of the GEMM ceiling (target >= {CEILING_TARGET:.0f} %)")
             )
     return checks
+
+
+def report_processes(results, args):
+    print(
+        "\n== the molecule batch on 2 cores as ekd trains an ensemble (`ekd run --workers 2`): 2 processes x 1"
+        " thread, no barrier between them; s per batch = each process's median call time / 2"
+    )
+    print("case       task   load    1t s  2 procs s/batch  ratio to 1t")
+    for load in [False, True] if args.load else [False]:
+        for task in ("infer", "train"):
+            one = results.get((load, 1, "molecules", task, "ekd"), {}).get("time")
+            two = results.get((load, "2p", "molecules", task, "ekd"), {}).get("time")
+            if one and two:
+                print(f"molecules  {task:6s} {'yes' if load else 'no':4s} {one:7.3f}  {two:15.3f}  {two / one:11.2f}")
 
 
 def report_targets(results, ceilings, thread_list, backends, args):
