@@ -22,6 +22,7 @@
 //
 // No CUDA kernel: ekd.kernels.sensitivity() calls this op for CPU tensors only and keeps the ATen
 // formula on GPUs; the CUDA registration below only turns a direct call into a clear error.
+#include "ekd/cpu_kernels.hpp"
 #include "ekd/parallel.hpp"
 #include "ekd/radial.hpp"
 
@@ -36,18 +37,8 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define EKD_RADIAL_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define EKD_RADIAL_CLONES
-#endif
 #if defined(__SSE__)
 #include <xmmintrin.h>
-#endif
-#if defined(__GNUC__)
-#define EKD_INLINE inline __attribute__((always_inline))
-#else
-#define EKD_INLINE inline
 #endif
 
 namespace ekd {
@@ -60,7 +51,6 @@ constexpr double kHalfPi = 1.5707963267948966;
 // Rough cost of one [p, n] entry in multiply-adds (a division and the inlined exp, vectorised):
 // decides whether a second thread pays (parallel.hpp).
 constexpr int64_t kWorkPerEntry = 8;
-
 
 // Flushes subnormal results and operands to zero on this thread while it lives (restores the
 // caller's mode). Entries whose exp argument is clamped are ~2 tiny times the cutoff factor, i.e.
@@ -77,23 +67,16 @@ struct FlushSubnormals {
 #endif
 };
 
-template <typename F>
-void dispatch_float(const at::Tensor& t, const F& f) {
-    if (t.scalar_type() == at::kDouble) {
-        f(double{});
-    } else {
-        f(float{});
-    }
-}
-
-// Per-sensitivity constants, as hippynn's expression computes them: mu**-1 and sigma**-2.
+// Per-sensitivity constants, as hippynn's expression computes them: mu**-1 and sigma**-2 (and
+// sigma**2, for ds/dr).
 template <typename T>
 struct Widths {
-    std::vector<T> inv_mu, sm2;
-    Widths(const T* mu, const T* sigma, int64_t n) : inv_mu(n), sm2(n) {
+    std::vector<T> inv_mu, sm2, sig2;
+    Widths(const T* mu, const T* sigma, int64_t n) : inv_mu(n), sm2(n), sig2(n) {
         for (int64_t k = 0; k < n; ++k) {
             inv_mu[k] = T(1) / mu[k];
-            sm2[k] = T(1) / (sigma[k] * sigma[k]);
+            sig2[k] = sigma[k] * sigma[k];
+            sm2[k] = T(1) / sig2[k];
         }
     }
 };
@@ -310,11 +293,11 @@ EKD_INLINE void backward_pairs_impl(const T* g, const T* r, const T* inv_mu, con
 
 // The loops above compiled for AVX2+FMA and for baseline x86-64, chosen at load time.
 #define EKD_RADIAL_KERNELS(T)                                                                                      \
-    EKD_RADIAL_CLONES void forward_pairs(const T* r, const T* inv_mu, const T* sm2, int64_t N, T hard, T lowest,   \
+    EKD_CLONES void forward_pairs(const T* r, const T* inv_mu, const T* sm2, int64_t N, T hard, T lowest,   \
                                          T* out, int64_t p0, int64_t p1) {                                         \
         forward_pairs_impl<T>(r, inv_mu, sm2, N, hard, lowest, out, p0, p1);                                       \
     }                                                                                                              \
-    EKD_RADIAL_CLONES void backward_pairs(const T* g, const T* r, const T* inv_mu, const T* sm2, int64_t N, T hard, \
+    EKD_CLONES void backward_pairs(const T* g, const T* r, const T* inv_mu, const T* sm2, int64_t N, T hard, \
                                           T lowest, T* grad_r, double* acc_d, double* acc_dd, T* buf, int64_t p0,  \
                                           int64_t p1) {                                                            \
         if (acc_d != nullptr) {                                                                                    \
@@ -412,11 +395,11 @@ EKD_INLINE void dr_backward_impl(const T* __restrict g, const T* __restrict r, c
 }
 
 #define EKD_RADIAL_DR_KERNELS(T)                                                                                    \
-    EKD_RADIAL_CLONES void dr_forward(const T* r, const T* inv_mu, const T* sm2, const T* sig2, int64_t N, T hard,  \
+    EKD_CLONES void dr_forward(const T* r, const T* inv_mu, const T* sm2, const T* sig2, int64_t N, T hard,  \
                                       T lowest, T* out, int64_t p0, int64_t p1) {                                   \
         dr_forward_impl<T>(r, inv_mu, sm2, sig2, N, hard, lowest, out, p0, p1);                                     \
     }                                                                                                               \
-    EKD_RADIAL_CLONES void dr_backward(const T* g, const T* r, const T* inv_mu, const T* sm2, const T* sig2,        \
+    EKD_CLONES void dr_backward(const T* g, const T* r, const T* inv_mu, const T* sm2, const T* sig2,        \
                                        const T* sigma, int64_t N, T hard, T lowest, T* grad_r, double* acc_mu,      \
                                        double* acc_sigma, T* buf, int64_t p0, int64_t p1) {                         \
         dr_backward_impl<T>(g, r, inv_mu, sm2, sig2, sigma, N, hard, lowest, grad_r, acc_mu, acc_sigma, buf, p0, p1); \
@@ -428,9 +411,13 @@ EKD_RADIAL_DR_KERNELS(double)
 // ------------------------------------------------------------------------------------------------
 // Entry points
 
-at::Tensor radial_sensitivity_cpu(const at::Tensor& dist_in, const at::Tensor& mu_in, const at::Tensor& sigma_in,
-                                  double hard_max) {
-    check_radial_args(kOp, dist_in, mu_in, sigma_in, hard_max);
+// The forward ops: checked, contiguous inputs, a [P, N] output and pair chunks on the threads (per-pair
+// outputs: the chunking cannot change a result). kernel(r, widths, N, hard, lowest, out, p0, p1)
+// calls one of the cloned loops above.
+template <typename Kernel>
+at::Tensor forward_entry(const char* op, const at::Tensor& dist_in, const at::Tensor& mu_in, const at::Tensor& sigma_in,
+                         double hard_max, int64_t work_per_entry, const Kernel& kernel) {
+    check_radial_args(op, dist_in, mu_in, sigma_in, hard_max);
     const at::Tensor dist = dist_in.contiguous(), mu = mu_in.contiguous(), sigma = sigma_in.contiguous();
     const int64_t P = dist.size(0), N = mu.size(-1);
     at::Tensor out = at::empty({P, N}, dist.options());
@@ -441,27 +428,32 @@ at::Tensor radial_sensitivity_cpu(const at::Tensor& dist_in, const at::Tensor& m
         const T lowest = Clamp<T>(dist.scalar_type()).lowest;
         const T* r = dist.data_ptr<T>();
         T* o = out.data_ptr<T>();
-        const T hard = static_cast<T>(hard_max);
-        // per-pair outputs: the chunking cannot change a result, one chunk when single-threaded
-        const ParallelPlan plan = parallel_plan(P * N * kWorkPerEntry, P);
+        const ParallelPlan plan = parallel_plan(P * N * work_per_entry, P);
         run_chunks(plan.chunks, plan.threads, [&](int64_t c) {
             const FlushSubnormals ftz;
-            forward_pairs(r, w.inv_mu.data(), w.sm2.data(), N, hard, lowest, o, P * c / plan.chunks,
-                          P * (c + 1) / plan.chunks);
+            kernel(r, w, N, static_cast<T>(hard_max), lowest, o, P * c / plan.chunks, P * (c + 1) / plan.chunks);
         });
     });
     return out;
 }
 
+at::Tensor radial_sensitivity_cpu(const at::Tensor& dist, const at::Tensor& mu, const at::Tensor& sigma,
+                                  double hard_max) {
+    return forward_entry(kOp, dist, mu, sigma, hard_max, kWorkPerEntry,
+                         [](const auto* r, const auto& w, int64_t N, auto hard, auto lowest, auto* o, int64_t p0,
+                            int64_t p1) { forward_pairs(r, w.inv_mu.data(), w.sm2.data(), N, hard, lowest, o, p0, p1); });
+}
+
+// (op: the backward op whose arguments these are, named in the messages)
 void check_backward_args(const at::Tensor& grad, const at::Tensor& dist, const at::Tensor& mu, const at::Tensor& sigma,
-                         double hard_max) {
-    check_radial_args(kBackOp, dist, mu, sigma, hard_max);
-    TORCH_CHECK(grad.dim() == 2 && grad.sym_size(0) == dist.sym_size(0) && grad.sym_size(1) == mu.sym_size(-1), kBackOp,
+                         double hard_max, const char* op = kBackOp) {
+    check_radial_args(op, dist, mu, sigma, hard_max);
+    TORCH_CHECK(grad.dim() == 2 && grad.sym_size(0) == dist.sym_size(0) && grad.sym_size(1) == mu.sym_size(-1), op,
                 ": `grad` must be n_pairs x n_sensitivities [", dist.sym_size(0), ", ", mu.sym_size(-1), "], got shape ",
                 grad.sym_sizes());
-    TORCH_CHECK(grad.scalar_type() == dist.scalar_type(), kBackOp, ": `grad` has dtype ", grad.scalar_type(),
+    TORCH_CHECK(grad.scalar_type() == dist.scalar_type(), op, ": `grad` has dtype ", grad.scalar_type(),
                 " but `dist` has dtype ", dist.scalar_type());
-    check_same_device(kBackOp, "grad", grad, "dist", dist);
+    check_same_device(op, "grad", grad, "dist", dist);
 }
 
 // What the two backward entry points share: checked, contiguous inputs, the gradient wrt dist if
@@ -474,9 +466,9 @@ struct BackwardPlan {
     bool params;
     std::vector<double> partial;  // [K][2 N]: two sums over each chunk's pairs per sensitivity
 
-    BackwardPlan(const at::Tensor& grad_in, const at::Tensor& dist_in, const at::Tensor& mu_in,
+    BackwardPlan(const char* op, const at::Tensor& grad_in, const at::Tensor& dist_in, const at::Tensor& mu_in,
                  const at::Tensor& sigma_in, double hard_max, std::array<bool, 3> mask, int64_t work_per_entry) {
-        check_backward_args(grad_in, dist_in, mu_in, sigma_in, hard_max);
+        check_backward_args(grad_in, dist_in, mu_in, sigma_in, hard_max, op);
         grad = grad_in.contiguous(), dist = dist_in.contiguous(), mu = mu_in.contiguous(), sigma = sigma_in.contiguous();
         P = dist.size(0), N = mu.size(-1);
         if (mask[0]) grad_r = at::empty({P}, dist.options());
@@ -503,7 +495,7 @@ struct BackwardPlan {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> radial_sensitivity_backward_cpu(
     const at::Tensor& grad_in, const at::Tensor& dist_in, const at::Tensor& mu_in, const at::Tensor& sigma_in,
     double hard_max, std::array<bool, 3> mask) {
-    BackwardPlan b(grad_in, dist_in, mu_in, sigma_in, hard_max, mask, kWorkPerEntry);
+    BackwardPlan b(kBackOp, grad_in, dist_in, mu_in, sigma_in, hard_max, mask, kWorkPerEntry);
     const at::Tensor &grad = b.grad, &dist = b.dist, &mu = b.mu, &sigma = b.sigma;
     const int64_t P = b.P, N = b.N, K = b.K;
     const bool params = b.params;
@@ -553,36 +545,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radial_sensitivity_backward_cpu(
 constexpr const char* kDrOp = "ekd::radial_sensitivity_dr";
 constexpr const char* kDrBackOp = "ekd::radial_sensitivity_dr_backward";
 
-at::Tensor radial_sensitivity_dr_cpu(const at::Tensor& dist_in, const at::Tensor& mu_in, const at::Tensor& sigma_in,
+at::Tensor radial_sensitivity_dr_cpu(const at::Tensor& dist, const at::Tensor& mu, const at::Tensor& sigma,
                                      double hard_max) {
-    check_radial_args(kDrOp, dist_in, mu_in, sigma_in, hard_max);
-    const at::Tensor dist = dist_in.contiguous(), mu = mu_in.contiguous(), sigma = sigma_in.contiguous();
-    const int64_t P = dist.size(0), N = mu.size(-1);
-    at::Tensor out = at::empty({P, N}, dist.options());
-    if (P == 0 || N == 0) return out;
-    dispatch_float(dist, [&](auto tag) {
-        using T = decltype(tag);
-        const T* sg = sigma.data_ptr<T>();
-        const Widths<T> w(mu.data_ptr<T>(), sg, N);
-        std::vector<T> sig2(N);
-        for (int64_t n = 0; n < N; ++n) sig2[n] = sg[n] * sg[n];
-        const T lowest = Clamp<T>(dist.scalar_type()).lowest;
-        const T* r = dist.data_ptr<T>();
-        T* o = out.data_ptr<T>();
-        const ParallelPlan plan = parallel_plan(P * N * 2 * kWorkPerEntry, P);
-        run_chunks(plan.chunks, plan.threads, [&](int64_t c) {
-            const FlushSubnormals ftz;
-            dr_forward(r, w.inv_mu.data(), w.sm2.data(), sig2.data(), N, static_cast<T>(hard_max), lowest, o,
-                       P * c / plan.chunks, P * (c + 1) / plan.chunks);
-        });
-    });
-    return out;
+    return forward_entry(kDrOp, dist, mu, sigma, hard_max, 2 * kWorkPerEntry,
+                         [](const auto* r, const auto& w, int64_t N, auto hard, auto lowest, auto* o, int64_t p0,
+                            int64_t p1) {
+                             dr_forward(r, w.inv_mu.data(), w.sm2.data(), w.sig2.data(), N, hard, lowest, o, p0, p1);
+                         });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> radial_sensitivity_dr_backward_cpu(
     const at::Tensor& grad_in, const at::Tensor& dist_in, const at::Tensor& mu_in, const at::Tensor& sigma_in,
     double hard_max, std::array<bool, 3> mask) {
-    BackwardPlan b(grad_in, dist_in, mu_in, sigma_in, hard_max, mask, 3 * kWorkPerEntry);
+    BackwardPlan b(kDrBackOp, grad_in, dist_in, mu_in, sigma_in, hard_max, mask, 3 * kWorkPerEntry);
     const at::Tensor &grad = b.grad, &dist = b.dist, &mu = b.mu, &sigma = b.sigma;
     const int64_t P = b.P, N = b.N, K = b.K;
     const bool params = b.params;
@@ -592,8 +567,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radial_sensitivity_dr_backward_cp
         using T = decltype(tag);
         const T* sg = sigma.data_ptr<T>();
         const Widths<T> w(mu.data_ptr<T>(), sg, N);
-        std::vector<T> sig2(N);
-        for (int64_t n = 0; n < N; ++n) sig2[n] = sg[n] * sg[n];
         const T lowest = Clamp<T>(dist.scalar_type()).lowest;
         T* gr = mask[0] ? grad_r.data_ptr<T>() : nullptr;
         if (P > 0) {
@@ -601,7 +574,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radial_sensitivity_dr_backward_cp
                 const FlushSubnormals ftz;
                 std::vector<T> buf(3 * N);
                 double* acc = b.chunk_sums(c);
-                dr_backward(grad.data_ptr<T>(), dist.data_ptr<T>(), w.inv_mu.data(), w.sm2.data(), sig2.data(), sg, N,
+                dr_backward(grad.data_ptr<T>(), dist.data_ptr<T>(), w.inv_mu.data(), w.sm2.data(), w.sig2.data(), sg, N,
                             static_cast<T>(hard_max), lowest, gr, acc, params ? acc + N : nullptr, buf.data(),
                             P * c / K, P * (c + 1) / K);
             });
@@ -681,7 +654,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radial_sensitivity_grads_differen
 std::tuple<at::Tensor, at::Tensor, at::Tensor> radial_sensitivity_dr_grads_differentiable(
     const at::Tensor& grad, const at::Tensor& dist, const at::Tensor& mu, const at::Tensor& sigma, double hard_max,
     std::array<bool, 3> mask) {
-    check_backward_args(grad, dist, mu, sigma, hard_max);
+    check_backward_args(grad, dist, mu, sigma, hard_max, kDrBackOp);
     // the formulas of the dr kernels above (second order), with ATen ops
     const double lowest = radial_lowest(dist.scalar_type());
     const at::Tensor mu_row = mu.reshape({1, -1}), sigma_row = sigma.reshape({1, -1});

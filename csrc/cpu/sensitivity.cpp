@@ -16,6 +16,8 @@
 //   is the output plus O(P + A) indices.
 #include "ekd/sensitivity.hpp"
 
+#include "ekd/cpu_kernels.hpp"
+
 #include "ekd/parallel.hpp"
 
 #include <ATen/ATen.h>
@@ -26,17 +28,6 @@
 #include <atomic>
 #include <numeric>
 #include <vector>
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define EKD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define EKD_CLONES
-#endif
-#if defined(__GNUC__)
-#define EKD_INLINE inline __attribute__((always_inline))
-#else
-#define EKD_INLINE inline
-#endif
 
 namespace ekd {
 namespace {
@@ -441,15 +432,6 @@ at::IntArrayRef concrete(const std::vector<c10::SymInt>& s, std::vector<int64_t>
     buf.clear();
     for (const auto& v : s) buf.push_back(v.expect_int());
     return buf;
-}
-
-template <typename Fn>
-void dispatch_float(const at::Tensor& t, const Fn& fn) {
-    if (t.scalar_type() == at::kFloat) {
-        fn(float{});
-    } else {
-        fn(double{});
-    }
 }
 
 at::Tensor envsum_cpu(const at::Tensor& sens_, const at::Tensor& feat_, const at::Tensor& first_,
