@@ -42,18 +42,21 @@ void EKDSystem::build(LAMMPS_NS::NeighList *list, double cutoff, GhostMode mode)
 
     if (fold_images || halo_fold) {
         // ghosts carry the ID (tag) of the atom they are a copy of
-        LAMMPS_NS::tagint max_tag = 0;
-        for (int i = 0; i < n_all_; ++i) max_tag = std::max(max_tag, tag[i]);
-        local_of_tag_.assign(static_cast<size_t>(max_tag) + 1, -1);
-        for (int i = 0; i < n_local_; ++i) local_of_tag_[tag[i]] = i;
+        row_of_tag_.clear();
+        row_of_tag_.reserve(static_cast<size_t>(n_all_));
+        row_of_atom_.assign(n_all_, -1);
+        for (int i = 0; i < n_local_; ++i) {
+            row_of_tag_.emplace(tag[i], i);
+            row_of_atom_[i] = i;
+        }
     }
     if (fold_images) {
-        owner_.resize(n_all_);
-        for (int i = 0; i < n_all_; ++i) {
-            owner_[i] = local_of_tag_[tag[i]];
-            if (owner_[i] < 0)
+        for (int i = n_local_; i < n_all_; ++i) {
+            const auto owner = row_of_tag_.find(tag[i]);
+            if (owner == row_of_tag_.end())
                 throw std::runtime_error("ghost atom with ID " + std::to_string(tag[i]) +
                                          " is not an image of an atom of this rank; use pair_style ekd mode halo");
+            row_of_atom_[i] = owner->second;
         }
     }
 
@@ -84,17 +87,20 @@ void EKDSystem::build(LAMMPS_NS::NeighList *list, double cutoff, GhostMode mode)
             if (rsq < COINCIDENT * COINCIDENT) coincident(i, j, std::sqrt(rsq));
             int row = j;
             if (fold_images) {
-                row = owner_[j];
+                row = row_of_atom_[j];
             } else if (halo_fold && j >= n_local_) {
                 // a periodic image of an owned atom is that atom; a copy of another rank's atom gets
                 // one model row however many images of it are here (its features do not depend on
                 // the image), represented by the first ghost copy met
-                row = local_of_tag_[tag[j]];
+                row = row_of_atom_[j];
                 if (row < 0) {
-                    row = n_model_++;
-                    local_of_tag_[tag[j]] = row;  // from now on: the atom's model row
-                    lammps_of_row_.push_back(j);
-                    species_.push_back(type_to_z_[type[j]]);
+                    const auto found = row_of_tag_.emplace(tag[j], n_model_);
+                    if (found.second) {  // from now on: the atom's model row
+                        ++n_model_;
+                        lammps_of_row_.push_back(j);
+                        species_.push_back(type_to_z_[type[j]]);
+                    }
+                    row = row_of_atom_[j] = found.first->second;
                 }
             }
             first_.push_back(i);

@@ -23,6 +23,7 @@
 #include "pointers.h"
 
 #include <cstdint>
+#include <unordered_map>
 #include <vector>
 
 namespace LAMMPS_NS {
@@ -92,7 +93,11 @@ private:
     std::vector<int64_t> type_to_z_;
     int n_local_ = 0, n_all_ = 0, n_model_ = 0;
     std::vector<int64_t> species_, first_, second_, second_lammps_;
-    std::vector<int> local_of_tag_, owner_, lammps_of_row_;
+    // images and halo: atom ID -> model row, and the model row of each LAMMPS atom (-1: not looked
+    // up yet). A hash map, so memory follows the atoms of this rank, not the largest atom ID
+    // (IDs may be sparse, up to 2^31 - 1)
+    std::unordered_map<LAMMPS_NS::tagint, int> row_of_tag_;
+    std::vector<int> row_of_atom_, lammps_of_row_;
     std::vector<double> r_;
 };
 

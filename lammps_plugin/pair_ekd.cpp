@@ -1,10 +1,12 @@
-// pair_style ekd: argument parsing, checks, compute() and the virial. Converting LAMMPS data to
-// model inputs is in ekd_system.cpp, running models in ekd_model.cpp.
+// pair_style ekd: argument parsing, mode choice, compute() and the virial. The input checks are in
+// pair_ekd_checks.cpp, the halo exchange in pair_ekd_comm.cpp, converting LAMMPS data to model
+// inputs in ekd_system.cpp, running models in ekd_model.cpp.
 #include "pair_ekd.h"
 
 #include "ekd_metadata.h"
 #include "ekd_model.h"
 #include "ekd_system.h"
+#include "pair_ekd_comm.h"
 
 #include "atom.h"
 #include "comm.h"
@@ -21,86 +23,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <ctime>
 #include <fstream>
 
 using namespace LAMMPS_NS;
 using ekd_lammps::GhostMode;
 using ekd_lammps::ModelError;
-
-namespace {
-
-// CPU seconds of the calling thread (torch runs on it with `threads 1`): the work of this rank,
-// not inflated by other processes sharing the cores.
-double thread_cpu() {
-    timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
-
-}  // namespace
-
-namespace LAMMPS_NS {
-
-// The per-layer feature exchange of mode halo, with LAMMPS's own communication pattern (the
-// swaps of comm_brick/comm_tiled): forward copies owned rows to every ghost copy, ghosts of
-// ghosts included; reverse sums ghost rows onto their owners, last swap first. The model's rows
-// (EKDSystem: owned atoms, then one row per partner atom of another rank) are placed in a buffer
-// of LAMMPS's owned + ghost rows around each exchange.
-class HaloComm : public ekd_lammps::HaloExchange {
-public:
-    HaloComm(PairEKD *pair, const std::vector<int> &lammps_row) : p(pair), row(lammps_row) {}
-    void forward(double *rows, int width) override {
-        const double t0 = MPI_Wtime(), c0 = thread_cpu();
-        const size_t w = width, nlocal = p->atom->nlocal, nall = nlocal + p->atom->nghost;
-        buf.resize(nall * w);
-        std::copy(rows, rows + nlocal * w, buf.begin());
-        p->comm_rows = buf.data();
-        p->comm_width = width;
-        p->comm->forward_comm(p, width);
-        for (size_t r = nlocal; r < row.size(); ++r) std::copy_n(&buf[row[r] * w], w, rows + r * w);
-        p->halo_time += MPI_Wtime() - t0;
-        p->halo_cpu += thread_cpu() - c0;
-    }
-    void reverse(double *rows, int width) override {
-        const double t0 = MPI_Wtime(), c0 = thread_cpu();
-        const size_t w = width, nlocal = p->atom->nlocal, nall = nlocal + p->atom->nghost;
-        buf.assign(nall * w, 0.0);
-        std::copy(rows, rows + nlocal * w, buf.begin());
-        for (size_t r = nlocal; r < row.size(); ++r) std::copy_n(rows + r * w, w, &buf[row[r] * w]);
-        p->comm_rows = buf.data();
-        p->comm_width = width;
-        p->comm->reverse_comm(p, width);
-        // the ghosts' share now sits on their owners: counted once
-        std::copy(buf.begin(), buf.begin() + nlocal * w, rows);
-        std::fill(rows + nlocal * w, rows + row.size() * w, 0.0);
-        p->halo_time += MPI_Wtime() - t0;
-        p->halo_cpu += thread_cpu() - c0;
-    }
-
-private:
-    PairEKD *p;
-    const std::vector<int> &row;
-    std::vector<double> buf;
-};
-
-}  // namespace LAMMPS_NS
-
-namespace {
-
-// Standard atomic weights (g/mol) of H..Xe, for checking the pair_coeff elements against the
-// types' masses; 0 = not checked.
-double standard_mass(int z) {
-    static const double mass[] = {
-        0.0,     1.008,   4.0026,  6.94,    9.0122,  10.81,   12.011,  14.007,  15.999,  18.998,  20.180,
-        22.990,  24.305,  26.982,  28.085,  30.974,  32.06,   35.45,   39.948,  39.098,  40.078,  44.956,
-        47.867,  50.942,  51.996,  54.938,  55.845,  58.933,  58.693,  63.546,  65.38,   69.723,  72.630,
-        74.922,  78.971,  79.904,  83.798,  85.468,  87.62,   88.906,  91.224,  92.906,  95.95,   97.0,
-        101.07,  102.91,  106.42,  107.87,  112.41,  114.82,  118.71,  121.76,  127.60,  126.90,  131.29};
-    return z > 0 && z < static_cast<int>(sizeof(mass) / sizeof(mass[0])) ? mass[z] : 0.0;
-}
-
-}  // namespace
 
 PairEKD::PairEKD(LAMMPS *lmp)
     : Pair(lmp), cut_max(0.0), ghost_depth(0.0), nthreads(1), mode(AUTO), ghost_mode(GhostMode::GHOSTS),
@@ -265,15 +192,7 @@ void PairEKD::init_style() {
     if (force->newton_pair == 0)
         error->all(FLERR, "pair_style ekd requires newton pair on: forces on ghost atoms are sent back to their "
                           "owners (remove `newton off`)");
-    // LAMMPS drops excluded (weight 0) bonded pairs from neighbor lists and the model would
-    // silently lose them; weights other than 1 would be silently ignored
-    if (atom->molecular != Atom::ATOMIC) {
-        const bigint n_special[4] = {0, atom->nbonds, atom->nangles, atom->ndihedrals};
-        for (int k = 1; k <= 3; ++k)
-            if (n_special[k] > 0 && (force->special_lj[k] != 1.0 || force->special_coul[k] != 1.0))
-                error->all(FLERR, "pair_style ekd needs every pair within the cutoff, bonded or not: use "
-                                  "special_bonds lj/coul 1.0 1.0 1.0");
-    }
+    check_all_pairs();
 
     if (mode == IMAGES && comm->nprocs > 1)
         error->all(FLERR, "pair_style ekd mode images needs a single MPI rank (ghost atoms of other ranks are "
@@ -338,6 +257,14 @@ void PairEKD::init_style() {
                                         " (interaction layers x cutoff + skin)\n");
         }
     }
+    // Inside pair_style hybrid(/overlay) LAMMPS sizes its communication buffers from the hybrid
+    // style's comm_forward/comm_reverse, which it took from the sub-styles when pair_style was
+    // read, before the models and the mode were known here; the exchange would write past the
+    // buffers (heap corruption). Comm::init() reads them after init_style(): raise them now.
+    if (force->pair != this) {
+        force->pair->comm_forward = std::max(force->pair->comm_forward, comm_forward);
+        force->pair->comm_reverse = std::max(force->pair->comm_reverse, comm_reverse);
+    }
     if (comm->me == 0) {
         const char *what = ghost_mode == GhostMode::IMAGES ? "images (one rank: ghosts folded onto their owners)"
                            : ghost_mode == GhostMode::HALO
@@ -357,52 +284,6 @@ void PairEKD::init_style() {
     ekd_lammps::set_torch_threads(nthreads);
 }
 
-// A pair_coeff element order that does not follow the atom types gives plausible-looking but
-// wrong energies; the types' masses tell which element each type is.
-void PairEKD::check_masses() {
-    const int ntypes = atom->ntypes;
-    const auto &z_of_type = system->type_map();
-    if (atom->rmass_flag || atom->mass == nullptr) {
-        if (comm->me == 0)
-            error->warning(FLERR, "pair_style ekd: per-atom masses; cannot check that the pair_coeff elements match "
-                                  "the atom types");
-        return;
-    }
-    std::string warnings;
-    for (int t = 1; t <= ntypes; ++t) {
-        const int z = static_cast<int>(z_of_type[t]);
-        const double expected = standard_mass(z);
-        const std::string element = type_elements[t];
-        if (expected == 0.0) continue;
-        if (!atom->mass_setflag[t]) {
-            warnings += "pair_style ekd: the mass of atom type " + std::to_string(t) + " is not set; cannot check "
-                        "that it is " + element + " as pair_coeff says\n";
-            continue;
-        }
-        const double m = atom->mass[t];
-        const double tol = 0.005;  // relative; standard atomic weights vs. the masses tools write
-        if (std::fabs(m - expected) <= tol * expected) continue;
-        // the mass of another element of the pair_coeff line: the elements are in the wrong order
-        for (int u = 1; u <= ntypes; ++u) {
-            const double other = standard_mass(static_cast<int>(z_of_type[u]));
-            if (z_of_type[u] != z && other > 0.0 && std::fabs(m - other) <= tol * other) {
-                std::string order;
-                for (int v = 1; v <= ntypes; ++v) order += " " + type_elements[v];
-                error->all(FLERR, "pair_coeff ekd: atom type " + std::to_string(t) + " has mass " + fmt::format("{:.6g}", m) +
-                                      ", the mass of " + type_elements[u] +
-                                      ", but pair_coeff gives it element " + element + " (" + fmt::format("{:.6g}", expected) +
-                                      "); the elements after the model files name the atom types in order (now:" + order +
-                                      "): reorder them to match the types' masses, or fix the masses");
-            }
-        }
-        warnings += "pair_style ekd: atom type " + std::to_string(t) + " has mass " + fmt::format("{:.6g}", m) +
-                    " but pair_coeff gives it element " + element + " (" + fmt::format("{:.6g}", expected) +
-                    "); fine for an isotope or repartitioned masses, otherwise check the pair_coeff element order\n";
-    }
-    if (!warnings.empty() && comm->me == 0 && warnings != mass_warnings) error->warning(FLERR, warnings);
-    mass_warnings = warnings;
-}
-
 double PairEKD::init_one(int i, int j) {
     cutghost[i][j] = cutghost[j][i] = cut_max;
     return cut_max;
@@ -417,6 +298,12 @@ void PairEKD::compute(int eflag, int vflag) {
         error->all(FLERR, "pair_style ekd: communication cutoff " + std::to_string(comm->get_comm_cutoff()) +
                           " is below n_interactions x cutoff + skin = " + std::to_string(ghost_depth + neighbor->skin) +
                           "; something reset comm_modify cutoff after the pair style was initialised");
+
+    // pair_style hybrid gives a sub-style a list without the type pairs assigned to other styles
+    if (list->ijskip)
+        error->all(FLERR, "pair_style ekd needs every type pair, but pair_style hybrid assigns some to another "
+                          "sub-style (a pair_coeff after `pair_coeff * * ekd ...`), so the model would silently "
+                          "miss those pairs; use pair_style hybrid/overlay to add a style to ekd");
 
     const double scale = energy_factor();
     const int n_models = static_cast<int>(models.size());
@@ -499,6 +386,7 @@ void PairEKD::force_spread() {
     }
     comm_rows = fmodel[0];
     comm_width = 3 * n_models;
+    check_comm_width(comm_width, force->pair->comm_reverse, "reverse");
     comm->reverse_comm(this, comm_width);
     for (int i = 0; i < nlocal; ++i) {
         double mean[3] = {0.0, 0.0, 0.0}, var = 0.0;
@@ -510,31 +398,6 @@ void PairEKD::force_spread() {
                 var += d * d / n_models;
             }
         force_std[i] = std::sqrt(var);
-    }
-}
-
-// Forward and reverse communication of `comm_width` doubles per atom from `comm_rows` (owned +
-// ghost rows): the layer features and their gradients in mode halo, per-model forces otherwise.
-int PairEKD::pack_forward_comm(int n, int *list, double *buf, int /*pbc_flag*/, int * /*pbc*/) {
-    const int w = comm_width;
-    for (int i = 0; i < n; ++i) std::memcpy(buf + static_cast<size_t>(i) * w, comm_rows + static_cast<size_t>(list[i]) * w, w * sizeof(double));
-    return n * w;
-}
-
-void PairEKD::unpack_forward_comm(int n, int first, double *buf) {
-    std::memcpy(comm_rows + static_cast<size_t>(first) * comm_width, buf, static_cast<size_t>(n) * comm_width * sizeof(double));
-}
-
-int PairEKD::pack_reverse_comm(int n, int first, double *buf) {
-    std::memcpy(buf, comm_rows + static_cast<size_t>(first) * comm_width, static_cast<size_t>(n) * comm_width * sizeof(double));
-    return n * comm_width;
-}
-
-void PairEKD::unpack_reverse_comm(int n, int *list, double *buf) {
-    const int w = comm_width;
-    for (int i = 0; i < n; ++i) {
-        double *row = comm_rows + static_cast<size_t>(list[i]) * w;
-        for (int k = 0; k < w; ++k) row[k] += buf[static_cast<size_t>(i) * w + k];
     }
 }
 

@@ -61,7 +61,9 @@ protected:
     // see ekd_system.h; auto = images on one rank, else halo (or ghosts for format-1 models)
     enum { AUTO, HALO, GHOSTS, IMAGES } mode;
     ekd_lammps::GhostMode ghost_mode;  // the mode in use (decided in init_style)
+    void check_all_pairs();  // refuses settings that drop pairs from the neighbor lists
     void check_masses();
+    void check_comm_width(int width, int limit, const char *direction) const;
     std::string mass_warnings;  // given once per distinct text
     std::vector<std::string> type_elements;  // pair_coeff's element of each atom type (1..ntypes)
 
