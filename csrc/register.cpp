@@ -37,7 +37,7 @@ TORCH_LIBRARY(ekd, m) {
     //             feat[j, f] = sum_{p: second=j} sum_n sense[p, n] env[i, n, f]
     m.def("featsum(Tensor env, Tensor sense, Tensor pair_first, Tensor pair_second) -> Tensor");
     // Factorised tensor interaction (HipnnVec/HipnnQuad with the weights applied before the pair
-    // sum; see python/ekd/kernels.py). With C tensor components, N sensitivities, O features:
+    // sum; see python/ekd/ops/kernels.py). With C tensor components, N sensitivities, O features:
     //   tensor_envsum:   a [P, C], b [P, N], x [A, N, O] -> [A, C, O],
     //                    out[i, c, o] = sum_{p: first=i} a[p, c] sum_n b[p, n] x[j, n, o]
     m.def("tensor_envsum(Tensor a, Tensor b, Tensor x, Tensor pair_first, Tensor pair_second) -> Tensor");
@@ -46,7 +46,8 @@ TORCH_LIBRARY(ekd, m) {
     m.def("tensor_sensesum(Tensor a, Tensor y, Tensor x, Tensor pair_first, Tensor pair_second) -> Tensor");
     //   tensor_envsum_backward: grad [A, C, O] of tensor_envsum(a, b, x, ...) -> (grad_a [P, C], grad_b [P, N]),
     //                    i.e. tensor_sensesum(b, x, grad, pair_second, pair_first) and
-    //                    tensor_sensesum(a, grad, x, pair_first, pair_second) in one pass over the pairs (CPU;
+    //                    tensor_sensesum(a, grad, x, pair_first, pair_second) in one pass over the pairs (CPU; on CUDA
+    //                    the two tensor_sensesums, composite.cpp;
     //                    what tensor_envsum's autograd uses when no graph of the gradient is asked for)
     m.def("tensor_envsum_backward(Tensor grad, Tensor a, Tensor b, Tensor x, Tensor pair_first, Tensor pair_second)"
           " -> (Tensor, Tensor)");

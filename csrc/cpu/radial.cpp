@@ -20,8 +20,8 @@
 // double per chunk and reduced in chunk order; the chunk count depends on the problem size only,
 // so results are bit-identical for any thread count.
 //
-// No CUDA kernel: ekd.kernels.sensitivity() calls this op for CPU tensors only and keeps the ATen
-// formula on GPUs; the CUDA registration below only turns a direct call into a clear error.
+// On CUDA tensors the same four ops run as the ATen formula (csrc/composite.cpp): elementwise and
+// memory bound, where a GPU's bandwidth makes the extra passes cheap.
 #include "ekd/cpu_kernels.hpp"
 #include "ekd/parallel.hpp"
 #include "ekd/radial.hpp"
@@ -46,8 +46,6 @@ namespace {
 
 constexpr const char* kOp = "ekd::radial_sensitivity";
 constexpr const char* kBackOp = "ekd::radial_sensitivity_backward";
-// np.pi / 2, the constant of hippynn's CosCutoff.
-constexpr double kHalfPi = 1.5707963267948966;
 // Rough cost of one [p, n] entry in multiply-adds (a division and the inlined exp, vectorised):
 // decides whether a second thread pays (parallel.hpp).
 constexpr int64_t kWorkPerEntry = 8;
@@ -444,18 +442,6 @@ at::Tensor radial_sensitivity_cpu(const at::Tensor& dist, const at::Tensor& mu, 
                             int64_t p1) { forward_pairs(r, w.inv_mu.data(), w.sm2.data(), N, hard, lowest, o, p0, p1); });
 }
 
-// (op: the backward op whose arguments these are, named in the messages)
-void check_backward_args(const at::Tensor& grad, const at::Tensor& dist, const at::Tensor& mu, const at::Tensor& sigma,
-                         double hard_max, const char* op = kBackOp) {
-    check_radial_args(op, dist, mu, sigma, hard_max);
-    TORCH_CHECK(grad.dim() == 2 && grad.sym_size(0) == dist.sym_size(0) && grad.sym_size(1) == mu.sym_size(-1), op,
-                ": `grad` must be n_pairs x n_sensitivities [", dist.sym_size(0), ", ", mu.sym_size(-1), "], got shape ",
-                grad.sym_sizes());
-    TORCH_CHECK(grad.scalar_type() == dist.scalar_type(), op, ": `grad` has dtype ", grad.scalar_type(),
-                " but `dist` has dtype ", dist.scalar_type());
-    check_same_device(op, "grad", grad, "dist", dist);
-}
-
 // What the two backward entry points share: checked, contiguous inputs, the gradient wrt dist if
 // asked for, and a chunking of the pairs fixed by the problem size (never by the thread count), so
 // the per-chunk partial sums over pairs (for the mu and sigma gradients), reduced in chunk order,
@@ -609,88 +595,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> radial_sensitivity_backward_meta(
             mask[2] ? at::empty_symint(sigma.sym_sizes(), sigma.options()) : at::Tensor()};
 }
 
-at::Tensor radial_sensitivity_cuda(const at::Tensor& dist, const at::Tensor&, const at::Tensor&, double) {
-    TORCH_CHECK(false, kOp, ": no CUDA kernel (`dist` is on ", dist.device(),
-                "); ekd.kernels.sensitivity() uses the ATen formula for GPU tensors, call that instead");
+// ds/dr and its backward have the shapes of s and of its backward; the messages name the dr ops
+at::Tensor radial_sensitivity_dr_meta(const at::Tensor& dist, const at::Tensor& mu, const at::Tensor& sigma,
+                                      double hard_max) {
+    check_radial_args(kDrOp, dist, mu, sigma, hard_max);
+    return at::empty_symint(radial_shape(dist, mu), dist.options());
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> radial_sensitivity_backward_cuda(const at::Tensor&,
-                                                                               const at::Tensor& dist,
-                                                                               const at::Tensor&, const at::Tensor&,
-                                                                               double, std::array<bool, 3>) {
-    TORCH_CHECK(false, kBackOp, ": no CUDA kernel (`dist` is on ", dist.device(), ")");
-}
-
-}  // namespace
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> radial_sensitivity_grads_differentiable(
-    const at::Tensor& grad, const at::Tensor& dist, const at::Tensor& mu, const at::Tensor& sigma, double hard_max,
-    std::array<bool, 3> mask) {
-    check_backward_args(grad, dist, mu, sigma, hard_max);
-    const double lowest = radial_lowest(dist.scalar_type());
-    const at::Tensor mu_row = mu.reshape({1, -1}), sigma_row = sigma.reshape({1, -1});
-    const at::Tensor inv_r = dist.reciprocal();                       // [P]
-    const at::Tensor d = inv_r.unsqueeze(1) - mu_row.reciprocal();    // [P, N]
-    const at::Tensor sm2 = sigma_row.pow(-2);                         // [1, N]
-    const at::Tensor arg = d.square().div(sm2).mul(-0.5);
-    // clamp's derivative is 1 where arg >= lowest (torch's clamp backward), 0 elsewhere
-    const at::Tensor e = arg.clamp_min(lowest).exp();
-    const at::Tensor x = dist.mul(kHalfPi).div(hard_max);
-    const at::Tensor inside = dist.le(hard_max).to(dist.scalar_type());
-    const at::Tensor cs = x.cos();
-    const at::Tensor cut = cs.square().mul(inside);
-    const at::Tensor ge = grad.mul(e);
-    const at::Tensor ga = at::where(arg.ge(lowest), ge.mul(cut.unsqueeze(1)), 0.0);  // d/d arg
-    at::Tensor grad_r, grad_mu, grad_sigma;
-    if (mask[0]) {
-        const at::Tensor dcut = cs.mul(x.sin()).mul(-2.0 * kHalfPi / hard_max).mul(inside);
-        grad_r = ga.mul(d).div(sm2).sum(1).mul(inv_r.square()) + ge.sum(1).mul(dcut);
-    }
-    if (mask[1]) grad_mu = ga.mul(d).sum(0, true).mul(mu_row.pow(-2)).div(sm2).neg().reshape(mu.sizes());
-    if (mask[2]) grad_sigma = ga.mul(d.square()).sum(0, true).mul(sigma_row).neg().reshape(sigma.sizes());
-    return {grad_r, grad_mu, grad_sigma};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> radial_sensitivity_dr_grads_differentiable(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> radial_sensitivity_dr_backward_meta(
     const at::Tensor& grad, const at::Tensor& dist, const at::Tensor& mu, const at::Tensor& sigma, double hard_max,
     std::array<bool, 3> mask) {
     check_backward_args(grad, dist, mu, sigma, hard_max, kDrBackOp);
-    // the formulas of the dr kernels above (second order), with ATen ops
-    const double lowest = radial_lowest(dist.scalar_type());
-    const at::Tensor mu_row = mu.reshape({1, -1}), sigma_row = sigma.reshape({1, -1});
-    const at::Tensor inv_r = dist.reciprocal().unsqueeze(1), inv_r2 = inv_r.square();
-    const at::Tensor im2 = mu_row.reciprocal().square();
-    const at::Tensor d = inv_r - mu_row.reciprocal();
-    const at::Tensor s2 = sigma_row.square();
-    const at::Tensor arg = d.square().div(sigma_row.pow(-2)).mul(-0.5);
-    const at::Tensor pass = arg.ge(lowest).to(dist.scalar_type());
-    const at::Tensor e = arg.clamp_min(lowest).exp();
-    const double k = kHalfPi / hard_max;
-    const at::Tensor x = dist.mul(kHalfPi).div(hard_max);
-    const at::Tensor inside = dist.le(hard_max).to(dist.scalar_type());
-    const at::Tensor cs = x.cos(), sn = x.sin();
-    const at::Tensor c = cs.square().mul(inside).unsqueeze(1);
-    const at::Tensor c1 = cs.mul(sn).mul(-2.0 * k).mul(inside).unsqueeze(1);
-    const at::Tensor u = pass.mul(d).mul(s2).mul(inv_r2);
-    const at::Tensor common = e.mul(u.mul(c) + c1);
-    at::Tensor grad_r, grad_mu, grad_sigma;
-    if (mask[0]) {
-        const at::Tensor c2 = (cs.square() - sn.square()).mul(-2.0 * k * k).mul(inside).unsqueeze(1);
-        const at::Tensor du_dr = pass.mul(s2).mul(inv_r2.square().neg() - d.mul(inv_r2).mul(inv_r).mul(2.0));
-        grad_r = grad.mul(u.mul(common) + e.mul(du_dr.mul(c) + u.mul(c1) + c2)).sum(1);
-    }
-    if (mask[1]) {
-        const at::Tensor t = pass.mul(s2).mul(im2);
-        grad_mu = grad.mul(e.mul(t).mul(inv_r2).mul(c) - t.mul(d).mul(common)).sum(0, true).reshape(mu.sizes());
-    }
-    if (mask[2]) {
-        const at::Tensor t = pass.mul(sigma_row).mul(d);
-        grad_sigma =
-            grad.mul(e.mul(t).mul(inv_r2).mul(c).mul(2.0) - t.mul(d).mul(common)).sum(0, true).reshape(sigma.sizes());
-    }
-    return {grad_r, grad_mu, grad_sigma};
+    return radial_sensitivity_backward_meta(grad, dist, mu, sigma, hard_max, mask);
 }
 
+}  // namespace
 }  // namespace ekd
 
 TORCH_LIBRARY_IMPL(ekd, CPU, m) {
@@ -700,17 +619,9 @@ TORCH_LIBRARY_IMPL(ekd, CPU, m) {
     m.impl("radial_sensitivity_dr_backward", &ekd::radial_sensitivity_dr_backward_cpu);
 }
 
-// ds/dr and its backward have the shapes of s and of its backward
 TORCH_LIBRARY_IMPL(ekd, Meta, m) {
     m.impl("radial_sensitivity", &ekd::radial_sensitivity_meta);
     m.impl("radial_sensitivity_backward", &ekd::radial_sensitivity_backward_meta);
-    m.impl("radial_sensitivity_dr", &ekd::radial_sensitivity_meta);
-    m.impl("radial_sensitivity_dr_backward", &ekd::radial_sensitivity_backward_meta);
-}
-
-TORCH_LIBRARY_IMPL(ekd, CUDA, m) {
-    m.impl("radial_sensitivity", &ekd::radial_sensitivity_cuda);
-    m.impl("radial_sensitivity_backward", &ekd::radial_sensitivity_backward_cuda);
-    m.impl("radial_sensitivity_dr", &ekd::radial_sensitivity_cuda);
-    m.impl("radial_sensitivity_dr_backward", &ekd::radial_sensitivity_backward_cuda);
+    m.impl("radial_sensitivity_dr", &ekd::radial_sensitivity_dr_meta);
+    m.impl("radial_sensitivity_dr_backward", &ekd::radial_sensitivity_dr_backward_meta);
 }

@@ -2,7 +2,8 @@
 //   s[p, n] = exp(max(-0.5 * (1/r_p - 1/mu_n)^2 / sigma_n^-2, log(2 tiny))) * cos(pi/2 r_p / hard)^2 * (r_p <= hard)
 // (tiny: the smallest normal number of the dtype; see ekd.kernels.sensitivity for why the clamp).
 // Argument checks, the output shape and the differentiable (at:: ops) gradient shared by the CPU
-// and Meta kernels (cpu/radial.cpp) and the autograd function (autograd.cpp).
+// and Meta kernels (cpu/radial.cpp), the ATen formula that serves CUDA tensors (composite.cpp) and
+// the autograd function (autograd.cpp).
 #pragma once
 
 #include "ekd/checks.hpp"
@@ -42,6 +43,22 @@ inline void check_radial_args(const char* op, const at::Tensor& dist, const at::
                 ": `hard_max` (the cutoff's hard_max_dist) must be a finite positive number, got ", hard_max);
 }
 
+// np.pi / 2, the constant of hippynn's CosCutoff.
+constexpr double kHalfPi = 1.5707963267948966;
+
+// The arguments of a backward op (`op`, named in the messages): grad [P, N] plus the forward's.
+inline void check_backward_args(const at::Tensor& grad, const at::Tensor& dist, const at::Tensor& mu,
+                                const at::Tensor& sigma, double hard_max,
+                                const char* op = "ekd::radial_sensitivity_backward") {
+    check_radial_args(op, dist, mu, sigma, hard_max);
+    TORCH_CHECK(grad.dim() == 2 && grad.sym_size(0) == dist.sym_size(0) && grad.sym_size(1) == mu.sym_size(-1), op,
+                ": `grad` must be n_pairs x n_sensitivities [", dist.sym_size(0), ", ", mu.sym_size(-1), "], got shape ",
+                grad.sym_sizes());
+    TORCH_CHECK(grad.scalar_type() == dist.scalar_type(), op, ": `grad` has dtype ", grad.scalar_type(),
+                " but `dist` has dtype ", dist.scalar_type());
+    check_same_device(op, "grad", grad, "dist", dist);
+}
+
 // [P, N]
 inline std::vector<c10::SymInt> radial_shape(const at::Tensor& dist, const at::Tensor& mu) {
     return {dist.sym_size(0), mu.sym_size(-1)};
@@ -55,7 +72,7 @@ inline double radial_lowest(at::ScalarType dtype) {
 
 // Gradients of sum(grad * s) wrt (dist, mu, sigma), written with differentiable ATen ops so that
 // they can be differentiated again (double backward: force training). Undefined where
-// output_mask is false. Defined in cpu/radial.cpp.
+// output_mask is false. Defined in composite.cpp (any device).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> radial_sensitivity_grads_differentiable(
     const at::Tensor& grad, const at::Tensor& dist, const at::Tensor& mu, const at::Tensor& sigma, double hard_max,
     std::array<bool, 3> output_mask);
