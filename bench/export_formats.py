@@ -3,7 +3,7 @@ and AOTInductor (``ekd export --format aoti``, ekd-aoti-1), plus the time to exp
 
 One command:  python bench/export_formats.py [--repeats 7] [--threads 1] [--dtype float32] [--markdown]
 
-Model: ekd's own member at the paper's architecture (ekd.models.build_model with ModelConfig's
+Model: ekd's own member at the paper's architecture (ekd.training.models.build_model with ModelConfig's
 defaults: HipnnQuad, 2 interaction layers, width 128, 4 atom layers, 20 sensitivities, cutoff
 6.5 A; random weights: the cost does not depend on them), C/H/N/O, in --dtype, exported both ways
 from the same module. Inputs: the systems of bench/kernels.py (imported from it, not copied):
@@ -50,7 +50,7 @@ def member(dtype):
 
     from ekd import scripted
     from ekd.config import ModelConfig
-    from ekd.models import build_model
+    from ekd.training.models import build_model
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(), SPECIES)
@@ -86,9 +86,10 @@ def main():
     import torch
 
     torch.set_num_threads(args.threads)
-    from ekd import aoti, scripted
-    from ekd.calculator import EKDCalculator  # noqa: F401  (loads the op library)
-    from ekd.model_file import load_model, save_model
+    from ekd import scripted
+    from ekd.deploy import aoti
+    from ekd.deploy.calculator import EKDCalculator  # noqa: F401  (loads the op library)
+    from ekd.deploy.model_file import load_model, save_model
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ekd-formats-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -36,10 +36,10 @@ process's maxrss, which includes ~0.3-0.4 GB of Python + torch + hippynn):
          step from LAMMPS's loop time; its CPU time from "% CPU use") on the box case's atoms with a
          paper-size member exported by ekd (ekd.scripted, float32, random weights: the cost of a
          step does not depend on them), next to the kernel's energy+forces call; skipped with a
-         note when .venv/bin/lmp is absent. The member is ekd's own model (ekd.models.build_model
+         note when .venv/bin/lmp is absent. The member is ekd's own model (ekd.training.models.build_model
          with ModelConfig's defaults, the paper's architecture), not the bench's bare HipnnQuad.
 
-Backends: ekd (ekd.kernels.use_kernels("ekd"): ekd ops + factorised tensor layers),
+Backends: ekd (ekd.ops.kernels.use_kernels("ekd"): ekd ops + factorised tensor layers),
 hippynn-numba, pytorch (hippynn's uncompiled pure-torch kernels). Ratios are ekd's speed-up
 over each peer, measured in the same run.
 """
@@ -98,7 +98,7 @@ def structures(case):
 def pairs(pos, cell, cutoff=6.5):
     import torch
 
-    from ekd._ops import neighbor_list
+    from ekd.ops.library import neighbor_list
 
     pf, ps, shifts = neighbor_list(pos, cutoff, cell, None if cell is None else True)
     offsets = torch.zeros(pf.shape[0], 3) if cell is None else shifts.float() @ cell
@@ -132,8 +132,8 @@ def worker(case, backend, task, repeats, threads, profile=False):
     import torch
 
     torch.set_num_threads(threads)
-    from ekd._threads import cpu_seconds_per_thread
-    from ekd.kernels import use_kernels
+    from ekd.ops.kernels import use_kernels
+    from ekd.ops.threads import cpu_seconds_per_thread
 
     use_kernels(backend)
     pos, onehot, mol, n_mol, cell = structures(case)
@@ -142,7 +142,7 @@ def worker(case, backend, task, repeats, threads, profile=False):
     if task == "ops":
         from hippynn.custom_kernels.registry import MessagePassingKernels
 
-        from ekd._ops import ops
+        from ekd.ops.library import ops
 
         impl = MessagePassingKernels.get_implementation(
             {"ekd": "ekd", "hippynn-numba": "numba", "pytorch": "_pytorch_raw"}[backend]
@@ -316,8 +316,8 @@ def lammps_export(directory):
 
     from ekd import scripted
     from ekd.config import ModelConfig
-    from ekd.model_file import save_model
-    from ekd.models import build_model
+    from ekd.deploy.model_file import save_model
+    from ekd.training.models import build_model
 
     directory = Path(directory)
     pos, onehot, _, _, cell = structures("box")
@@ -503,7 +503,7 @@ def main():
     if args.worker or args.gemm_worker or args.profile_worker or args.lammps_export_worker or args.wake_worker:
         import warnings
 
-        import ekd  # noqa: F401  (before torch, as in ekd's own processes: OpenMP wait policy, ekd/_threads.py)
+        import ekd  # noqa: F401  (before torch, as in ekd's own processes: OpenMP wait policy, ekd/ops/threads.py)
 
         warnings.simplefilter("ignore")
         threads = int(args.threads)
@@ -851,7 +851,7 @@ def report_thread_profile(profiles, wakes):
         " ~0.05 s call runs ~240 regions (GEMMs, elementwise ops, ekd ops), so a second thread only pays"
         " where a region holds well over that much work. Sleeping waits (OMP_WAIT_POLICY=PASSIVE, ekd's"
         " default) make the wake-up this slow; spinning waits (GOMP_SPINCOUNT) make it fast when the"
-        " machine is idle but a thread then holds a core that a busy neighbour needs (ekd/_threads.py)."
+        " machine is idle but a thread then holds a core that a busy neighbour needs (ekd/ops/threads.py)."
     )
 
 

@@ -20,7 +20,7 @@ ghost shell of n_interactions x cutoff). Ratios LAMMPS / ASE are printed per thr
 this one run.
 
 --member DIR (a trained ekd member, e.g. runs/.../student/member_00) is exported to a temporary
-float32 TorchScript file (ekd.export.export_member) for LAMMPS and EKDCalculator, and the same
+float32 TorchScript file (ekd.deploy.export.export_member) for LAMMPS and EKDCalculator, and the same
 member also runs in hippynn's own ASE calculator (hippynn.interfaces.ase_interface.HippynnCalculator,
 energy node = the member's HEnergy node, en_unit kcal/mol, float32 like the exported file) with each
 of --hippynn-kernels (default: hippynn's numba kernels, as hippynn runs by default on CPU, then ekd's
@@ -52,11 +52,11 @@ from ase.md.verlet import VelocityVerlet
 from lammps_nve import BIN, TIMESTEP_FS, nve_script, run_lmp  # bench/: first on the path of a script
 
 import ekd
-from ekd.calculator import EKDCalculator
+from ekd.deploy.calculator import EKDCalculator
+from ekd.deploy.model_file import load_model, save_model
 from ekd.md.box import methyl_nitrite_box  # the box of bench/neighbors.py and of ekd md-stability
-from ekd.model_file import load_model, save_model
-from ekd.models import use_kernels
 from ekd.testing import toy_model
+from ekd.training.models import use_kernels
 
 
 def lammps_rate(workdir: Path, model: Path, species, n_atoms: int, steps: int, threads: int, nprocs: int = 1):
@@ -96,7 +96,7 @@ write_dump all custom forces.dump id fx fy fz modify sort id format float %.10g
 
 
 def hippynn_calculator(member, kernels: str):
-    """hippynn's ASE calculator on `member` (ekd.train.Member), float32, with the named ekd kernel choice."""
+    """hippynn's ASE calculator on `member` (ekd.training.train.Member), float32, with the named ekd kernel choice."""
     from hippynn.interfaces.ase_interface import HippynnCalculator
 
     use_kernels(kernels)
@@ -154,8 +154,8 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         model, member = args.model, None
         if args.member is not None:
-            from ekd.export import export_member
-            from ekd.train import load_member
+            from ekd.deploy.export import export_member
+            from ekd.training.train import load_member
 
             model = tmp / "member.pt"
             export_member(args.member, model, dtype="float32")
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
             other.calc = hippynn_calculator(member, k)
             checks.append((f"hippynn ASE ({k})", (other.get_potential_energy(), other.get_forces())))
         print(
-            f"agreement with ASE (ekd.calculator) on the unperturbed box: E = {e_ref:.4f} eV, max |F| = "
+            f"agreement with ASE (ekd.deploy.calculator) on the unperturbed box: E = {e_ref:.4f} eV, max |F| = "
             f"{np.abs(f_ref).max():.3f} eV/A"
         )
         for label, (e, f) in checks:
@@ -213,7 +213,7 @@ def main(argv=None) -> int:
                         hip[k], ase_rate(atoms, lambda k=k: hippynn_calculator(member, k), args.hippynn_steps, t)
                     )
             print(f"{'LAMMPS pair_style ekd (' + mode + ')':<32}{t:>8}{n / lmp[0]:>8.3f}{lmp[0]:>14.0f}{lmp[1]:>11.0f}")
-            for label, r in [("ASE (ekd.calculator)", ase)] + [(f"hippynn ASE ({k})", hip[k]) for k in kernels]:
+            for label, r in [("ASE (ekd.deploy.calculator)", ase)] + [(f"hippynn ASE ({k})", hip[k]) for k in kernels]:
                 ratio = f"{lmp[0] / r[0]:.2f}x, {lmp[1] / r[1]:.2f}x"
                 print(f"{label:<32}{t:>8}{n / r[0]:>8.3f}{r[0]:>14.0f}{r[1]:>11.0f}{ratio:>18}")
                 summary.append((t, label, lmp[0] / r[0], lmp[1] / r[1]))

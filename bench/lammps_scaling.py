@@ -58,9 +58,9 @@ def make_models(tmp: Path) -> dict[str, Path]:
 
     from ekd import scripted
     from ekd.config import ModelConfig
-    from ekd.model_file import save_model
-    from ekd.models import build_model
+    from ekd.deploy.model_file import save_model
     from ekd.testing import toy_model
+    from ekd.training.models import build_model
 
     paths = {name: tmp / f"{name}.pt" for name in ("toy", "small", "paper")}
     module, meta = toy_model(SPECIES, cutoff=5.0, n_interactions=2, width=32, dtype="float32")

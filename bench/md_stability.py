@@ -35,8 +35,8 @@ def undertrained_pair(run_dir: Path, role: str, epochs: int, work: Path) -> tupl
     """(the run's config, {"<role>_trained": [file], "<role>_<epochs>ep": [file]}) for member 0 of
     ``role`` in the finished run at ``run_dir``: the trained member and its undertrained copy,
     both exported to ``work``."""
-    from ekd.export import export_member
-    from ekd.train import MemberSpec, train_member
+    from ekd.deploy.export import export_member
+    from ekd.training.train import MemberSpec, train_member
     from ekd.workflow import Run, load_member_data
 
     cfg = config.load(run_dir / "config.yaml")

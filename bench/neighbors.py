@@ -32,8 +32,8 @@ from ase import Atoms
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
 import ekd
-from ekd import _ops
 from ekd.md.box import methyl_nitrite_box  # the MD stability box, shared with bench/lammps_md.py
+from ekd.ops import library as _ops
 
 CUTOFF = 6.5  # Angstrom
 

@@ -1,7 +1,7 @@
 // metadata.json of a deployed ekd model (formats ekd-model-2 and ekd-model-1, written by
-// ekd.model_file.save_model) and the checks the plugin applies before running a model. Mirrors
-// ekd.model_metadata.check_metadata; the schema both read (format names, fields, kinds, units,
-// element table, eV -> kcal/mol) is python/ekd/model_format.json, compiled into
+// ekd.deploy.model_file.save_model) and the checks the plugin applies before running a model. Mirrors
+// ekd.deploy.model_metadata.check_metadata; the schema both read (format names, fields, kinds, units,
+// element table, eV -> kcal/mol) is python/ekd/deploy/model_format.json, compiled into
 // ekd_model_format.h by embed_model_format.cmake. tests/integration/test_lammps_trust.py feeds both
 // readers the same files. Every message names the file, the problem and what to do.
 #pragma once

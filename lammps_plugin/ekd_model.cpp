@@ -64,7 +64,7 @@ std::string read_metadata_json(const std::string &path) {
         const std::string record = "extra/metadata.json";
         if (!reader.hasRecord(record))
             throw ModelError("model file " + path +
-                             " has no metadata.json: it was not written by ekd.export.save_model; "
+                             " has no metadata.json: it was not written by ekd.deploy.export.save_model; "
                              "export it with `ekd export`");
         auto [data, size] = reader.getRecord(record);
         return std::string(static_cast<const char *>(data.get()), size);

@@ -1,4 +1,4 @@
-// One deployed ekd model (TorchScript file, format ekd-model-2 or -1; see python/ekd/export.py) as
+// One deployed ekd model (TorchScript file, format ekd-model-2 or -1; see python/ekd/deploy/export.py) as
 // the LAMMPS plugin runs it. This header has no torch and no LAMMPS types on purpose: torch's and
 // LAMMPS's headers bundle different releases of {fmt}, so the torch code lives in its own
 // translation unit (ekd_model.cpp) and everything else talks to it through plain C++.

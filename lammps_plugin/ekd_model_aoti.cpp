@@ -19,7 +19,7 @@ namespace {
 
 const char *const SO_METADATA_KEY = "ekd_metadata_json";
 const char *const EXTRA = "extra/metadata.json";
-// the compiled function takes at least this many atoms and pairs (ekd.aoti.MIN_ROWS)
+// the compiled function takes at least this many atoms and pairs (ekd.deploy.aoti.MIN_ROWS)
 constexpr int64_t MIN_ROWS = 2;
 // length of the padding pairs: far beyond any cutoff, so they contribute nothing
 constexpr double FAR = 1.0e4;

@@ -1,5 +1,5 @@
 // AOTInductor packages (.pt2, format ekd-aoti-1, written by `ekd export --format aoti`; see
-// python/ekd/aoti.py) as the LAMMPS plugin runs them. Torch side of the plugin (no LAMMPS headers;
+// python/ekd/deploy/aoti/) as the LAMMPS plugin runs them. Torch side of the plugin (no LAMMPS headers;
 // see ekd_model.h for why).
 //
 // A package is compiled machine code, so the TorchScript trust rule (code byte-identical to
@@ -7,7 +7,7 @@
 // exporter writes and its SHA-256 is in the registry of packages ekd compiled on this machine
 // ($EKD_TRUSTED_PACKAGES, else $XDG_DATA_HOME/ekd/trusted-packages, else
 // ~/.local/share/ekd/trusted-packages), or with `trust_code yes`; the metadata.json in the zip must
-// equal the copy compiled into the library. Same rule as ekd.aoti.check_package / load_package.
+// equal the copy compiled into the library. Same rule as ekd.deploy.aoti.check_package / load_package.
 #pragma once
 
 #include "ekd_model.h"

@@ -54,7 +54,7 @@ void check_model_file(const std::string &path, bool trust_code) {
             throw ModelError(where + "the archive names an entry twice; not a file written by ekd. " + OPT_IN);
         if (!unique.count(METADATA_ENTRY))
             throw ModelError("model file " + path + " has no " + METADATA_FILE +
-                             ": it was not written by ekd (ekd.model_file.save_model); export it with `ekd export`");
+                             ": it was not written by ekd (ekd.deploy.model_file.save_model); export it with `ekd export`");
         const std::string kind = metadata_kind(record(reader, METADATA_ENTRY), path);
         if (trust_code) return;
         if (!is_known_kind(kind))
@@ -66,8 +66,8 @@ void check_model_file(const std::string &path, bool trust_code) {
             if (kind == c->kind) want[c->name] = c;
         if (want.empty())
             throw ModelError(where + "this plugin has no canonical code for model kind '" + kind + "'. " + OPT_IN);
-        // the code of an earlier ekd (python/ekd/model_code/<kind>@<tag>, kind "<kind>@<tag>" in the
-        // table), entry for entry, is trusted like today's (mirrors ekd.model_file.earlier_code)
+        // the code of an earlier ekd (python/ekd/deploy/model_code/<kind>@<tag>, kind "<kind>@<tag>" in the
+        // table), entry for entry, is trusted like today's (mirrors ekd.deploy.model_file.earlier_code)
         std::map<std::string, std::map<std::string, const CanonicalCode *>> earlier;
         for (const CanonicalCode *c = CANONICAL_CODE; c->kind != nullptr; ++c)
             if (std::string(c->kind).rfind(kind + "@", 0) == 0) earlier[c->kind][c->name] = c;

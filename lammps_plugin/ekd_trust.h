@@ -1,8 +1,8 @@
-// The model-trust rule of the LAMMPS plugin (mirrors ekd.model_file.check_archive and
+// The model-trust rule of the LAMMPS plugin (mirrors ekd.deploy.model_file.check_archive and
 // check_binding; tests/integration/test_lammps_trust.py feeds both the same files). Opening a TorchScript
 // file runs the code stored in it, so before torch::jit::load the archive must hold only ekd's
 // entries, and its code/ entries must be byte-identical to the code this ekd writes for the
-// model's kind (compiled in from python/ekd/model_code by embed_model_code.cmake). A file that
+// model's kind (compiled in from python/ekd/deploy/model_code by embed_model_code.cmake). A file that
 // fails is refused unless the input opts in: `pair_style ekd ... trust_code yes`.
 // Torch side of the plugin (see ekd_model.h for why torch and LAMMPS headers are kept apart).
 #pragma once

@@ -139,9 +139,9 @@ class EnvSumTorch(nn.Module):
 
 def available_ops() -> tuple[str, ...]:
     """Which of ekd's interaction ops work here: "envsum" and/or "tensor_envsum" (registered after
-    ``import ekd._ops`` and giving the right numbers on a tiny input with their CPU kernels)."""
+    ``import ekd.ops.library`` and giving the right numbers on a tiny input with their CPU kernels)."""
     try:
-        from . import _ops  # noqa: F401  (loads the op library)
+        from .ops import library as _ops  # noqa: F401  (loads the op library)
     except (ImportError, OSError):
         return ()
     f64 = torch.float64

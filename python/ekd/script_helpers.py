@@ -1,6 +1,6 @@
 """Input checks and small pieces shared by ekd's scripted model classes (:mod:`ekd.scripted_hipnn`
 and :class:`ekd.scripted.ScriptedToy`). TorchScript compiles what a class calls into the class's
-code, so these functions are part of every kind's canonical code (``ekd/model_code``)."""
+code, so these functions are part of every kind's canonical code (``ekd/deploy/model_code``)."""
 
 import contextlib
 import warnings

@@ -7,7 +7,7 @@ energy head ``HEnergy``) into :class:`ScriptedHipnn`, written here to compute th
 by term and in the same order, and scripts it. The class keeps every weight in ``list[Tensor]``
 attributes and every hyper-parameter in plain attributes (no submodules, no ``Final``), so its
 TorchScript code is the same for every model: what the model-trust rule of format ``ekd-model-2``
-(:mod:`ekd.model_file`) compares byte for byte. Its forward is the deployed-model interface::
+(:mod:`ekd.deploy.model_file`) compares byte for byte. Its forward is the deployed-model interface::
 
     forward(species: Tensor[N] int64 atomic numbers (local + ghost atoms),
             pair_first: Tensor[P] int64, pair_second: Tensor[P] int64,   FULL list, both directions
@@ -34,7 +34,7 @@ is the same with the geometry computed inside (what files of the previous ekd-mo
 ``forward`` is their sum. :class:`ScriptedToy` (kind "toy") is a small test model with the same
 interface.
 
-After changing a scripted class, regenerate the canonical code: ``python -m ekd.model_file
+After changing a scripted class, regenerate the canonical code: ``python -m ekd.deploy.model_file
 --regenerate`` (tests/unit/test_model_trust.py checks it).
 """
 
@@ -73,7 +73,7 @@ from .script_helpers import (  # noqa: F401
 )
 from .scripted_hipnn import ScriptedHipnn, ScriptedHipnnTorch, _check_supported, _copy, _empty  # noqa: F401
 
-#: what :func:`metadata` names as the op library a model calls (ekd.export.OPS_LIBRARY)
+#: what :func:`metadata` names as the op library a model calls (ekd.deploy.export.OPS_LIBRARY)
 OPS_LIBRARY = "libekd_ops.so"
 
 
@@ -216,9 +216,9 @@ class ScriptedToy(nn.Module):
 
 
 def _resolve(member_or_dir):
-    """A Member, a Model (ekd.models) or a member directory -> (Model, role)."""
-    from .models import Model
-    from .train import Member, load_member
+    """A Member, a Model (ekd.training.models) or a member directory -> (Model, role)."""
+    from .training.models import Model
+    from .training.train import Member, load_member
 
     if isinstance(member_or_dir, str | Path):
         member_or_dir = load_member(Path(member_or_dir))
@@ -233,7 +233,7 @@ def build_module(member_or_dir, dtype: torch.dtype = torch.float64, envsum: str 
     """The unscripted :class:`ScriptedHipnn` (:class:`ScriptedHipnnTorch` for envsum "torch") of a
     member, in eval mode; its weights are plain tensors (no parameters, nothing requires gradients).
 
-    member_or_dir: an :class:`ekd.train.Member`, an :class:`ekd.models.Model` or a member's
+    member_or_dir: an :class:`ekd.training.train.Member`, an :class:`ekd.training.models.Model` or a member's
     directory (with ``model.pt``). dtype: of the weights, r_ij and the energies.
     envsum: how the interaction sums are computed (see :func:`choose_envsum`): "auto", "ekd"
     (``torch.ops.ekd.envsum``, hippynn's order), "ekd-tensor" (``torch.ops.ekd.tensor_envsum``,
@@ -258,7 +258,7 @@ def script_member(member_or_dir, dtype: torch.dtype = torch.float64, envsum: str
     ``envsum_impl`` says which pair sums it calls ("ekd" / "ekd-tensor": ekd's ops, which need the
     op library loaded before ``torch.jit.load``; "torch": pure torch); ``cutoff`` (Angstrom) and
     ``n_interactions``, ``feature_widths`` and ``metadata_json`` (empty until
-    :func:`ekd.model_file.save_model` binds the metadata) are attributes too; ``embed``,
+    :func:`ekd.deploy.model_file.save_model` binds the metadata) are attributes too; ``embed``,
     ``geometry``, ``interaction_geo`` and ``interaction`` are the stage methods of ``ekd-model-2``.
     Inference only.
     """
@@ -268,7 +268,7 @@ def script_member(member_or_dir, dtype: torch.dtype = torch.float64, envsum: str
 
 
 def metadata(member_or_dir, module: nn.Module | None = None) -> dict:
-    """Fields of :class:`ekd.export.ModelMetadata` for a member's deployed model.
+    """Fields of :class:`ekd.deploy.export.ModelMetadata` for a member's deployed model.
 
     module: the (scripted) module returned by :func:`script_member`; its dtype and envsum choice
     are recorded. Without it: float64 and the envsum "auto" would pick now.
@@ -307,10 +307,10 @@ def example_hipnn(
     envsum: str = "torch", l_max: int = 2, n_interactions: int = 1, width: int = 4, dtype: torch.dtype = torch.float64
 ) -> ScriptedHipnn:
     """A small unscripted HIPNN module with random weights (no training): what the canonical-code
-    generator (:func:`ekd.model_file.regenerate`) and tests script. Seeds torch's generator in a
+    generator (:func:`ekd.deploy.model_file.regenerate`) and tests script. Seeds torch's generator in a
     fork (the caller's random state is left alone)."""
     from .config import ModelConfig
-    from .models import build_model
+    from .training.models import build_model
 
     with torch.random.fork_rng():
         torch.manual_seed(0)

@@ -30,8 +30,8 @@ and recorded (``module.envsum_impl``; ``ops_library`` and ``description`` in :fu
   into padded per-atom neighbour tables, then one batched matrix product; nothing of size
   pairs x sensitivities x features is built).
 
-A module that calls an op needs the library loaded before ``torch.jit.load`` (``import ekd._ops``;
-:func:`ekd.model_file.load_model` does that when ``ops_library`` is set). "torch" builds
+A module that calls an op needs the library loaded before ``torch.jit.load`` (``import ekd.ops.library``;
+:func:`ekd.deploy.model_file.load_model` does that when ``ops_library`` is set). "torch" builds
 :class:`ScriptedHipnnTorch` (model kind "hipnn-torch"), whose code calls no op.
 """
 
@@ -49,7 +49,7 @@ from .script_helpers import _check_geometry, _check_pairs, _check_rows, _check_s
 # The classes below hold every weight in list[Tensor] attributes (one entry per layer) and every
 # hyper-parameter in plain attributes, with no submodules and no Final constants: TorchScript then
 # compiles the same code for every model of a class (width, depth, dtype, cutoff, l_max live in
-# data.pkl). That is what lets ekd.model_file (and the LAMMPS plugin) accept a model file only when
+# data.pkl). That is what lets ekd.deploy.model_file (and the LAMMPS plugin) accept a model file only when
 # its code is byte-identical to the code this ekd writes (the model-trust rule, FORMAT ekd-model-2).
 
 
@@ -250,7 +250,7 @@ class ScriptedHipnn(nn.Module):
         sigma = self.sigma[k]
         cutoff = self.layer_cutoff[k]
         # exp's argument clamped at log(2 x the dtype's smallest normal number), as in
-        # ekd.kernels.sensitivity: torch's exp takes a 7-15x slower path where the result underflows
+        # ekd.ops.kernels.sensitivity: torch's exp takes a 7-15x slower path where the result underflows
         # (most of a box's pairs x sensitivities with the paper's widths); values change by less
         # than that number
         lowest = -86.64339756999317 if d.dtype == torch.float32 else -707.7032713517042
@@ -361,7 +361,7 @@ class ScriptedHipnnTorch(ScriptedHipnn):
         sigma = self.sigma[k]
         cutoff = self.layer_cutoff[k]
         # exp's argument clamped at log(2 x the dtype's smallest normal number), as in
-        # ekd.kernels.sensitivity: torch's exp takes a 7-15x slower path where the result underflows
+        # ekd.ops.kernels.sensitivity: torch's exp takes a 7-15x slower path where the result underflows
         # (most of a box's pairs x sensitivities with the paper's widths); values change by less
         # than that number
         lowest = -86.64339756999317 if d.dtype == torch.float32 else -707.7032713517042

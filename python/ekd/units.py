@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 HARTREE_TO_KCALMOL = 627.5094740631
-# written once for Python and the LAMMPS plugin (its `units metal` conversion): ekd/model_format.json
-_FORMAT_FILE = Path(__file__).parent / "model_format.json"
+# written once for Python and the LAMMPS plugin (its `units metal` conversion): ekd/deploy/model_format.json
+_FORMAT_FILE = Path(__file__).parent / "deploy" / "model_format.json"
 EV_TO_KCALMOL = float(json.loads(_FORMAT_FILE.read_text(encoding="utf-8"))["ev_to_kcalmol"])
 BOHR_TO_ANGSTROM = 0.529177210903
 

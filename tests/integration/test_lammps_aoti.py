@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from ekd import aoti, scripted
+from ekd import scripted
+from ekd.deploy import aoti
+from ekd.deploy.model_file import save_model
 from ekd.md.engines import thermo_rows
-from ekd.model_file import save_model
 
 from ..unit.test_aoti import hipnn_module
 from .test_lammps import (

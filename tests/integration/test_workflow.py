@@ -85,7 +85,7 @@ def test_changed_config_is_refused_not_mixed(files, tmp_path):
 def test_studies_add_groups_reuse_teachers_and_report(files, tmp_path):
     """The capacity variant, the single-teacher subset: their own groups, trained with their own
     architecture / labels, scored, in their own report tables; the main groups are untouched."""
-    from ekd.train import load_member
+    from ekd.training.train import load_member
 
     text = _tiny(files).replace(
         "ensemble: {{n_teachers: 2, n_students: 2, generations: 2}}".format(),

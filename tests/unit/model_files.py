@@ -1,6 +1,6 @@
 """Model files for the trust tests (tests/unit/test_model_trust.py and
 tests/integration/test_lammps_trust.py): ekd's own, and bad ones of every sort the model-trust
-rule (ekd.model_file) must refuse. Everything is made with ekd's exporter and then altered the way
+rule (ekd.deploy.model_file) must refuse. Everything is made with ekd's exporter and then altered the way
 a hand or a hostile file would; nothing is stored.
 
 :func:`bad_files` returns name -> (path, refused without the opt-in, refused with it), the table
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ekd.model_file import FORMAT_1, OPS_LIBRARY, ModelMetadata, _quiet_jit, save_model
+from ekd.deploy.model_file import FORMAT_1, OPS_LIBRARY, ModelMetadata, _quiet_jit, save_model
 from ekd.scripted import available_ops, example_hipnn
 from ekd.testing import toy_model
 
@@ -150,7 +150,7 @@ def metadata_files(d: Path) -> dict[str, tuple[Path, bool]]:
         "torch version": ({"torch_version": "1.13.1"}, True),
         "ops library": ({"ops_library": "libother.so"}, True),
         "torch.classes in the description": ({"description": "torch.classes"}, True),
-        # schema facts both readers take from ekd/model_format.json
+        # schema facts both readers take from ekd/deploy/model_format.json
         "valid (species ends with the table's last element)": ({"species": ["H", "C", "Og"]}, False),
         "species X (atomic number 0)": ({"species": ["X", "C"]}, True),
         "length unit": ({"length_unit": "bohr"}, True),

@@ -1,8 +1,8 @@
-"""ekd.aoti: AOTInductor packages (``ekd export --format aoti``, format ekd-aoti-1).
+"""ekd.deploy.aoti: AOTInductor packages (``ekd export --format aoti``, format ekd-aoti-1).
 
 One small HIPNN model (l_max 2, two interaction blocks, random perturbed weights, float64, pair
-sums through ekd's ops) is exported both ways: TorchScript (``ekd.model_file.save_model``) and
-AOTInductor (``ekd.aoti.export_module``); the ASE calculator must give the same numbers with
+sums through ekd's ops) is exported both ways: TorchScript (``ekd.deploy.model_file.save_model``) and
+AOTInductor (``ekd.deploy.aoti.export_module``); the ASE calculator must give the same numbers with
 either file (energy 1e-9 relative, forces 1e-8 of the largest), on molecules, a periodic box and a
 lone atom (the padding path). The compile takes ~0.5-1.5 min on a loaded 2-core machine: one
 package per module, registered in a temporary trust registry (never the user's).
@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from ekd import aoti, scripted
-from ekd.model_file import ModelFileError, UntrustedModelError, save_model
+from ekd import scripted
+from ekd.deploy import aoti
+from ekd.deploy.model_file import ModelFileError, UntrustedModelError, save_model
 
 SPECIES = (1, 6, 7, 8)
 E_RTOL = 1e-9
@@ -40,7 +41,7 @@ def small_arch(l_max: int, n_interactions: int, width: int, n_sensitivities: int
 
 def hipnn_module(species=SPECIES, dtype=torch.float64, n_interactions: int = 2, seed: int = 0):
     """An unscripted HIPNN module (ekd.scripted) with random, perturbed weights, and its metadata."""
-    from ekd.models import build_model
+    from ekd.training.models import build_model
 
     arch = small_arch(l_max=2, n_interactions=n_interactions, width=6, n_sensitivities=4, soft_max=2.6, cutoff=3.2)
     with torch.random.fork_rng():
@@ -97,7 +98,7 @@ def _box():
 
 
 def _results(atoms, path, **kw):
-    from ekd.calculator import EKDCalculator
+    from ekd.deploy.calculator import EKDCalculator
 
     a = atoms.copy()
     a.calc = EKDCalculator(str(path), **kw)
@@ -148,7 +149,7 @@ def test_format_is_chosen_by_content_not_name(files, tmp_path):
 
 
 def test_ensemble_of_both_formats(files):
-    from ekd.calculator import EKDCalculator
+    from ekd.deploy.calculator import EKDCalculator
 
     mol = _molecules()["CH3ONO"]
     a = mol.copy()
@@ -158,7 +159,7 @@ def test_ensemble_of_both_formats(files):
 
 
 def test_unregistered_package_is_refused_with_both_fixes(files, tmp_path, monkeypatch):
-    from ekd.calculator import EKDCalculator
+    from ekd.deploy.calculator import EKDCalculator
 
     monkeypatch.setenv(aoti.REGISTRY_ENV, str(tmp_path / "empty-registry"))
     with pytest.raises(UntrustedModelError) as e:
@@ -231,7 +232,7 @@ def test_package_not_made_by_ekd(registry, tmp_path):
 def test_truncated_package(files, tmp_path):
     bad = tmp_path / "cut.pt2"
     bad.write_bytes(files["pt2"].read_bytes()[:5000])
-    from ekd.calculator import EKDCalculator
+    from ekd.deploy.calculator import EKDCalculator
 
     with pytest.raises((ModelFileError, ValueError)) as e:
         EKDCalculator(str(bad))
@@ -263,7 +264,7 @@ def test_export_refuses_a_scripted_module(registry, tmp_path):
 def test_float32_toy_package(registry, tmp_path):
     """float32 (the deployment default) with the toy model: the package's numbers are the
     TorchScript file's within float32 rounding."""
-    from ekd.model_file import ModelMetadata
+    from ekd.deploy.model_file import ModelMetadata
     from ekd.scripted import ScriptedToy
 
     with torch.random.fork_rng():
@@ -285,12 +286,12 @@ def test_registry_env_is_the_test_one(registry):
 
 
 def _member_dir(path, seed: int = 1):
-    """A member directory as ekd's training leaves it (model.pt in ekd.member's format, done.json),
+    """A member directory as ekd's training leaves it (model.pt in ekd.training.member's format, done.json),
     with random weights."""
     from dataclasses import asdict
 
-    from ekd.member import MODEL_FORMAT
-    from ekd.models import build_model
+    from ekd.training.member import MODEL_FORMAT
+    from ekd.training.models import build_model
 
     arch = small_arch(l_max=1, n_interactions=1, width=4, n_sensitivities=3, soft_max=2.5, cutoff=3.0)
     with torch.random.fork_rng():
@@ -343,8 +344,8 @@ def test_compile_failure_is_named(registry, tmp_path, monkeypatch):
 def test_score_reads_packages_like_torchscript_files(files):
     """`ekd score MODEL.pt2`: the package predicts the TorchScript file's energies and forces on a
     padded batch of molecules (the scorer's own batched path, not the calculator's)."""
-    from ekd import score
     from ekd.data import Dataset
+    from ekd.evaluation import score
 
     mols = list(_molecules().values())
     a = max(len(m) for m in mols)

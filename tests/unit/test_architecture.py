@@ -1,5 +1,6 @@
-"""The shape of the package (issue 17): no import cycle between ekd's modules, no module over 500
-lines, and docs/architecture.md lists every module.
+"""The shape of the package (issues 17 and 23): no import cycle between ekd's modules, no module over
+500 lines, docs/architecture.md lists every module, and every import keeps to the layer table of
+docs/architecture.md (the rule is written there once and read from there).
 
 Imports are read with ``ast`` from every module under python/ekd, at any level (inside functions
 too: a function-level import hides a cycle, it does not remove it); relative imports are resolved;
@@ -15,6 +16,7 @@ ekd.a``, and then a cycle through ``ekd.a``'s re-exports is reported, as it shou
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -192,3 +194,74 @@ def test_architecture_doc_lists_every_module():
         if f"`{shown}`" not in text and f"`{rel}`" not in text:
             missing.append(shown)
     assert not missing, f"docs/architecture.md does not list {missing} (write each as `path`, e.g. `data/ani.py`)"
+
+
+# ------------------------------------------------------------------------------------------
+# the layers: docs/architecture.md's ```layers block
+
+
+def read_layers(text: str) -> tuple[dict[str, str], dict[str, set[str]]]:
+    """({top-level name under ekd: its part}, {part: the parts it may import}) from the
+    ```layers block: lines ``part: names : allowed parts`` (``-``: none)."""
+    block = re.search(r"```layers\n(.*?)```", text, re.S)
+    if block is None:
+        raise AssertionError("docs/architecture.md has no ```layers block (the import rule)")
+    part_of, allowed = {}, {}
+    for line in block.group(1).splitlines():
+        if not line.strip():
+            continue
+        part, names, may = (x.strip() for x in line.split(":"))
+        for name in names.split():
+            part_of[name] = part
+        allowed[part] = set() if may == "-" else set(may.split())
+    unknown = {p for a in allowed.values() for p in a} - set(allowed)
+    assert not unknown, f"the layers block names parts it does not define: {sorted(unknown)}"
+    return part_of, allowed
+
+
+def part_of_module(module: str, part_of: dict[str, str]) -> str | None:
+    """The part of ``ekd.<top>...`` (None for the package face ``ekd`` itself)."""
+    top = module.split(".")[1] if "." in module else None
+    if top is None:
+        return None
+    if top not in part_of:
+        raise AssertionError(f"{module}: ekd.{top} is in no part of docs/architecture.md's layers block")
+    return part_of[top]
+
+
+def layer_violations(graph: dict[str, set[str]], part_of: dict[str, str], allowed: dict[str, set[str]]) -> list[str]:
+    out = []
+    for module, targets in sorted(graph.items()):
+        src = part_of_module(module, part_of)
+        if src is None:
+            continue
+        for target in sorted(targets):
+            dst = part_of_module(target, part_of)
+            if dst is None or dst == src or dst in allowed[src]:
+                continue
+            out.append(f"{module} ({src}) imports {target} ({dst})")
+    return out
+
+
+def test_layer_checker_on_a_made_up_package(tmp_path):
+    _write(
+        tmp_path,
+        {
+            "ekd/__init__.py": "from .c import z\n",
+            "ekd/a.py": "x = 1\n",
+            "ekd/b/__init__.py": "",
+            "ekd/b/m.py": "from ..a import x\n",
+            "ekd/c.py": "def f():\n    from .b import m\n",
+        },
+    )
+    text = "```layers\nlow: a : -\nmid: b : low\ntop: c : low\n```\n"
+    part_of, allowed = read_layers(text)
+    graph = import_graph(tmp_path / "ekd")
+    # c -> b is not allowed (top may import low only); b -> a is; the face is outside the table
+    assert layer_violations(graph, part_of, allowed) == ["ekd.c (top) imports ekd.b.m (mid)"]
+
+
+def test_imports_keep_to_the_layers_of_docs_architecture():
+    part_of, allowed = read_layers((ROOT / "docs" / "architecture.md").read_text())
+    bad = layer_violations(import_graph(), part_of, allowed)
+    assert not bad, "imports that docs/architecture.md's layers block does not allow:\n  " + "\n  ".join(bad)

@@ -12,6 +12,7 @@ import shutil
 import pytest
 
 from ekd import cli
+from ekd.cli import errors as cli_errors
 from ekd.data import write_ani
 
 from ..conftest import xtb_groups
@@ -179,8 +180,8 @@ def test_output_into_a_missing_directory(trained, tmp_path, capsys):
 
 
 def test_model_file_error_is_one_line(trained, tmp_path, monkeypatch, capsys):
-    from ekd import export
-    from ekd.model_file import ModelFileError
+    from ekd.deploy import export
+    from ekd.deploy.model_file import ModelFileError
 
     def refuse(*args, **kwargs):
         raise ModelFileError("m.pt: metadata.json does not belong to these weights;\nre-export the model")
@@ -241,7 +242,7 @@ def test_truncated_labels_file_says_delete_and_rerun(trained, tmp_path, capsys):
 def test_full_disk_names_the_file_and_loses_nothing(trained, tmp_path, monkeypatch, capsys):
     import torch
 
-    from ekd import train
+    from ekd.training import train
 
     cfg, run_dir = _copy(trained, tmp_path)
     member = run_dir / "gen0" / "teacher" / "member_00"
@@ -295,8 +296,8 @@ def test_errors_from_worker_processes_are_told_apart_like_local_ones():
 
     with pytest.raises(ValueError) as ekd_raised:
         run_parallel(energy_factor, ["furlong", "furlong"], workers=2, desc="", progress=False)
-    assert cli._expected(ekd_raised.value)
+    assert cli_errors.expected(ekd_raised.value)
     with pytest.raises(ValueError) as python_raised:
         run_parallel(int, ["x", "y"], workers=2, desc="", progress=False)
-    assert not cli._expected(python_raised.value)
-    json.dumps(cli._message(ekd_raised.value))
+    assert not cli_errors.expected(python_raised.value)
+    json.dumps(cli_errors.message(ekd_raised.value))

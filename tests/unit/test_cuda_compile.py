@@ -71,7 +71,7 @@ needs_gpu = pytest.mark.skipif(
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name", ["envsum", "sensesum", "featsum", "tensor_envsum", "tensor_sensesum"])
 def test_cuda_ops_match_cpu(name, dtype):
-    from ekd._ops import ops
+    from ekd.ops.library import ops
 
     from .test_kernels import op_args
 
@@ -91,7 +91,7 @@ def test_cuda_ops_match_cpu(name, dtype):
 @pytest.mark.cuda
 @pytest.mark.parametrize("periodic", [False, True])
 def test_cuda_neighbor_list_matches_cpu(periodic):
-    from ekd._ops import neighbor_list
+    from ekd.ops.library import neighbor_list
 
     gen = torch.Generator().manual_seed(0)
     pos = torch.rand(200, 3, generator=gen, dtype=torch.float64) * 12.0

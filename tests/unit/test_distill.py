@@ -1,4 +1,4 @@
-"""ekd.distill: ensemble statistics, the NaN guard, and the augmented ANI-layout file."""
+"""ekd.training.distill: ensemble statistics, the NaN guard, and the augmented ANI-layout file."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ import torch
 
 from ekd.config import ModelConfig
 from ekd.data import Units, load_dataset
-from ekd.distill import (
+from ekd.training.distill import (
     ENSEMBLE_FORCES_KEY,
     ENSEMBLE_FORCES_STD_KEY,
     ensemble_predict,
     label_dataset,
     write_augmented,
 )
-from ekd.models import build_model, use_kernels
-from ekd.train import Member
+from ekd.training.models import build_model, use_kernels
+from ekd.training.train import Member
 
 ARCH = ModelConfig(l_max=1, n_interactions=1, n_atom_layers=1, width=8, n_sensitivities=4)
 

@@ -1,4 +1,4 @@
-"""ekd.evaluate: E / ΔE / F errors on hand-computable cases, masking, ensembles, metrics.json.
+"""ekd.evaluation.metrics: E / ΔE / F errors on hand-computable cases, masking, ensembles, metrics.json.
 
 Expected values are computed by hand (stated in comments) or by a plain pair-by-pair loop in the
 test, never taken from the code under test.
@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from ekd import evaluate as ev
+from ekd.evaluation import metrics as ev
 
 from ..conftest import check_missing_and_malformed
 

@@ -1,4 +1,4 @@
-"""Deployed-model files (ekd.model_file) and the ASE calculator (ekd.calculator) on ekd's toy model.
+"""Deployed-model files (ekd.deploy.model_file) and the ASE calculator (ekd.deploy.calculator) on ekd's toy model.
 
 No reference numbers are stored: forces are checked against central finite differences of the
 energy (ASE's calculate_numerical_forces), stress against finite strains
@@ -16,9 +16,9 @@ import pytest
 import torch
 from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
 
-from ekd.calculator import EKDCalculator
-from ekd.model_file import FORMAT, ModelFileError, ModelMetadata, _quiet_jit, load_model, save_model
-from ekd.plugin import lammps_plugin_dir
+from ekd.deploy.calculator import EKDCalculator
+from ekd.deploy.model_file import FORMAT, ModelFileError, ModelMetadata, _quiet_jit, load_model, save_model
+from ekd.deploy.plugin import lammps_plugin_dir
 from ekd.testing import toy_model
 
 SPECIES = ("C", "H", "N", "O")
@@ -193,7 +193,7 @@ def test_calculator_units_and_invariances(toy_file):
     f = atoms.get_forces()
     # eV from the model's kcal/mol
     module, _ = load_model(toy_file)
-    from ekd import _ops
+    from ekd.ops import library as _ops
 
     pos = torch.tensor(atoms.positions)
     cell = torch.tensor(np.asarray(atoms.cell))

@@ -1,4 +1,4 @@
-"""TorchANI's ANI-1ccx as an external teacher (ekd.external): same numbers as torchani's own
+"""TorchANI's ANI-1ccx as an external teacher (ekd.training.external): same numbers as torchani's own
 model, forces = -dE/dR, padding-independent, clear errors. Skips when torchani (2.0, with its
 shipped weights) is not installed."""
 
@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from ekd.external import ExternalModelUnavailable, TorchANIEnsemble, load_external_teacher
+from ekd.training.external import ExternalModelUnavailable, TorchANIEnsemble, load_external_teacher
 from ekd.units import HARTREE_TO_KCALMOL
 
 with warnings.catch_warnings():

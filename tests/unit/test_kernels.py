@@ -14,7 +14,7 @@ import pytest
 import torch
 from ase.build import molecule
 
-from ekd._ops import neighbor_list, ops
+from ekd.ops.library import neighbor_list, ops
 from ekd.testing import reference as ref
 
 FLOATS = (torch.float32, torch.float64)
@@ -138,7 +138,7 @@ def test_real_inputs_match_reference(source, dtype):
         ref.featsum_reference(env.double(), sens.double(), pf, ps),
         **TOL[dtype],
     )
-    from ekd.kernels import tensor_components
+    from ekd.ops.kernels import tensor_components
 
     t = tensor_components(coord, dist, 2)
     q = torch.randn(n_atoms, sens.shape[1], 16, generator=gen, dtype=torch.float64).to(dtype)
@@ -351,7 +351,7 @@ def restore_kernels():
 
     before = ck.CUSTOM_KERNELS_ACTIVE
     yield
-    from ekd.kernels import use_kernels
+    from ekd.ops.kernels import use_kernels
 
     use_kernels({"_pytorch_raw": "pytorch", "numba": "hippynn-numba"}.get(before, "ekd"))
 
@@ -368,11 +368,11 @@ def restore_kernels():
     ],
 )
 def test_hipnn_tensor_energy_forces_ekd_equals_pytorch(source, cls, order, restore_kernels, monkeypatch):
-    import ekd.kernels
-    from ekd.kernels import active_kernels, use_kernels
+    import ekd.ops.kernels
+    from ekd.ops.kernels import active_kernels, use_kernels
 
     if order != "auto":  # force one contraction order in every layer
-        monkeypatch.setattr(ekd.kernels, "_factorised_is_cheaper", lambda *sizes: order == "factorised")
+        monkeypatch.setattr(ekd.ops.kernels, "_factorised_is_cheaper", lambda *sizes: order == "factorised")
     pos, pf, ps, offsets = molecule_batch(cutoff=4.0) if source == "molecules" else periodic_box()
     net, head = _hipnn_quad(cls=cls)
     results = {}
@@ -385,7 +385,7 @@ def test_hipnn_tensor_energy_forces_ekd_equals_pytorch(source, cls, order, resto
 
 
 def test_hipnn_quad_training_steps_ekd_equal_pytorch(restore_kernels):
-    from ekd.kernels import use_kernels
+    from ekd.ops.kernels import use_kernels
 
     pos, pf, ps, offsets = molecule_batch(cutoff=4.0)
     gen = torch.Generator().manual_seed(2)
@@ -469,7 +469,7 @@ def test_tensor_envsum_backward_checks_and_meta():
 def test_forces_without_a_graph_take_the_fused_backward_and_equal_the_graph_path(restore_kernels):
     from torch.profiler import ProfilerActivity, profile
 
-    from ekd.kernels import use_kernels
+    from ekd.ops.kernels import use_kernels
 
     use_kernels("ekd")
     pos, pf, ps, offsets = periodic_box()
@@ -488,7 +488,7 @@ def test_forces_without_a_graph_take_the_fused_backward_and_equal_the_graph_path
 
 
 def test_use_kernels_rejects_unknown_names():
-    from ekd.kernels import use_kernels
+    from ekd.ops.kernels import use_kernels
 
     with pytest.raises(ValueError, match="kernels: must be one of ekd, hippynn-numba, pytorch, got 'cuda'"):
         use_kernels("cuda")
@@ -497,12 +497,12 @@ def test_use_kernels_rejects_unknown_names():
 @pytest.mark.parametrize("kind", ["InverseSensitivityModule", "GaussianSensitivityModule"])
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_sensitivity_equals_hippynns_without_underflowing_exp(dtype, kind, monkeypatch):
-    """The ATen formula of ekd.kernels.sensitivity (GPU tensors, other cutoffs) = hippynn's
+    """The ATen formula of ekd.ops.kernels.sensitivity (GPU tensors, other cutoffs) = hippynn's
     sensitivity modules, but exp never sees an argument whose result underflows (torch's exp is
     several times slower there; the paper's widths put most pair x sensitivity entries of a box
     there). The fused CPU op is compared with this formula in test_radial_sensitivity.py."""
-    from ekd.kernels import _sensitivity_formula as sensitivity
-    from ekd.models import _import_hippynn
+    from ekd.ops.kernels import _sensitivity_formula as sensitivity
+    from ekd.training.models import _import_hippynn
 
     hippynn = _import_hippynn()
     from hippynn.layers.hiplayers import sensitivity as hs
@@ -536,8 +536,8 @@ def test_sensitivity_equals_hippynns_without_underflowing_exp(dtype, kind, monke
 
 @pytest.mark.parametrize("kind", ["InverseSensitivityModule", "GaussianSensitivityModule"])
 def test_sensitivity_warns_below_the_range_as_hippynn(kind, monkeypatch):
-    from ekd.kernels import sensitivity
-    from ekd.models import _import_hippynn
+    from ekd.ops.kernels import sensitivity
+    from ekd.training.models import _import_hippynn
 
     hippynn = _import_hippynn()
     from hippynn.layers.hiplayers import sensitivity as hs

@@ -13,17 +13,18 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from ekd import _ops, config
+from ekd import config
 from ekd.md import stability
 from ekd.md.box import box_side, density_of, grid_shape, methyl_nitrite_box
 from ekd.md.stability import RunSpec, md_stability, run_one, summarize, wilson_interval
+from ekd.ops import library as _ops
 
 SPECIES = ("C", "H", "N", "O")
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    from ekd.model_file import save_model
+    from ekd.deploy.model_file import save_model
     from ekd.testing import toy_model
 
     path = tmp_path_factory.mktemp("md") / "toy.pt"
@@ -114,7 +115,7 @@ def test_atoms_forced_close_fail_on_the_first_frame(toy, monkeypatch):
 
 
 def test_run_bad_inputs(toy, tmp_path):
-    from ekd.model_file import save_model
+    from ekd.deploy.model_file import save_model
     from ekd.testing import toy_model
 
     with pytest.raises(ValueError, match="dt_fs: the time step must be > 0"):
@@ -211,8 +212,8 @@ def test_cached_exports_of_an_earlier_model_format_are_redone(tmp_path, monkeypa
     from pathlib import Path
     from types import SimpleNamespace
 
-    import ekd.export
-    from ekd.model_file import FORMAT
+    import ekd.deploy.export
+    from ekd.deploy.model_file import FORMAT
     from ekd.workflow import export_models
 
     member = tmp_path / "teacher" / "member_00"
@@ -225,7 +226,7 @@ def test_cached_exports_of_an_earlier_model_format_are_redone(tmp_path, monkeypa
         calls.append(dst)
         Path(dst).write_text("model")
 
-    monkeypatch.setattr(ekd.export, "export_member", fake_export)
+    monkeypatch.setattr(ekd.deploy.export, "export_member", fake_export)
     out = tmp_path / "md"
     export_models(run, ["teacher"], None, "float64", out)
     export_models(run, ["teacher"], None, "float64", out)

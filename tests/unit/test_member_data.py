@@ -72,7 +72,7 @@ def _cfg(train, test=None, energy_unit="hartree", length_unit="angstrom", member
 @pytest.fixture
 def captured(monkeypatch):
     """Run member jobs in this process; record (dataset, splits, spec) handed to train_member."""
-    import ekd.train
+    import ekd.training.train
 
     seen = []
 
@@ -84,7 +84,7 @@ def captured(monkeypatch):
         return {"member": spec.member}
 
     monkeypatch.setattr(workflow.rundir, "run_parallel", run_here)
-    monkeypatch.setattr(ekd.train, "train_member", record)
+    monkeypatch.setattr(ekd.training.train, "train_member", record)
     return seen
 
 

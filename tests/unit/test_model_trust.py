@@ -1,4 +1,4 @@
-"""The model-trust rule of ekd.model_file (issue 14, items 3, 7, 8, 11): opening a model file runs
+"""The model-trust rule of ekd.deploy.model_file (issue 14, items 3, 7, 8, 11): opening a model file runs
 no code that this ekd did not write, metadata.json is bound to the weights, damaged files give
 ekd's own message; and the canonical code the rule compares with is what ekd.scripted compiles.
 
@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from ekd import model_file, units
-from ekd.calculator import EKDCalculator
-from ekd.model_file import ModelFileError, ModelMetadata, UntrustedModelError, load_model, save_model
+from ekd import units
+from ekd.deploy import model_file
+from ekd.deploy.calculator import EKDCalculator
+from ekd.deploy.model_file import ModelFileError, ModelMetadata, UntrustedModelError, load_model, save_model
 from ekd.scripted import ScriptedToy, available_ops, example_hipnn
 from ekd.testing import toy_model
 from tests.unit import model_files as mf
@@ -58,10 +59,10 @@ def test_code_does_not_depend_on_the_model():
 
 
 def test_committed_canonical_code_is_what_ekd_generates():
-    """`python -m ekd.model_file --regenerate` would change nothing (run in a fresh process, as
+    """`python -m ekd.deploy.model_file --regenerate` would change nothing (run in a fresh process, as
     the command does: a class loaded from a file earlier in a process is compiled under another name)."""
     script = (
-        "import json, sys; from ekd.model_file import generated_code; "
+        "import json, sys; from ekd.deploy.model_file import generated_code; "
         "json.dump({k: {n: v.decode() for n, v in c.items()} for k, c in generated_code().items()}, sys.stdout)"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
@@ -71,7 +72,7 @@ def test_committed_canonical_code_is_what_ekd_generates():
     assert set(generated) == set(model_file.KINDS)
     for kind, code in generated.items():
         assert code == model_file.canonical_code(kind), (
-            f"ekd/model_code/{kind} is stale: run `python -m ekd.model_file --regenerate` and commit it"
+            f"ekd/deploy/model_code/{kind} is stale: run `python -m ekd.deploy.model_file --regenerate` and commit it"
         )
 
 
@@ -238,7 +239,7 @@ def test_calculator_refuses_atoms_at_one_position(files):
 
 
 def test_the_schema_is_written_once():
-    """ekd/model_format.json is the one place for the schema's facts: Python takes them from it, and
+    """ekd/deploy/model_format.json is the one place for the schema's facts: Python takes them from it, and
     the plugin's sources hold none of them as literals (they use the header CMake generates from it;
     tests/integration/test_lammps_trust.py checks that both readers then agree)."""
     schema = json.loads((Path(model_file.__file__).parent / "model_format.json").read_text(encoding="utf-8"))

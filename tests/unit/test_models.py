@@ -1,4 +1,4 @@
-"""Physics invariants of HIPNN models built by ekd.models (random weights, float64)."""
+"""Physics invariants of HIPNN models built by ekd.training.models (random weights, float64)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ekd.config import ModelConfig
-from ekd.models import build_model, check_padding, use_kernels
+from ekd.training.models import build_model, check_padding, use_kernels
 
 from ..conftest import central_difference_forces
 

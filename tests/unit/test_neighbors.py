@@ -16,7 +16,7 @@ from ase import Atoms
 from ase.build import bulk, fcc111, molecule
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
-from ekd import _ops
+from ekd.ops import library as _ops
 from ekd.testing.reference import neighbor_list_reference
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """ekd::radial_sensitivity (csrc/cpu/radial.cpp): hippynn's Inverse/GaussianSensitivityModule
-with CosCutoff as one fused CPU op, against the ATen formula ekd.kernels.sensitivity used before
+with CosCutoff as one fused CPU op, against the ATen formula ekd.ops.kernels.sensitivity used before
 (and still uses for GPU tensors and other cutoffs), which test_kernels.py compares with hippynn."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from ekd._ops import ops
-from ekd.kernels import _fused_applies, _sensitivity_formula, sensitivity
+from ekd.ops.kernels import _fused_applies, _sensitivity_formula, sensitivity
+from ekd.ops.library import ops
 
 from .test_kernels import pair_geometry, periodic_box
 
@@ -19,7 +19,7 @@ KINDS = ("InverseSensitivityModule", "GaussianSensitivityModule")
 
 @pytest.fixture
 def hs(monkeypatch):
-    from ekd.models import _import_hippynn
+    from ekd.training.models import _import_hippynn
 
     hippynn = _import_hippynn()
     monkeypatch.setattr(hippynn.settings, "WARN_LOW_DISTANCES", False)
@@ -266,7 +266,7 @@ def test_forces_under_create_graph_take_the_ds_dr_op():
 
 
 def _formula(dist, mu, sigma, hard):
-    """ekd.kernels._sensitivity_formula for bare tensors with hippynn's CosCutoff."""
+    """ekd.ops.kernels._sensitivity_formula for bare tensors with hippynn's CosCutoff."""
     nondim = (dist.unsqueeze(1) ** -1 - mu**-1) ** 2 / (sigma**-2)
     base = torch.exp((-0.5 * nondim).clamp(min=math.log(2 * torch.finfo(dist.dtype).tiny)))
     cut = torch.cos(math.pi / 2 * dist / hard) ** 2 * (dist <= hard).to(dist.dtype)

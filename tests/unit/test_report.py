@@ -1,12 +1,12 @@
-"""ekd.report: report.md with one table per test set, relative changes, figures, the CLI summary."""
+"""ekd.evaluation.report: report.md with one table per test set, relative changes, figures, the CLI summary."""
 
 import re
 
 import numpy as np
 import pytest
 
-from ekd import evaluate as ev
-from ekd import report
+from ekd.evaluation import metrics as ev
+from ekd.evaluation import report
 
 pytest.importorskip("matplotlib")
 

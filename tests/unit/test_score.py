@@ -1,4 +1,4 @@
-"""``ekd score`` (:mod:`ekd.score`): model files and a run's members on ANI-layout files.
+"""``ekd score`` (:mod:`ekd.evaluation.score`): model files and a run's members on ANI-layout files.
 
 Data: GFN2-xTB labels of rattled G2 molecules (tests/conftest.py), written with ekd's own writer
 in several units and layouts. Models: ekd's toy model files (random weights; the metrics do not
@@ -14,11 +14,13 @@ import json
 import numpy as np
 import pytest
 
-from ekd import config, score
+from ekd import config
 from ekd.data import DataFileError, write_ani
-from ekd.evaluate import evaluate_group, load_metrics
-from ekd.evaluate import score as score_predictions
+from ekd.evaluation import score
+from ekd.evaluation.metrics import evaluate_group, load_metrics
+from ekd.evaluation.metrics import score as score_predictions
 from ekd.units import BOHR_TO_ANGSTROM, EV_TO_KCALMOL, HARTREE_TO_KCALMOL
+from ekd.workflow.score_groups import run_groups
 
 from ..conftest import KEYS, tiny_run_config, xtb_groups
 
@@ -42,7 +44,7 @@ def files(tmp_path_factory, groups):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from ekd.model_file import save_model
+    from ekd.deploy.model_file import save_model
     from ekd.testing import toy_model
 
     d = tmp_path_factory.mktemp("models")
@@ -65,7 +67,7 @@ def _calculator_predictions(test, model_path):
     """Per configuration, through the ASE calculator: (energy (n,), forces (n, A, 3)), kcal/mol."""
     from ase import Atoms
 
-    from ekd.calculator import EKDCalculator
+    from ekd.deploy.calculator import EKDCalculator
 
     calc = EKDCalculator(model_path)
     data = test.data
@@ -264,7 +266,7 @@ def test_run_members_on_the_runs_test_file_reproduce_metrics_json(tmp_path):
     Run(config.loads(tiny_run_config(train, test, **TINY)), run_dir, progress=False).run_all()
     metrics = load_metrics(run_dir / "metrics.json")
 
-    groups, window, left_out = score.run_groups(run_dir)
+    groups, window, left_out = run_groups(run_dir)
     assert window == 50.0 and [g.name for g in groups] == ["teacher"] and left_out == []
     result = score.score_models(score.load_test(test), groups, window)
     for label, got in result.groups.items():
@@ -279,13 +281,13 @@ def test_run_members_on_the_runs_test_file_reproduce_metrics_json(tmp_path):
             for key in ("n_configurations", "n_pairs", "n_atoms"):
                 assert mine[key] == theirs[key], (label, key)
 
-    only, _, _ = score.run_groups(run_dir, ["teacher"])
+    only, _, _ = run_groups(run_dir, ["teacher"])
     assert [g.name for g in only] == ["teacher"]
     with pytest.raises(ValueError, match=r"no group 'student_gen1' in this run; groups: \['teacher'\]"):
-        score.run_groups(run_dir, ["student_gen1"])
+        run_groups(run_dir, ["student_gen1"])
     # a member still training: the group is not scored half
     (run_dir / "gen0" / "teacher" / "member_01" / "done.json").unlink()
     with pytest.raises(score.ScoreError, match=r"--groups teacher: 1 of its 2 members are not trained"):
-        score.run_groups(run_dir, ["teacher"])
+        run_groups(run_dir, ["teacher"])
     with pytest.raises(score.ScoreError, match=r"no group has all its members trained yet"):
-        score.run_groups(run_dir)
+        run_groups(run_dir)

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from ekd import scripted
-from ekd._ops import neighbor_list, pair_vectors
 from ekd.config import ModelConfig, default_config
-from ekd.models import build_model
-from ekd.train import Member, MemberSpec, load_member, train_member
+from ekd.ops.library import neighbor_list, pair_vectors
+from ekd.training.models import build_model
+from ekd.training.train import Member, MemberSpec, load_member, train_member
 
 # small architectures; the hard cutoff (2.6 A) is shorter than the longest H...H distances of the
 # fixture molecules, so the cutoff function and pair exclusion are exercised too
@@ -298,7 +298,7 @@ def test_metadata_fits_the_export_format(member, module, xtb_dataset, tmp_path):
     assert scripted.metadata(member, scripted.script_member(member, torch.float32, "torch"))["ops_library"] is None
 
     # the deployment developer's writer and reader accept it, and the loaded model computes the same
-    from ekd.model_file import load_model, save_model
+    from ekd.deploy.model_file import load_model, save_model
 
     save_model(module, tmp_path / "model.pt", meta)
     loaded, stored = load_model(tmp_path / "model.pt")
@@ -437,7 +437,7 @@ def test_files_of_the_previous_code_load_without_the_opt_in(tmp_path):
     import zipfile
     from pathlib import Path
 
-    from ekd.model_file import UntrustedModelError, load_model
+    from ekd.deploy.model_file import UntrustedModelError, load_model
 
     old = Path(__file__).parents[1] / "integration" / "data" / "before_geometry_hipnn.pt"
     module, meta = load_model(old)
@@ -457,7 +457,7 @@ def test_files_of_the_previous_code_load_without_the_opt_in(tmp_path):
 def test_sensitivity_exp_clamp_is_the_dtypes_smallest_normal():
     """The deployed HIPNN clamps exp's argument (speed: torch's exp is slow where it underflows) at
     log(2 x smallest normal) of float32 / float64 (TorchScript has no finfo: literals), like
-    ekd.kernels.sensitivity; the clamped values stay within that number of the unclamped ones."""
+    ekd.ops.kernels.sensitivity; the clamped values stay within that number of the unclamped ones."""
     import inspect
     import math
 
@@ -507,7 +507,7 @@ def test_deployed_sensitivities_call_the_op_and_equal_the_formula(dtype):
     op keeps hippynn's d <= cutoff: cos^2(pi/2) times the Gaussian, below 4e-33 (float64) / 2e-15
     (float32), where the formula gives 0."""
     module = scripted.example_hipnn("ekd-tensor" if "tensor_envsum" in OPS else "ekd", 2, 1, 4, dtype=dtype)
-    from ekd.model_file import canonical_code
+    from ekd.deploy.model_file import canonical_code
 
     assert any(b"ops.ekd.radial_sensitivity(" in c for c in canonical_code("hipnn").values())
     assert not any(b"radial_sensitivity" in c for c in canonical_code("hipnn-torch").values())
@@ -556,7 +556,7 @@ def test_files_before_the_radial_op_load_and_give_todays_numbers(tmp_path):
     import zipfile
     from pathlib import Path
 
-    from ekd.model_file import UntrustedModelError, load_model
+    from ekd.deploy.model_file import UntrustedModelError, load_model
 
     old_file = Path(__file__).parents[1] / "integration" / "data" / "before_radial_hipnn.pt"
     old, meta = load_model(old_file)

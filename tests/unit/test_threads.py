@@ -10,13 +10,13 @@ import sys
 import pytest
 import torch
 
-from ekd import _threads
-from ekd._ops import _C
+from ekd.ops import threads as _threads
+from ekd.ops.library import _C
 
 PROBE = (
     "import os, sys\n"
     "{pre}\n"
-    "import ekd, ekd._threads as t\n"
+    "import ekd, ekd.ops.threads as t\n"
     "print(t.wait_policy_state(), os.environ.get('OMP_WAIT_POLICY'))\n"
 )
 
@@ -87,7 +87,7 @@ def test_large_kernels_run_on_two_threads(name, two_threads):
     """The plan above is carried out: a large call puts work on a second thread. (ekd's kernels were
     once compiled without OpenMP, where at::parallel_for silently runs on the calling thread.)
     CPU time, not wall time: it holds on a loaded machine too."""
-    from ekd._ops import ops
+    from ekd.ops.library import ops
 
     gen = torch.Generator().manual_seed(0)
     n_atoms, n_pairs, n_sens, n_comp, n_feat = 600, 24_000, 20, 9, 64

@@ -1,4 +1,4 @@
-"""ekd.train: one routine for every role, its log, outputs and resumption."""
+"""ekd.training.train: one routine for every role, its log, outputs and resumption."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ekd.config import ModelConfig, TrainConfig, default_config
-from ekd.train import MemberSpec, StoppingPolicy, load_member, train_member
+from ekd.training.train import MemberSpec, StoppingPolicy, load_member, train_member
 
 TEACHER_MODEL = ModelConfig(l_max=1, n_interactions=1, n_atom_layers=1, width=8, n_sensitivities=4)
 STUDENT_MODEL = ModelConfig(l_max=0, n_interactions=1, n_atom_layers=1, width=6, n_sensitivities=4)
@@ -208,7 +208,7 @@ def test_training_loop_follows_the_policy(xtb_dataset, xtb_splits, tmp_path, mon
     """The loop applies the policy's decisions: with the validation energy RMSE scripted, the lr
     it trains with, the "best" flags, the stop and the summary are the policy's, independent of
     how training goes on this CPU."""
-    import ekd.train as train_mod
+    import ekd.training.train as train_mod
 
     script = [5.0, 4.0, 4.5, 3.0, 3.5, 3.2, 3.1, 3.9] + [9.0] * 30
     real_evaluate = train_mod._evaluate

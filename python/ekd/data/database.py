@@ -1,5 +1,5 @@
 """A :class:`~ekd.data.dataset.Dataset` as the padded arrays hippynn's graph consumes (the batches
-of :mod:`ekd.train`).
+of :mod:`ekd.training.train`).
 
 hippynn's own ANI readers are not used: ``PyAniFileDB`` crashed when the first group had fewer
 than 7 atoms and kept NaN energies; ekd reads, converts and masks itself and gives hippynn plain

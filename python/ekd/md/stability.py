@@ -83,7 +83,7 @@ class RunSpec:
 def check_models(model_paths) -> float:
     """Load each model's metadata; raise ValueError unless it knows C, H, N and O. Returns the
     largest cutoff (Angstrom)."""
-    from ..model_file import load_model
+    from ..deploy.model_file import load_model
 
     cutoff = 0.0
     for p in model_paths:
@@ -251,7 +251,7 @@ def toy_pair(directory: Path) -> dict[str, list[str]]:
     Returns ``{"stable": [path], "unstable": [path]}`` (files written to ``directory``)."""
     import torch
 
-    from ..model_file import _quiet_jit, save_model
+    from ..deploy.model_file import _quiet_jit, save_model
     from ..testing.toy import toy_class, toy_model
 
     _, meta = toy_model(("C", "H", "N", "O"), cutoff=4.0, n_interactions=1, seed=1)

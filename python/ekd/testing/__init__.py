@@ -5,7 +5,7 @@ computations).
   (neighbor list, envsum/sensesum/featsum and the factorised tensor ops), the oracle the compiled
   ops are compared with;
 * :mod:`ekd.testing.toy`: :func:`toy_model`, a small message-passing model of kind "toy" with
-  random weights, exported with :func:`ekd.model_file.save_model` like a trained member and run by
+  random weights, exported with :func:`ekd.deploy.model_file.save_model` like a trained member and run by
   the ASE calculator and the LAMMPS plugin.
 
 Importing this package does not import torch.

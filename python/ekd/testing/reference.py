@@ -14,7 +14,7 @@ import math
 import torch
 
 # =============================================================================================
-# Neighbor list (oracle of torch.ops.ekd.neighbor_list / ekd._ops.neighbor_list)
+# Neighbor list (oracle of torch.ops.ekd.neighbor_list / ekd.ops.library.neighbor_list)
 # =============================================================================================
 
 # Pair-distance tensors are built for this many (image, i, j) triples at a time, which bounds the

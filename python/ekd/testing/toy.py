@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..model_file import ATOMIC_NUMBERS, DTYPES, ModelMetadata, _quiet_jit
+from ..deploy.model_file import ATOMIC_NUMBERS, DTYPES, ModelMetadata, _quiet_jit
 
 
 def toy_class():
@@ -34,7 +34,7 @@ def toy_model(
 
     species: element symbols in model order; cutoff in Angstrom; n_interactions (>= 1)
     message-passing layers (so that LAMMPS's ghost depth and per-layer exchange are exercised).
-    Returns ``(scripted module, ModelMetadata)`` ready for :func:`ekd.model_file.save_model`.
+    Returns ``(scripted module, ModelMetadata)`` ready for :func:`ekd.deploy.model_file.save_model`.
     """
     import torch
 

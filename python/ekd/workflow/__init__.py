@@ -6,7 +6,7 @@ Layout of a run directory::
     config.yaml                 the effective configuration of the run
     data/train.h5, data/test.h5 generated (or the configured files are used in place)
     splits.npz                  common test split + each member's train/valid split
-    gen0/teacher/member_00/     one directory per trained member (see ekd.train)
+    gen0/teacher/member_00/     one directory per trained member (see ekd.training.train)
     labels/gen1.h5              augmented dataset: energies + ensemble forces of generation 0
     gen1/student/member_00/ ... students of generation 1 (taught by gen0), gen2 by gen1, ...
     control/member_00/          student architecture, energies only

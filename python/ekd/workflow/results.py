@@ -34,7 +34,7 @@ def test_sets(run) -> dict[str, tuple[Dataset, str]]:
 
 def predictions(run, group: Group, m: int, name: str, data: Dataset) -> dict[str, np.ndarray]:
     """A member's predictions on a test set, cached next to the member."""
-    from ..train import load_member
+    from ..training.train import load_member
 
     path = run.member_dir(group, m) / f"predictions_{name}.npz"
     content = store.bytes_digest(data.coordinates.tobytes(), data.species.tobytes())
@@ -49,7 +49,7 @@ def predictions(run, group: Group, m: int, name: str, data: Dataset) -> dict[str
 
 
 def evaluate(run) -> dict:
-    from ..evaluate import evaluate_role, write_metrics
+    from ..evaluation.metrics import evaluate_role, write_metrics
 
     sets = test_sets(run)
     metrics: dict = {"config": run.cfg.to_dict(), "sets": {}, "roles": {}}
@@ -94,7 +94,7 @@ def md_stability(run, metrics: dict | None = None, strict_roles: bool = False, p
     report, when the run has been evaluated. strict_roles: every name of ``md.roles`` must be
     a group of the run (see :func:`ekd.md.stability.select_roles`); progress: of the sweep
     (None: this run's)."""
-    from ..evaluate import load_metrics, write_metrics
+    from ..evaluation.metrics import load_metrics, write_metrics
     from ..md.stability import md_stability as sweep
     from ..md.stability import select_roles
 
@@ -122,8 +122,8 @@ def export_models(run, roles, n_models: int | None, dtype: str, out_dir: Path) -
     """{group name: exported model files} of the finished members of the groups ``roles`` of
     ``run`` (a :class:`Run`), exported to ``out_dir/models/`` once: an export is reused while the
     member's done.json and the model-file format are those it was made from."""
-    from ..export import export_member
-    from ..model_file import FORMAT
+    from ..deploy.export import export_member
+    from ..deploy.model_file import FORMAT
 
     models = {}
     for role in roles:

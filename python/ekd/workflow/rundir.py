@@ -50,7 +50,7 @@ def _same_config(stamp: Path, cfg: Config) -> bool:
 def _train_job(args: dict) -> dict:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from .. import config as config_mod
-    from ..train import MemberSpec, train_member
+    from ..training.train import MemberSpec, train_member
 
     cfg = config_mod.loads(args["config"])
     dataset, splits = load_member_data(args)
@@ -151,10 +151,10 @@ class Run:
         """(members with ``.predict``, digest of what they are, description) of the ensemble that
         labels ``group``: the trained group it learns from (its first ``teacher_members``), or the
         external teacher."""
-        from ..train import load_member
+        from ..training.train import load_member
 
         if group.labels_from == EXTERNAL:
-            from ..external import load_external_teacher
+            from ..training.external import load_external_teacher
 
             e = self.cfg.ensemble
             members, identity = load_external_teacher(e.external_teacher, e.external_teacher_dir)
@@ -168,14 +168,14 @@ class Run:
 
     def make_labels(self, group: Group) -> Path:
         """Ensemble forces of the teaching ensemble, written as an augmented ANI-layout file."""
-        from ..distill import label_dataset, write_augmented
+        from ..training.distill import label_dataset, write_augmented
 
         path = self.labels_path(group)
         done = path.with_suffix(".json")
         members, teachers_digest, what = self._teaching_ensemble(group)
         digest = run_digest({"teachers": teachers_digest, "data": self.data_digest()})
         if done.exists() and json.loads(done.read_text()).get("digest") == digest and path.exists():
-            from ..distill import check_labels_file
+            from ..training.distill import check_labels_file
 
             check_labels_file(path, len(self.train_data))
             if self._labels_hold_the_pool(path):
@@ -262,7 +262,7 @@ class Run:
         }
 
     def member_spec(self, group: Group, m: int) -> dict:
-        """The :class:`ekd.train.MemberSpec` fields of member ``m`` of ``group``."""
+        """The :class:`ekd.training.train.MemberSpec` fields of member ``m`` of ``group``."""
         return {
             "role": group.role,
             "generation": group.generation,
@@ -334,7 +334,7 @@ class Run:
         return results.evaluate(self)
 
     def report(self, metrics: dict) -> Path:
-        from ..report import write_report
+        from ..evaluation.report import write_report
 
         return write_report(metrics, self.run_dir, notes=describe(self.cfg))
 

@@ -1,6 +1,6 @@
 """Writes the model files of tests/integration/data/before_geometry_*.pt with the ekd of commit
 7639a2c (the last whose stage methods had no geometry()/interaction_geo(); its canonical code is
-python/ekd/model_code/<kind>@before-geometry). They stand for files users exported before that
+python/ekd/deploy/model_code/<kind>@before-geometry). They stand for files users exported before that
 change, which must keep loading without the trust opt-in and keep running in LAMMPS's mode halo.
 
     rm -rf /tmp/oldekd && mkdir /tmp/oldekd && git archive 7639a2c python/ekd | tar -x -C /tmp/oldekd
@@ -23,9 +23,9 @@ import torch  # noqa: E402
 import ekd  # noqa: E402
 from ekd import scripted  # noqa: E402
 from ekd.config import ModelConfig  # noqa: E402
-from ekd.export import toy_model  # noqa: E402
-from ekd.model_file import save_model  # noqa: E402
-from ekd.models import build_model  # noqa: E402
+from ekd.deploy.export import toy_model  # noqa: E402
+from ekd.deploy.model_file import save_model  # noqa: E402
+from ekd.training.models import build_model  # noqa: E402
 
 assert Path(ekd.__file__).is_relative_to(old), ekd.__file__
 SPECIES = ("C", "H", "N", "O")

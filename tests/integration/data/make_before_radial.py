@@ -1,6 +1,6 @@
 """Writes tests/integration/data/before_radial_hipnn.pt with the ekd of commit 37f51c4 (the last
 whose deployed HIPNN computed its sensitivities with ATen ops instead of the op
-ekd::radial_sensitivity; its canonical code is python/ekd/model_code/hipnn@before-radial). It
+ekd::radial_sensitivity; its canonical code is python/ekd/deploy/model_code/hipnn@before-radial). It
 stands for the files users exported before that change, which must keep loading without the trust
 opt-in, in Python and in LAMMPS. Only kind "hipnn" changed: "hipnn-torch" and "toy" kept their code.
 
@@ -24,8 +24,8 @@ import torch  # noqa: E402
 import ekd  # noqa: E402
 from ekd import scripted  # noqa: E402
 from ekd.config import ModelConfig  # noqa: E402
-from ekd.model_file import save_model  # noqa: E402
-from ekd.models import build_model  # noqa: E402
+from ekd.deploy.model_file import save_model  # noqa: E402
+from ekd.training.models import build_model  # noqa: E402
 
 assert Path(ekd.__file__).is_relative_to(old), ekd.__file__
 # test_lammps_halo._small_hipnn's member (same architecture and seed), with ekd's ops

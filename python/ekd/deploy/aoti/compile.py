@@ -1,5 +1,5 @@
 """Writing ekd-aoti-1 packages: trace the energy and its gradient, torch.export, compile with
-AOTInductor, register (:func:`export_module`, :func:`export_member`). See :mod:`ekd.aoti`."""
+AOTInductor, register (:func:`export_module`, :func:`export_member`). See :mod:`ekd.deploy.aoti`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
+from ...store import atomic_write
 from ..model_file import FORMAT, ModelFileError, ModelMetadata, _kind_of, check_metadata
-from ..store import atomic_write
 from .package import _EXTRA, FORMAT_AOTI, MIN_ROWS, SO_METADATA_KEY, SUFFIX, register
 
 
@@ -22,7 +22,7 @@ def _export_view(module):
     checks (callers validate; an unknown element gives NaN energies here, never a silent number)."""
     import torch
 
-    from ..scripted import ScriptedHipnn, ScriptedToy
+    from ...scripted import ScriptedHipnn, ScriptedToy
 
     class EnergyAndGradient(torch.nn.Module):
         def __init__(self, m):
@@ -89,7 +89,7 @@ def _example(module, dtype, n_atoms: int, n_pairs: int, seed: int):
     the cutoff (numbers chosen by the caller to differ from every weight dimension)."""
     import torch
 
-    from ..scripted import ScriptedToy
+    from ...scripted import ScriptedToy
 
     table = module.z_index if isinstance(module, ScriptedToy) else module.species_index
     numbers = torch.nonzero(table >= 0).flatten()
@@ -147,7 +147,7 @@ def export_module(module, path: str | Path, metadata: ModelMetadata | dict) -> M
         cutoff=float(metadata.cutoff),
         dtype=str(dtype).removeprefix("torch."),
     )
-    from .. import __version__
+    from ... import __version__
 
     meta = replace(meta, ekd_version=__version__)
     check_metadata(meta, str(path))
@@ -159,7 +159,7 @@ def export_module(module, path: str | Path, metadata: ModelMetadata | dict) -> M
     meta = replace(meta, format=FORMAT_AOTI)
     text = meta.to_json()
     if meta.ops_library is not None:
-        from .. import _ops  # noqa: F401
+        from ...ops import library as _ops  # noqa: F401
 
     # sizes unlike any weight dimension and unlike each other (see _no_duck_shapes)
     example = _example(module, dtype, 37, 211, seed=0)
@@ -238,10 +238,10 @@ def _check_compiled(view, package: Path, module, dtype, path: Path) -> None:
 
 def export_member(member_dir: str | Path, path: str | Path, dtype: str = "float32", envsum: str = "auto"):
     """``ekd export --format aoti``: a trained member -> an AOTInductor package (the model of
-    :func:`ekd.export.export_member`, same metadata apart from the format). Returns the metadata."""
+    :func:`ekd.deploy.export.export_member`, same metadata apart from the format). Returns the metadata."""
     import torch
 
-    from ..scripted import build_module, metadata
+    from ...scripted import build_module, metadata
 
     dtypes = {"float32": torch.float32, "float64": torch.float64}
     if dtype not in dtypes:

@@ -1,5 +1,5 @@
 """The ekd model file: one self-describing TorchScript archive per deployed model, run by the ASE
-calculator (:mod:`ekd.calculator`) and by LAMMPS (``pair_style ekd``, ``lammps_plugin/``) alike.
+calculator (:mod:`ekd.deploy.calculator`) and by LAMMPS (``pair_style ekd``, ``lammps_plugin/``) alike.
 
 Format ``ekd-model-2``
 ----------------------
@@ -39,17 +39,17 @@ sees it, the archive checks out (:func:`check_archive`; the LAMMPS plugin does t
 
 * its entries are within ``data.pkl``, ``constants.pkl``, ``data/<digits>``, ``extra/metadata.json``,
   ``code/...`` and TorchScript's bookkeeping entries (the schema's ``plain_entries``,
-  :mod:`ekd.model_metadata`);
+  :mod:`ekd.deploy.model_metadata`);
 * its ``code/`` entries are byte-identical to the code this ekd writes for the model's ``kind``
   (``hipnn``, ``hipnn-torch``, ``toy``): weights and hyper-parameters live in data.pkl, so every
-  model of a kind has the same code. The canonical code is committed in ``ekd/model_code/<kind>/``
-  (regenerate with ``python -m ekd.model_file --regenerate`` after changing :mod:`ekd.scripted`;
+  model of a kind has the same code. The canonical code is committed in ``ekd/deploy/model_code/<kind>/``
+  (regenerate with ``python -m ekd.deploy.model_file --regenerate`` after changing :mod:`ekd.scripted`;
   a test checks it);
 * no pickle entry names ``torch.classes`` (custom C++ classes run their own ``__setstate__``).
 
 A file that fails (an ``ekd-model-1`` file, whose code varies per model; a model of kind
 ``custom``; a file from another ekd) is refused with an error naming it, unless the caller opts
-in for a file it trusts: ``trust_code=True`` here and in :class:`ekd.calculator.EKDCalculator`,
+in for a file it trusts: ``trust_code=True`` here and in :class:`ekd.deploy.calculator.EKDCalculator`,
 ``--trust-code`` on the command line, ``pair_style ekd ... trust_code yes`` in LAMMPS.
 
 The metadata is bound to the weights: the module's ``metadata_json`` attribute (in data.pkl) holds
@@ -57,7 +57,7 @@ the text of ``extra/metadata.json``; a file where the two differ is refused (the
 edited, or moved onto other weights), opt-in or not.
 
 The metadata schema (fields, kinds, units, element table), shared with the plugin through one
-data file, is :mod:`ekd.model_metadata`; its names are re-exported here. This module does not
+data file, is :mod:`ekd.deploy.model_metadata`; its names are re-exported here. This module does not
 import torch at import time.
 """
 
@@ -73,7 +73,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from .. import __version__
+from ..store import atomic_write
 from .model_metadata import (  # noqa: F401  (the schema's names are part of this module's API)
     ATOMIC_NUMBERS,
     CUSTOM,
@@ -93,7 +94,6 @@ from .model_metadata import (  # noqa: F401  (the schema's names are part of thi
     UntrustedModelError,
     check_metadata,
 )
-from .store import atomic_write
 
 #: where the canonical code of each kind lives (package data, not importable)
 CODE_DIR = Path(__file__).parent / "model_code"
@@ -156,7 +156,7 @@ def _archive_entries(names: list[str], source: str) -> dict[str, str]:
 
 def canonical_code(kind: str) -> dict[str, bytes]:
     """The ``code/`` entries this ekd writes for a model of ``kind``: {entry below the archive's
-    top folder: bytes}, read from ``ekd/model_code/<kind>/``."""
+    top folder: bytes}, read from ``ekd/deploy/model_code/<kind>/``."""
     root = CODE_DIR / kind
     if kind not in KINDS or not root.is_dir():
         return {}
@@ -169,7 +169,7 @@ def canonical_code(kind: str) -> dict[str, bytes]:
 
 def earlier_code(kind: str) -> list[dict[str, bytes]]:
     """The code this ekd's earlier releases wrote for ``kind`` and that it still accepts, as
-    :func:`canonical_code`: ``ekd/model_code/<kind>@<tag>/`` (kept when the classes change, e.g.
+    :func:`canonical_code`: ``ekd/deploy/model_code/<kind>@<tag>/`` (kept when the classes change, e.g.
     ``@before-geometry``, whose files run without the newer stage methods, and ``hipnn@before-radial``,
     whose files compute the sensitivities with ATen ops instead of ``ekd::radial_sensitivity``)."""
     if kind not in KINDS:
@@ -207,7 +207,8 @@ def check_archive(path: str | Path, kind: str, trust_code: bool = False) -> None
         want = canonical_code(kind)
         if not want:
             raise UntrustedModelError(
-                f"{source}: this ekd has no canonical code for model kind {kind!r} (ekd/model_code is missing from "
+                f"{source}: this ekd has no canonical code for model kind {kind!r} "
+                f"(ekd/deploy/model_code is missing from "
                 f"the installation?). {opt_in}"
             )
         have = {n for n in entries if n.startswith("code/")}
@@ -324,8 +325,10 @@ def save_model(module, path: str | Path, metadata: ModelMetadata | dict[str, Any
             have = {n: z.read(entries[n]) for n in entries if n.startswith("code/")}
         if have != canonical_code(metadata.kind):
             raise ModelFileError(
-                f"{path}: the scripted {metadata.kind} module's code differs from ekd/model_code/{metadata.kind} "
-                "(ekd.scripted changed: regenerate with `python -m ekd.model_file --regenerate`; or this process "
+                f"{path}: the scripted {metadata.kind} module's code differs from "
+                f"ekd/deploy/model_code/{metadata.kind} "
+                "(ekd.scripted changed: regenerate with `python -m ekd.deploy.model_file --regenerate`; "
+                "or this process "
                 "loaded another version of the class before scripting: export in a fresh process)"
             )
     atomic_write(path, data)
@@ -341,7 +344,7 @@ def _metadata_text(path: Path) -> str:
     """The text of a model file's metadata.json (UTF-8, as the LAMMPS plugin reads it)."""
     if not path.is_file():
         raise FileNotFoundError(
-            f"model file {path} not found; export one with `ekd export` (ekd.model_file.save_model)"
+            f"model file {path} not found; export one with `ekd export` (ekd.deploy.model_file.save_model)"
         )
     try:
         with zipfile.ZipFile(path) as z:
@@ -349,7 +352,7 @@ def _metadata_text(path: Path) -> str:
             if not entries:
                 raise ModelFileError(
                     f"{path}: no {METADATA_FILE} in the archive: not an ekd model; export it with `ekd export` "
-                    "(or ekd.model_file.save_model)"
+                    "(or ekd.deploy.model_file.save_model)"
                 )
             text = z.read(entries[0])
     except (zipfile.BadZipFile, EOFError, OSError) as e:
@@ -377,11 +380,12 @@ def load_model(path: str | Path, device: str = "cpu", trust_code: bool = False):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"model file {path} not found; export one with `ekd export` (ekd.model_file.save_model)"
+            f"model file {path} not found; export one with `ekd export` (ekd.deploy.model_file.save_model)"
         )
     if not zipfile.is_zipfile(path):
         raise ModelFileError(
-            f"{path}: not a TorchScript archive (truncated, corrupt, or not written by ekd.model_file.save_model); "
+            f"{path}: not a TorchScript archive (truncated, corrupt, "
+            f"or not written by ekd.deploy.model_file.save_model); "
             "copy it again or re-export it (ekd export)"
         )
     text = _metadata_text(path)
@@ -393,7 +397,7 @@ def load_model(path: str | Path, device: str = "cpu", trust_code: bool = False):
             f"{path}: not a readable TorchScript archive (truncated or corrupt: {e}); copy it again or re-export it"
         ) from e
     if meta.ops_library is not None:
-        from . import _ops  # noqa: F401  (registers torch.ops.ekd before TorchScript resolves calls)
+        from ..ops import library as _ops  # noqa: F401  (registers torch.ops.ekd before TorchScript resolves calls)
     try:
         with _quiet_jit():
             module = torch.jit.load(str(path), map_location=device)
@@ -438,7 +442,7 @@ def check_binding(module, meta: ModelMetadata, path: str | Path, text: str | Non
 
 def _example_modules() -> dict[str, Any]:
     """One small module of each kind (their code is the same for every model of the kind)."""
-    from .scripted import ScriptedToy, example_hipnn
+    from ..scripted import ScriptedToy, example_hipnn
 
     out = {kind: example_hipnn(envsum) for kind, envsum in (("hipnn", "ekd"), ("hipnn-torch", "torch"))}
     out["toy"] = ScriptedToy([1, 6], 3.0, 1, 4, 3)
@@ -479,6 +483,8 @@ def regenerate(directory: Path = CODE_DIR) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["--regenerate"]:
-        sys.exit("usage: python -m ekd.model_file --regenerate   (rewrites ekd/model_code/ from ekd.scripted)")
+        sys.exit(
+            "usage: python -m ekd.deploy.model_file --regenerate   (rewrites ekd/deploy/model_code/ from ekd.scripted)"
+        )
     regenerate()
     print(f"wrote the canonical model code of {list(KINDS)} to {CODE_DIR}")

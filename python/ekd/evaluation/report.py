@@ -1,8 +1,8 @@
 """The markdown report of a run (``report.md`` and its figures).
 
-Input is the ``metrics`` dict of :mod:`ekd.evaluate` (schema in its docstring); nothing here
-touches models or data. The tables come from :mod:`ekd.tables`, the figures (the paper's Fig. 2
-and Fig. 5) from :mod:`ekd.figures`; matplotlib (``pip install ekd[report]``) is needed for
+Input is the ``metrics`` dict of :mod:`ekd.evaluation.metrics` (schema in its docstring); nothing here
+touches models or data. The tables come from :mod:`ekd.evaluation.tables`, the figures (the paper's Fig. 2
+and Fig. 5) from :mod:`ekd.evaluation.figures`; matplotlib (``pip install ekd[report]``) is needed for
 figures only; without it the report says so. The studies' sections compare groups found by the
 names :mod:`ekd.groups` gives them.
 """
@@ -13,9 +13,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..groups import CONTROL, STUDENT, STUDENT_EXTERNAL, TEACHER, student_group, variant_group
+from ..store import atomic_write
 from .figures import energy_figure, forces_figure
-from .groups import CONTROL, STUDENT, STUDENT_EXTERNAL, TEACHER, student_group, variant_group
-from .store import atomic_write
 from .tables import (
     CHANGE_METRICS,
     COLUMNS,

@@ -3,7 +3,7 @@
 The run's figures follow the paper's: :func:`energy_figure` (Fig. 2: E and ΔE RMSE of teachers,
 ensembled teachers, students of each generation and controls) and :func:`forces_figure` (Fig. 5:
 force RMSE of teachers, students and the baseline), from the ``metrics`` dict of
-:mod:`ekd.evaluate`. :func:`parity_figures` draws predictions against a benchmark's reference.
+:mod:`ekd.evaluation.metrics`. :func:`parity_figures` draws predictions against a benchmark's reference.
 Every PNG is written atomically, on a bare Agg figure (no pyplot state, no display needed).
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .groups import BASELINE, CONTROL, STUDENT, TEACHER
-from .store import atomic_write
+from ..groups import BASELINE, CONTROL, STUDENT, TEACHER
+from ..store import atomic_write
 from .tables import ensemble_value, fmt, generation, group_title, groups_of, ordered_groups, ordered_sets, summary_value
 
 # one colour per kind of row, the same in every figure
@@ -186,7 +186,7 @@ def parity_figures(
 
     reference: ``energy`` (n,), ``molecule`` (n,) molecule index, ``n_molecules``, ``species`` (n, A)
     and ``forces`` (n, A, 3) or None. predictions: {group: {"energy": (k, n), "forces": (k, n, A, 3)}}
-    in kcal/mol (Å). summaries: {group: :func:`ekd.evaluate.summarize` of its members}.
+    in kcal/mol (Å). summaries: {group: :func:`ekd.evaluation.metrics.summarize` of its members}.
     """
     out_dir = Path(out_dir)
     ref_e, molecule = reference["energy"], reference["molecule"]

@@ -8,7 +8,7 @@ into internal units with the marks of the configurations that may form conformer
   key; ``forces_key`` or, when the file has it, the forces of the energy's level (``<level>.forces``).
   Configurations without a reference energy are left out, as in a run's evaluation.
 * When the file has a per-configuration ``kind`` dataset (strings), only configurations with
-  ``kind == "conformer"`` form ΔE pairs (:mod:`ekd.score` uses every configuration for the energy
+  ``kind == "conformer"`` form ΔE pairs (:mod:`ekd.evaluation.score` uses every configuration for the energy
   and force errors).
 """
 
@@ -22,8 +22,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .data import DataFileError, Dataset, Units, load_dataset, resolve_units
-from .data.ani import iter_groups, open_file, property_keys
+from ..data import DataFileError, Dataset, Units, load_dataset, resolve_units
+from ..data.ani import iter_groups, open_file, property_keys
 
 #: the per-configuration dataset that marks conformers (only these form ΔE pairs when present)
 KIND_KEY = "kind"

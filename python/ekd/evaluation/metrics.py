@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .store import atomic_write
+from ..store import atomic_write
 
 SCHEMA = "ekd.metrics/1"
 

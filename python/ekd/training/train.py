@@ -40,14 +40,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._threads import check_wait_policy
-from .config import Config, ModelConfig
-from .data import Dataset
-from .data.database import database_arrays
-from .groups import ROLES
+from ..config import Config, ModelConfig
+from ..data import Dataset
+from ..data.database import database_arrays
+from ..groups import ROLES
+from ..ops.threads import check_wait_policy
+from ..store import atomic_text, atomic_write, bytes_digest, canonical_json, load_torch
 from .member import MODEL_FORMAT, Member, load_member, member_payload
 from .models import build_model, check_padding, use_kernels
-from .store import atomic_text, atomic_write, bytes_digest, canonical_json, load_torch
 
 
 @dataclass(frozen=True)
@@ -445,5 +445,5 @@ def _atomic_write_text(path: Path, text: str) -> None:
     atomic_text(path, text)
 
 
-# Member, load_member and MODEL_FORMAT live in ekd.member; importing them from here keeps working
+# Member, load_member and MODEL_FORMAT live in ekd.training.member; importing them from here keeps working
 __all__ = ["MODEL_FORMAT", "ROLES", "Member", "MemberSpec", "StoppingPolicy", "load_member", "train_member"]

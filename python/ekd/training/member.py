@@ -1,10 +1,10 @@
 """A trained member: its saved form (``model.pt`` of a member directory, format
 ``ekd-member/1``) and :class:`Member`, which predicts energies and forces in float64.
 
-:func:`ekd.train.train_member` writes the file; evaluation, distillation, scoring and export load
+:func:`ekd.training.train.train_member` writes the file; evaluation, distillation, scoring and export load
 it with :func:`load_member`. A member file is plain data (tensors, numbers, strings) and loads
 with ``torch.load(weights_only=True)``; exported model files for other programs are
-:mod:`ekd.model_file`'s.
+:mod:`ekd.deploy.model_file`'s.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import ModelConfig
-from .data import Dataset
+from ..config import ModelConfig
+from ..data import Dataset
+from ..store import load_torch
 from .models import Model, build_model, check_padding
-from .store import load_torch
 
 MODEL_FORMAT = "ekd-member/1"
 
 
 def member_payload(model: Model, arch: ModelConfig, spec, tc) -> dict:
-    """What ``model.pt`` holds: ``spec`` (a :class:`ekd.train.MemberSpec`) and the training
+    """What ``model.pt`` holds: ``spec`` (a :class:`ekd.training.train.MemberSpec`) and the training
     config ``tc`` are recorded; plain types and tensors only (loads with weights_only=True)."""
     return {
         "format": MODEL_FORMAT,
@@ -92,7 +92,7 @@ class Member:
 
 
 def load_member(out_dir: Path) -> Member:
-    """Rebuild and load a member saved by :func:`ekd.train.train_member` (its ``model.pt``)."""
+    """Rebuild and load a member saved by :func:`ekd.training.train.train_member` (its ``model.pt``)."""
     out_dir = Path(out_dir)
     path = out_dir / "model.pt"
     if not path.exists():

@@ -1,5 +1,5 @@
 """``ekd export``: a trained ekd member -> one self-describing model file (format and trust rule:
-:mod:`ekd.model_file`), run by the ASE calculator (:mod:`ekd.calculator`) and by LAMMPS
+:mod:`ekd.deploy.model_file`), run by the ASE calculator (:mod:`ekd.deploy.calculator`) and by LAMMPS
 (``pair_style ekd``) alike. Does not import torch at import time.
 """
 
@@ -21,7 +21,7 @@ def export_member(member_dir: str | Path, path: str | Path, dtype: str = "float3
     """
     import torch
 
-    from .scripted import metadata, script_member
+    from ..scripted import metadata, script_member
 
     dtypes = {"float32": torch.float32, "float64": torch.float64}
     if dtype not in dtypes:

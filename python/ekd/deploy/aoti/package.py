@@ -1,5 +1,5 @@
 """Reading and trusting ekd-aoti-1 packages: entry check, trust registry, metadata, loading
-(:class:`AOTIModel`). The format and the trust rule: :mod:`ekd.aoti`."""
+(:class:`AOTIModel`). The format and the trust rule: :mod:`ekd.deploy.aoti`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import zipfile
 from dataclasses import replace
 from pathlib import Path
 
+from ...store import file_sha256
 from ..model_file import (
     FORMAT,
     KINDS,
@@ -20,7 +21,6 @@ from ..model_file import (
     UntrustedModelError,
 )
 from ..model_metadata import FORMAT_AOTI
-from ..store import file_sha256
 
 SUFFIX = ".pt2"
 #: AOTInductor metadata key holding the metadata text compiled into the library
@@ -224,7 +224,7 @@ def load_package(path: str | Path, trust_code: bool = False) -> tuple[AOTIModel,
     text = check_package(path, trust_code=trust_code)
     meta = parse_metadata(text, str(path))
     if meta.ops_library is not None:
-        from .. import _ops  # noqa: F401  (the compiled code calls torch.ops.ekd through the dispatcher)
+        from ...ops import library as _ops  # noqa: F401  (the compiled code calls torch.ops.ekd through the dispatcher)
     try:
         runner = torch._inductor.aoti_load_package(str(path))
     except Exception as e:  # torch raises RuntimeError / AssertionError / KeyError here

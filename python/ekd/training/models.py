@@ -11,7 +11,7 @@ Inputs are padded batches, as in :class:`~ekd.data.Dataset`:
   between real atoms would silently drop atoms: :func:`check_padding`);
 * positions (n, A, 3) Angstrom (anything in padding; it does not contribute).
 
-Interaction kernels: :func:`use_kernels` selects them for the process (:mod:`ekd.kernels`;
+Interaction kernels: :func:`use_kernels` selects them for the process (:mod:`ekd.ops.kernels`;
 :func:`build_model` picks ekd's own op library unless another was chosen first).
 """
 
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import ModelConfig
-from .data import Dataset
+from ..config import ModelConfig
+from ..data import Dataset
 
 # hippynn reads its settings once, at import: no progress bars unless asked for; "False" would
 # break its import (found with the hippynn release ekd pins), "none" is the accepted spelling.
@@ -81,11 +81,11 @@ def use_kernels(name: str) -> str:
     """Select the interaction kernels (envsum / sensesum / featsum) for every model in this process.
 
     name: "ekd" (ekd's op library, the default), "hippynn-numba" or "pytorch" (hippynn's
-    uncompiled pure-torch kernels); see :mod:`ekd.kernels`. Returns the implementation in use.
+    uncompiled pure-torch kernels); see :mod:`ekd.ops.kernels`. Returns the implementation in use.
     """
     global _active_kernels
     _import_hippynn()
-    from .kernels import use_kernels as _use
+    from ..ops.kernels import use_kernels as _use
 
     _active_kernels = _use(name)
     return _active_kernels
@@ -114,7 +114,7 @@ class Model:
     l2: object
 
     def modules(self) -> torch.nn.ModuleDict:
-        """Every trainable torch module; its state dict is what :func:`ekd.train.load_member` needs."""
+        """Every trainable torch module; its state dict is what :func:`ekd.training.train.load_member` needs."""
         return torch.nn.ModuleDict({"network": self.network.torch_module, "energy": self.henergy.torch_module})
 
     def graph_module(self, forces: bool = True, training: bool = False):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Dataset, Units
+from ..data import Dataset, Units
 
 #: file keys of the augmented dataset
 ENSEMBLE_FORCES_KEY = "ekd_ensemble.forces"
@@ -27,7 +27,7 @@ ENSEMBLE_FORCES_STD_KEY = "ekd_ensemble.forces_std"
 def ensemble_predict(members: Sequence, dataset: Dataset, forces: bool = True) -> dict[str, np.ndarray]:
     """Predictions of every member and their ensemble statistics (float64).
 
-    members: objects with ``predict(dataset, forces)`` (see :class:`ekd.train.Member`).
+    members: objects with ``predict(dataset, forces)`` (see :class:`ekd.training.train.Member`).
     Returns "energy" (k, n) kcal/mol, "energy_mean" (n,) and, if ``forces``, "forces"
     (k, n, A, 3) kcal/mol/Angstrom, "forces_mean" (n, A, 3) (the mean over members, Eq. 3) and
     "forces_std" (n, A, 3) (population standard deviation over members, per atom and component;
@@ -88,7 +88,7 @@ def check_labels_file(path: str | os.PathLike, n_configurations: int | None = No
     n_configurations: the number of configurations it must hold (the training pool's)."""
     import h5py
 
-    from .store import CorruptFileError
+    from ..store import CorruptFileError
 
     path = Path(path)
     fix = f"delete it and {path.with_suffix('.json').name} next to it and run the same command again (it is remade)"

@@ -1,5 +1,5 @@
 """The metadata schema of an ekd model file: ``extra/metadata.json`` (:class:`ModelMetadata`) and
-the facts both readers share, written ONCE in ``ekd/model_format.json``. Python reads that file
+the facts both readers share, written ONCE in ``ekd/deploy/model_format.json``. Python reads that file
 here; CMake compiles it into the LAMMPS plugin (``lammps_plugin/embed_model_format.cmake`` ->
 ``ekd_model_format.h``, used by ``ekd_metadata.cpp`` and ``ekd_trust.cpp``), so a change there
 reaches both readers, and ``tests/integration/test_lammps_trust.py`` feeds both the same metadata
@@ -12,7 +12,7 @@ Entries of ``model_format.json``:
 * ``fields``: the fields of metadata.json, every one required and no other allowed;
   ``fields_not_in_format_1``: those an ``ekd-model-1`` file lacks (and must lack);
 * ``kinds``: model kinds whose code this ekd writes (:mod:`ekd.scripted`'s classes; the canonical
-  code is in ``ekd/model_code/<kind>/``); ``custom_kind``: any other module (trust opt-in);
+  code is in ``ekd/deploy/model_code/<kind>/``); ``custom_kind``: any other module (trust opt-in);
 * ``dtypes``: of ``r_ij`` and of the energies; ``energy_unit`` / ``length_unit``: the only units
   a deployed model may use; ``ops_library``: the only op library a model may name;
 * ``metadata_file``: the name under ``extra/``; ``plain_entries``: archive entries (below the top
@@ -31,15 +31,15 @@ import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from . import __version__
+from .. import __version__
 
-#: the schema as read from ekd/model_format.json
+#: the schema as read from ekd/deploy/model_format.json
 SCHEMA: dict = json.loads((Path(__file__).parent / "model_format.json").read_text(encoding="utf-8"))
 
 #: the format this ekd writes; it also reads FORMAT_1 files (only with trust_code=True)
 FORMAT: str = SCHEMA["format"]
 FORMAT_1: str = SCHEMA["format_1"]
-#: the format of AOTInductor packages (:mod:`ekd.aoti`): the fields and checks of FORMAT
+#: the format of AOTInductor packages (:mod:`ekd.deploy.aoti`): the fields and checks of FORMAT
 FORMAT_AOTI: str = SCHEMA["format_aoti"]
 FORMATS = (FORMAT_1, FORMAT)
 ENERGY_UNIT: str = SCHEMA["energy_unit"]
@@ -212,6 +212,7 @@ def check_metadata(meta: ModelMetadata, source: str = "metadata") -> None:
 
 if tuple(f.name for f in fields(ModelMetadata)) != tuple(SCHEMA["fields"]):
     raise ImportError(
-        f"ekd.model_metadata: ModelMetadata's fields {[f.name for f in fields(ModelMetadata)]} are not the fields of "
-        f"ekd/model_format.json {SCHEMA['fields']}; change both together (the LAMMPS plugin reads the file)"
+        f"ekd.deploy.model_metadata: ModelMetadata's fields {[f.name for f in fields(ModelMetadata)]} "
+        "are not the fields of "
+        f"ekd/deploy/model_format.json {SCHEMA['fields']}; change both together (the LAMMPS plugin reads the file)"
     )

@@ -10,7 +10,7 @@ energy, forces and stress, plus the spread). Results are in ASE units: eV, eV/An
 * ``energy_std``: standard deviation (population) of the members' energies, eV.
 
 Forces and stress come from the gradient of the energy with respect to the pair vectors
-r_ij = x_j - x_i + shift (see :mod:`ekd.model_file`), as in LAMMPS.
+r_ij = x_j - x_i + shift (see :mod:`ekd.deploy.model_file`), as in LAMMPS.
 """
 
 from __future__ import annotations
@@ -22,20 +22,22 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
-from . import _ops, _threads, aoti
+from ..ops import library as _ops
+from ..ops import threads as _threads
+from ..units import EV_TO_KCALMOL
+from . import aoti
 from .model_file import load_model
-from .units import EV_TO_KCALMOL
 
 
 class EKDCalculator(Calculator):
     """ASE calculator for one exported model or an ensemble of them (see the module docstring).
 
-    model_path: a file or a list of files written by :func:`ekd.model_file.save_model` (TorchScript)
-    or :func:`ekd.aoti.export_module` (AOTInductor ``.pt2``, told apart by content); the
+    model_path: a file or a list of files written by :func:`ekd.deploy.model_file.save_model` (TorchScript)
+    or :func:`ekd.deploy.aoti.export_module` (AOTInductor ``.pt2``, told apart by content); the
     members may differ in cutoff and depth but must cover the elements of the structures they see.
     device: torch device string. trust_code: load files whose code is not the code this ekd writes
     (ekd-model-1 files, custom modules) -- only for files you trust, since loading runs their code
-    (see :mod:`ekd.model_file`, "Model files and trust").
+    (see :mod:`ekd.deploy.model_file`, "Model files and trust").
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "forces_std", "energy_std"]

@@ -1,6 +1,6 @@
 """Deployed models as AOTInductor packages (``ekd export --format aoti``, format ``ekd-aoti-1``).
 
-TorchScript (:mod:`ekd.model_file`, format ``ekd-model-2``) stays ekd's default deployment
+TorchScript (:mod:`ekd.deploy.model_file`, format ``ekd-model-2``) stays ekd's default deployment
 format; this is the second one, for the torch releases after TorchScript. A ``.pt2`` package
 holds one compiled function, the energy *and its gradient*::
 
@@ -15,7 +15,7 @@ the TorchScript export, :mod:`ekd.scripted`) is traced together with its autogra
 one ATen graph (``make_fx``, symbolic shapes; ekd's ops enter through their Meta kernels and C++
 backward), ``torch.export``-ed with dynamic numbers of atoms and pairs (>= 2: callers pad with an
 extra weight-0 atom and pairs beyond the cutoff), and compiled by AOTInductor for this machine's
-CPU. The package's ``extra/metadata.json`` is the :class:`~ekd.model_file.ModelMetadata` (format
+CPU. The package's ``extra/metadata.json`` is the :class:`~ekd.deploy.model_file.ModelMetadata` (format
 ``ekd-aoti-1``); the same text is compiled into the shared library (AOTInductor metadata key
 ``ekd_metadata_json``) and a package whose two copies differ is refused.
 
@@ -32,7 +32,7 @@ with ekd's own code is possible. ekd therefore runs a ``.pt2`` only when
 * its SHA-256 is in the local registry of packages ekd compiled on this machine (appended by
   :func:`export_module`; ``$EKD_TRUSTED_PACKAGES`` or ``$XDG_DATA_HOME/ekd/trusted-packages``,
   default ``~/.local/share/ekd/trusted-packages``; one ``<sha256>  <path>`` line per package),
-  or the user opts in for a file they trust (:data:`ekd.model_file.OPT_IN`).
+  or the user opts in for a file they trust (:data:`ekd.deploy.model_file.OPT_IN`).
 
 A package copied from elsewhere is refused with both fixes named: re-export it here (which also
 compiles it for this CPU: AOTInductor code is specific to the CPU's instruction set), or opt in.

@@ -39,7 +39,7 @@ import warnings
 
 import torch
 
-from ekd._ops import ops
+from ekd.ops.library import ops
 
 KERNEL_NAMES = ("ekd", "hippynn-numba", "pytorch")
 _HIPPYNN_NAME = {"ekd": "ekd", "hippynn-numba": "numba", "pytorch": "_pytorch_raw"}

@@ -1,8 +1,8 @@
 """Teacher ensembles that ekd does not train: TorchANI's ANI models (the paper's SI 2).
 
 ``load_external_teacher("torchani:ANI1ccx", data_dir)`` returns the members of the ensemble as
-objects with ``predict(dataset, forces)`` -- the interface of :class:`ekd.train.Member` that
-:func:`ekd.distill.ensemble_predict` uses -- so that an external ensemble labels a training set
+objects with ``predict(dataset, forces)`` -- the interface of :class:`ekd.training.train.Member` that
+:func:`ekd.training.distill.ensemble_predict` uses -- so that an external ensemble labels a training set
 exactly as trained teachers do.
 
 What torchani 2.0 (PyPI, 2020) provides and how it is used here, measured on these machines:
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .store import bytes_digest
-from .units import HARTREE_TO_KCALMOL
+from ..store import bytes_digest
+from ..units import HARTREE_TO_KCALMOL
 
 #: external teachers ekd knows: name -> (torchani info file)
 TORCHANI_MODELS = {"ANI1ccx": "ani-1ccx_8x.info", "ANI1x": "ani-1x_8x.info", "ANI2x": "ani-2x_8x.info"}

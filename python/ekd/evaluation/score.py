@@ -1,9 +1,9 @@
 """Score models on any benchmark file (``ekd score``): exported model files, or the members of a
 run, on an ANI-layout HDF5 file with its own keys and units.
 
-* The file is read by :func:`ekd.benchmark.load_test` (its keys, units and conformer marks are
+* The file is read by :func:`ekd.evaluation.benchmark.load_test` (its keys, units and conformer marks are
   described there).
-* Metrics are :mod:`ekd.evaluate`'s (the numbers of a run's ``metrics.json``): energy RMSE/MAE,
+* Metrics are :mod:`ekd.evaluation.metrics`'s (the numbers of a run's ``metrics.json``): energy RMSE/MAE,
   conformer ΔE RMSE/MAE over all pairs of a molecule's configurations within the window, force
   RMSE/MAE per component. When the file has a per-configuration ``kind`` dataset (strings), only
   configurations with ``kind == "conformer"`` form ΔE pairs; the energy and force errors use every
@@ -29,14 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .aoti import AOTIModel
+from ..data import Dataset
+from ..deploy.aoti import AOTIModel
 from .benchmark import ScoreError, TestSet, choose_keys, load_test
-from .data import Dataset
-from .evaluate import METRICS, evaluate_group, plain_json, summarize
-from .evaluate import score as score_predictions
+from .metrics import METRICS, evaluate_group, plain_json, summarize
+from .metrics import score as score_predictions
 from .tables import COLUMNS, fmt, text_table
 
-SCHEMA = "ekd.score/1"
+SCHEMA = "ekd.evaluation.score/1"
 DEFAULT_WINDOW = 100.0
 MODELS_GROUP = "models"
 
@@ -72,10 +72,10 @@ def predict_model_file(module, cutoff: float, dtype: str, data: Dataset, advance
     """Energies (n,) kcal/mol and forces (n, A, 3) kcal/mol/Angstrom (0 in padding) of an exported
     model on isolated configurations, ``batch_size`` configurations per model call: the op
     library's batched neighbor list (no periodic images), one forward and one backward pass. Forces
-    from the gradient with respect to the pair vectors, as in :class:`ekd.calculator.EKDCalculator`."""
+    from the gradient with respect to the pair vectors, as in :class:`ekd.deploy.calculator.EKDCalculator`."""
     import torch
 
-    from . import _ops
+    from ..ops import library as _ops
 
     n, a = data.species.shape
     energies = np.empty(n)
@@ -114,8 +114,8 @@ def predict_model_file(module, cutoff: float, dtype: str, data: Dataset, advance
 
 def model_files(paths: Sequence[str | os.PathLike], trust_code: bool = False, batch_size: int = 64) -> ModelGroup:
     """Exported model files (``ekd export``) as one group, one member per file."""
-    from .aoti import is_package, load_package  # noqa: I001
-    from .model_file import load_model
+    from ..deploy.aoti import is_package, load_package  # noqa: I001
+    from ..deploy.model_file import load_model
 
     if not paths:
         raise ScoreError("give at least one model file (or --run-dir)")
@@ -130,56 +130,6 @@ def model_files(paths: Sequence[str | os.PathLike], trust_code: bool = False, ba
 
         group.add(str(p), meta.atomic_numbers, predict)
     return group
-
-
-def run_groups(
-    run_dir: str | os.PathLike, names: Sequence[str] | None = None
-) -> tuple[list[ModelGroup], float, list[str]]:
-    """The groups of a run directory (those ``names``, or every group whose members are all trained),
-    the run's conformer window, and the names of the groups left out because they are not fully trained.
-    Members predict as in the run's own evaluation (:meth:`ekd.member.Member.predict`)."""
-    from . import config
-    from .member import load_member
-    from .workflow import Run
-
-    run_dir = Path(run_dir)
-    stamp = run_dir / "config.yaml"
-    if not stamp.is_file():
-        raise ScoreError(f"--run-dir {run_dir}: no config.yaml there; is it a run directory made by `ekd run`?")
-    cfg = config.load(stamp)
-    # read only: Run writes nothing into an existing run directory that has its config.yaml
-    run = Run(cfg, run_dir, progress=False)
-    available = run.groups()
-    if names:
-        chosen = [run.group(name) for name in names]
-    else:
-        chosen = available
-    out, left_out = [], []
-    for g in chosen:
-        dirs = [run.member_dir(g, m) for m in range(g.n_members)]
-        unfinished = [d for d in dirs if not (d / "done.json").exists()]
-        if unfinished:
-            if names:
-                raise ScoreError(
-                    f"--groups {g.label}: {len(unfinished)} of its {g.n_members} members are not trained "
-                    f"(no {unfinished[0] / 'done.json'}); finish the run (ekd run) or leave the group out"
-                )
-            left_out.append(g.label)  # not asked for by name: left out, and said so
-            continue
-        group = ModelGroup(g.label, g.role, g.generation, study=g.study)
-        for d in dirs:
-            member = load_member(d)
-
-            def predict(data, advance, member=member):
-                energy, forces = member.predict(data, forces=True)
-                advance(len(data))
-                return energy, forces
-
-            group.add(str(d.relative_to(run_dir)), member.species, predict)
-        out.append(group)
-    if not out:
-        raise ScoreError(f"--run-dir {run_dir}: no group has all its members trained yet; finish the run first")
-    return out, float(cfg.evaluate.conformer_window), left_out
 
 
 # ------------------------------------------------------------------------------------------
@@ -337,7 +287,8 @@ class ScoreResult:
         }
 
     def metrics(self, set_name: str = "test") -> dict:
-        """The groups in the layout of a run's metrics (:mod:`ekd.evaluate`), for :mod:`ekd.report`."""
+        """The groups in the layout of a run's metrics (:mod:`ekd.evaluation.metrics`), for
+        :mod:`ekd.evaluation.report`."""
         groups = {}
         for name, g in self.groups.items():
             entry = {k: g[k] for k in ("role", "generation", "n_members")}
@@ -440,7 +391,7 @@ def format_result(result: ScoreResult, molecules: bool = False) -> str:
 
 def write_json(result: ScoreResult, path: str | os.PathLike) -> Path:
     """The result as strict JSON (NaN -> null), written atomically."""
-    from .store import atomic_text
+    from ..store import atomic_text
 
     path = Path(path)
     text = json.dumps(plain_json(result.to_dict(), "score"), indent=1, allow_nan=False)
@@ -450,7 +401,7 @@ def write_json(result: ScoreResult, path: str | os.PathLike) -> Path:
 
 def plot(result: ScoreResult, out_dir: str | os.PathLike) -> list[Path]:
     """``energy_parity.png``, ``forces_parity.png`` and ``errors.png`` of ``result`` in ``out_dir``
-    (see :func:`ekd.figures.parity_figures`). Needs matplotlib."""
+    (see :func:`ekd.evaluation.figures.parity_figures`). Needs matplotlib."""
     from .figures import parity_figures
 
     data = result.test.data
@@ -480,7 +431,6 @@ __all__ = [
     "model_files",
     "plot",
     "predict_model_file",
-    "run_groups",
     "score_models",
     "write_json",
 ]

@@ -18,7 +18,7 @@ def lammps_plugin_dir() -> str:
     spec = importlib.util.find_spec("ekd._C")
     if spec is not None and spec.origin is not None:
         return str(Path(spec.origin).parent)
-    return str(Path(__file__).parent)
+    return str(Path(__file__).resolve().parent.parent)
 
 
 def lammps_plugin_path() -> Path:

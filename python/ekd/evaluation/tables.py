@@ -1,7 +1,7 @@
 """Tables of a run's metrics: the numbers as text, shared by the report, its figures, the CLI summary
 and ``ekd score``.
 
-Input is the ``metrics`` dict of :mod:`ekd.evaluate` (schema in its docstring): ``metrics["roles"]``
+Input is the ``metrics`` dict of :mod:`ekd.evaluation.metrics` (schema in its docstring): ``metrics["roles"]``
 is keyed by group name (see :mod:`ekd.groups` for the words), each entry has its ``role``. Nothing
 here touches models, data or matplotlib.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from .groups import CONTROL, ROLES, STUDENT, TEACHER, generation_of
+from ..groups import CONTROL, ROLES, STUDENT, TEACHER, generation_of
 
 #: columns of the tables: (metric key in a score, header)
 COLUMNS: tuple[tuple[str, str], ...] = (
