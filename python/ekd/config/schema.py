@@ -283,6 +283,47 @@ class MDConfig:
 
 
 @dataclass(frozen=True)
+class SlurmConfig:
+    """How ``ekd run --executor slurm`` submits the members (:mod:`ekd.workflow.slurm`): how a run
+    is executed, not what it computes, so part of no digest."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    # per member task; a task that runs out is requeued and continues from the member's checkpoint
+    time_minutes: int = 120
+    cpus_per_task: int | None = None  # None: train.threads
+    gpus_per_task: int = 0  # a member trains on its GPU with train.device cuda
+    mem_gb: float | None = None
+    max_running: int | None = None  # array tasks of a stage at once (None: all)
+    max_requeues: int = 3  # times a task that ran out of time (or was preempted) is requeued
+    sbatch: dict[str, Any] = field(default_factory=dict)  # more options: {constraint: a100} -> --constraint=a100
+    setup: tuple[str, ...] = ()  # shell lines run before each task (module load ..., a venv)
+    poll_seconds: float = 30.0  # how often the driver asks squeue
+
+    def __post_init__(self):
+        check_finite(self)
+        check(self.time_minutes >= 1, "time_minutes", "must be >= 1", self.time_minutes)
+        check(self.cpus_per_task is None or self.cpus_per_task >= 1, "cpus_per_task", "must be >= 1 or null",
+              self.cpus_per_task)  # fmt: skip
+        check(self.gpus_per_task >= 0, "gpus_per_task", "must be >= 0", self.gpus_per_task)
+        check(self.mem_gb is None or self.mem_gb > 0, "mem_gb", "must be > 0 or null", self.mem_gb)
+        check(self.max_running is None or self.max_running >= 1, "max_running", "must be >= 1 or null",
+              self.max_running)  # fmt: skip
+        check(self.max_requeues >= 0, "max_requeues", "must be >= 0", self.max_requeues)
+        check(self.poll_seconds > 0, "poll_seconds", "must be > 0", self.poll_seconds)
+        # what ekd's own submission decides (which tasks, where their logs go, the requeue signal)
+        ours = {"array", "output", "error", "job_name", "open_mode", "signal", "wrap", "parsable"}
+        taken = sorted(k for k in self.sbatch if str(k).replace("-", "_") in ours)
+        check(not taken, "sbatch", f"{taken[0]!r} is set by ekd" if taken else "", self.sbatch)
+
+
+#: Config fields that say how a run is executed, with their defaults: part of no digest, and
+#: written into a configuration's records only when set
+EXECUTION_DEFAULTS = {"executor": "local", "slurm": to_plain(SlurmConfig())}
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "default"
     seed: int = 0
@@ -294,6 +335,9 @@ class Config:
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     md: MDConfig = field(default_factory=MDConfig)
+    # how the members are trained: here ("local": worker processes) or as Slurm jobs (ekd.workflow.slurm)
+    executor: Literal["local", "slurm"] = "local"
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def __post_init__(self):
         check(self.workers >= 1, "workers", "must be >= 1", self.workers)
@@ -309,14 +353,16 @@ class Config:
         return replace(self.student_model, **self.ensemble.student_variants[name])
 
     def to_dict(self) -> dict:
-        return to_plain(self)
+        # executor and slurm only when set: the records of configurations made before they existed
+        # (config.yaml, metrics.json) stay as they were
+        return store.without_added_defaults(to_plain(self), EXECUTION_DEFAULTS)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100)
 
     def digest(self, *sections: str) -> str:
         """Content hash of the named sections (all if none): what a cached result depends on."""
-        d = self.to_dict()
+        d = {k: v for k, v in self.to_dict().items() if k not in EXECUTION_DEFAULTS}
         if sections:
             d = {s: d[s] for s in sections}
         return store.digest(d)
