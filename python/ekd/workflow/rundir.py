@@ -35,7 +35,7 @@ from .plan import EXTERNAL, Group, UnknownGroupError, describe, member_seed, pla
 
 def _same_config(stamp: Path, cfg: Config) -> bool:
     """Whether ``stamp`` (a run's config.yaml) holds ``cfg``, up to where the run directory is and
-    how many processes work in it."""
+    how many processes (or which executor) work in it."""
     from dataclasses import replace
 
     from ..config import ConfigError, load
@@ -44,7 +44,7 @@ def _same_config(stamp: Path, cfg: Config) -> bool:
         old = load(stamp)
     except (ConfigError, OSError):
         return False
-    return replace(old, run_dir=cfg.run_dir, workers=cfg.workers) == cfg
+    return replace(old, run_dir=cfg.run_dir, workers=cfg.workers, executor=cfg.executor, slurm=cfg.slurm) == cfg
 
 
 def _train_job(args: dict) -> dict:
@@ -345,12 +345,18 @@ class Run:
         return results.md_stability(self, metrics, strict_roles, progress)
 
     # --- everything
-    def run_all(self, stop_after: str | None = None, on_stage: Callable[[str], None] | None = None) -> dict:
-        """``ekd run``: every stage, holding the run directory (one process at a time)."""
-        with self.lock():
-            return self._run_all(stop_after, on_stage)
+    def run_all(
+        self, stop_after: str | None = None, on_stage: Callable[[str], None] | None = None, executor=None
+    ) -> dict:
+        """``ekd run``: every stage, holding the run directory (one process at a time).
 
-    def _run_all(self, stop_after: str | None, on_stage: Callable[[str], None] | None) -> dict:
+        executor: trains the groups and runs the MD sweep elsewhere (its ``train_group`` and
+        ``md_stability``; :class:`ekd.workflow.slurm.SlurmExecutor`), holding the run directory
+        its own way (``hold()``); None: here, in worker processes."""
+        with self.lock() if executor is None else executor.hold():
+            return self._run_all(stop_after, on_stage, executor or self)
+
+    def _run_all(self, stop_after: str | None, on_stage: Callable[[str], None] | None, executor) -> dict:
         t0 = time.time()
         if self.cfg.md.enabled:
             from ..md.stability import select_roles
@@ -362,7 +368,7 @@ class Run:
         check_test_elements(self.train_data, load_test_pool(self.cfg, self.paths), self.paths.test)
         log(f"training pool: {len(self.train_data)} configurations; test split {len(self.splits['test'])}")
         for group in self.groups():
-            self.train_group(group)
+            executor.train_group(group)
             if on_stage:
                 on_stage(group.label)
             if stop_after == group.label:
@@ -374,7 +380,7 @@ class Run:
             return metrics
         if self.cfg.md.enabled:
             log(f"MD stability ({self.cfg.md.engine}): roles {', '.join(self.cfg.md.roles)}")
-            self.md_stability(metrics)
+            executor.md_stability(metrics)
             metrics = json.loads((self.run_dir / "metrics.json").read_text())
             log(f"report with MD stability: {path} ({time.time() - t0:.0f} s)")
             if on_stage:
