@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
@@ -45,6 +46,9 @@ class ModelConfig:
 
 
 _TRAIN_ADDED = {"min_epochs": 0}
+#: train fields that say where the work runs, not what it computes, with their defaults: in no
+#: digest, and in a configuration's records only when set
+TRAIN_EXECUTION_DEFAULTS = {"device": "auto"}
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,10 @@ class TrainConfig:
     kernels: Literal["ekd", "hippynn-numba", "pytorch"] = "ekd"
     dtype: Literal["float32", "float64"] = "float32"
     threads: int = 1  # torch intra-op threads per training process
+    # where members are trained and labels, metrics and scores computed: auto (a GPU if ekd can use
+    # one, else the CPU), cpu, cuda, cuda:N (ekd.ops.devices). In no digest: it changes where the
+    # numbers are computed, not what they are
+    device: str = "auto"
 
     def __post_init__(self):
         check_finite(self)
@@ -100,11 +108,18 @@ class TrainConfig:
         )
         check(all(w >= 0 for _, w in s), "force_schedule", "weights must be >= 0", s)
         check(self.threads >= 1, "threads", "must be >= 1", self.threads)
+        check(
+            isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+            "device",
+            "must be auto, cpu, cuda or cuda:N",
+            self.device,
+        )
 
     def identity(self) -> dict:
         """The fields as a dict, without those added after the first release that are at their
-        defaults (so that digests of existing members stay valid)."""
-        return store.without_added_defaults(dataclasses.asdict(self), _TRAIN_ADDED)
+        defaults (so that digests of existing members stay valid), and never the device."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in TRAIN_EXECUTION_DEFAULTS}
+        return store.without_added_defaults(fields, _TRAIN_ADDED)
 
     def force_weight(self, epoch: int) -> float:
         """The force weight in force at ``epoch`` (1-based): the last step at or before it."""
@@ -355,7 +370,9 @@ class Config:
     def to_dict(self) -> dict:
         # executor and slurm only when set: the records of configurations made before they existed
         # (config.yaml, metrics.json) stay as they were
-        return store.without_added_defaults(to_plain(self), EXECUTION_DEFAULTS)
+        d = store.without_added_defaults(to_plain(self), EXECUTION_DEFAULTS)
+        d["train"] = store.without_added_defaults(d["train"], TRAIN_EXECUTION_DEFAULTS)
+        return d
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100)
@@ -363,6 +380,7 @@ class Config:
     def digest(self, *sections: str) -> str:
         """Content hash of the named sections (all if none): what a cached result depends on."""
         d = {k: v for k, v in self.to_dict().items() if k not in EXECUTION_DEFAULTS}
+        d["train"] = {k: v for k, v in d["train"].items() if k not in TRAIN_EXECUTION_DEFAULTS}
         if sections:
             d = {s: d[s] for s in sections}
         return store.digest(d)
