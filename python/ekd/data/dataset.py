@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 from ase.data import chemical_symbols, covalent_radii
 
-from ..units import ENERGY_TO_KCALMOL, HARTREE_TO_KCALMOL, LENGTH_TO_ANGSTROM, energy_factor, length_factor
-from .ani import DataFileError, MoleculeGroup, read_ani, read_file_attrs, write_ani
+from ..units import HARTREE_TO_KCALMOL, energy_factor, energy_unit, length_factor, length_unit
+from .ani import DataFileError, MoleculeGroup, write_ani
+from .ase_files import read_attrs, read_groups
 
 
 class DataUnitWarning(UserWarning):
@@ -32,7 +33,8 @@ class DataUnitWarning(UserWarning):
 class Units:
     """Units of a data file. Forces are in energy/length.
 
-    energy: "hartree", "ev" or "kcal/mol"; length: "angstrom" or "bohr" (case-insensitive).
+    energy: "hartree", "ev" or "kcal/mol"; length: "angstrom" or "bohr", also as people write them
+    (``eV``, ``Hartree``, ``Bohr``, ...: :func:`ekd.units.energy_unit`); stored as ekd's names.
     None means "not declared": :func:`resolve_units` takes the file's own attribute, else the ANI
     releases' Hartree / Angstrom. A Units with a None field cannot convert anything.
     """
@@ -41,13 +43,10 @@ class Units:
     length: str | None = "angstrom"
 
     def __post_init__(self):
-        for name, table in (("energy", ENERGY_TO_KCALMOL), ("length", LENGTH_TO_ANGSTROM)):
+        for name, canonical in (("energy", energy_unit), ("length", length_unit)):
             value = getattr(self, name)
-            if value is None:
-                continue
-            if not isinstance(value, str) or value.lower() not in table:
-                raise ValueError(f"unknown {name} unit {value!r}; expected one of {sorted(table)}")
-            object.__setattr__(self, name, value.lower())
+            if value is not None:
+                object.__setattr__(self, name, canonical(value))
 
     def energy_to_internal(self) -> float:
         return energy_factor(self._declared("energy"))
@@ -84,19 +83,20 @@ def resolve_units(
     "--length-unit")``).
     """
     declared = Units(None, None) if declared is None else declared
-    attrs = read_file_attrs(path)
+    attrs = read_attrs(path)
     out = {}
     for (name, attr), origin in zip(UNIT_ATTRS.items(), declared_as, strict=True):
-        table = ENERGY_TO_KCALMOL if name == "energy" else LENGTH_TO_ANGSTROM
+        canonical = energy_unit if name == "energy" else length_unit
         raw = attrs.get(attr)
         stated = None
         if raw is not None:
-            stated = str(raw).strip().lower()
-            if stated not in table:
+            try:
+                stated = canonical(str(raw))
+            except ValueError as e:
                 raise DataFileError(
-                    f"{path}: file attribute {attr} = {raw!r} is not a unit ekd knows (expected one of "
-                    f"{sorted(table)}); correct the attribute, or convert the file"
-                )
+                    f"{path}: file attribute {attr} = {raw!r} is not a unit ekd knows ({e}); correct the attribute, "
+                    "or convert the file"
+                ) from None
         mine = getattr(declared, name)
         if mine is not None and stated is not None and mine != stated:
             raise DataFileError(
@@ -348,8 +348,10 @@ def load_dataset(
     declared_as: tuple[str, str] | None = None,
     check_plausible: bool = True,
 ) -> Dataset:
-    """Read an ANI-layout file into internal units (kcal/mol, Angstrom): THE loader, for every
-    process that reads a data file, so that units are decided in one place.
+    """Read a data file into internal units (kcal/mol, Angstrom): THE loader, for every process
+    that reads a data file, so that units are decided in one place. The file is an ANI-layout HDF5
+    file or any file ASE reads (extxyz, ASE database: :mod:`ekd.data.ase_files`), told apart by
+    content.
 
     keys: property name -> file key, e.g. ``{"energy": "ccsd(t)_cbs.energy",
         "reference_forces": "wb97x_dz.forces"}``.
@@ -363,7 +365,7 @@ def load_dataset(
         distances do not fit the units (see :func:`check_plausible_units`).
     """
     units = resolve_units(path, units, declared_as or ("the declared energy unit", "the declared length unit"))
-    groups = read_ani(path, keys.values())
+    groups = read_groups(path, keys.values())
     dataset = from_groups(groups, keys, units, source=str(Path(path)))
     if check_plausible:
         check_plausible_units(dataset, units, keys, declared_as)
