@@ -1,48 +1,26 @@
-"""Run-directory plumbing: one process per run directory (or per member), atomic writes that
-say when the disk is full, digests of what a stored result was computed from (and directories
-bound to one), and loading of ekd's own torch files with errors that name the file.
-
-Locks are advisory ``flock`` locks on a file ``.ekd.lock`` in the locked directory. The kernel
-releases a lock when its holder dies (even by SIGKILL), so a lock left by a dead process is taken
-over without asking; the holder's PID, host, command and start time are written into the file
-so that a refused process can say who is in the way. Two kinds of holder:
-
-* a whole-run verb (``ekd run``, ``evaluate``, ``distill``, ``md-stability``, ``train`` of a
-  whole group) holds the run directory's lock exclusively;
-* a member job (``ekd train --member M``, one task of a job array) holds the run directory's lock
-  *shared* and the member directory's lock exclusively: member jobs run side by side, the same
-  member twice is refused, and a whole-run verb waits for none of them (it is refused at once).
-
-Locks are re-entrant within a process (a verb that calls another part of the workflow does not
-lock itself out); worker processes hold no locks, their parent does.
+"""Run-directory plumbing: atomic writes that say when the disk is full, digests of what a
+stored result was computed from (and directories bound to one), and loading of ekd's own torch
+files with errors that name the file. Locks (one process per run directory, or per member) and
+the other files written in place live in :mod:`ekd.locks`; their names are re-exported here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import hashlib
 import itertools
 import json
 import os
 import shutil
-import socket
-import sys
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-LOCK_NAME = ".ekd.lock"
+from .locks import LOCK_NAME, RunDirBusyError, UnsafeFileError, append_line, lock_dir, open_in_place, wait_lock
 
 
 class RunDirError(RuntimeError):
     """A run directory holds results of a different configuration."""
-
-
-class RunDirBusyError(RuntimeError):
-    """Another process holds the lock of a run (or member) directory."""
 
 
 class DiskFullError(OSError):
@@ -54,189 +32,6 @@ class DiskFullError(OSError):
 
 class CorruptFileError(ValueError):
     """A file that ekd wrote earlier cannot be read back (truncated, emptied, overwritten)."""
-
-
-# ------------------------------------------------------------------------------------------
-# locks
-
-# lock file (resolved) -> [fd, shared, count]: what this process holds
-_held: dict[str, list] = {}
-
-
-def _command() -> str:
-    argv = [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else ["python"]
-    return " ".join(argv)[:200]
-
-
-def _read_record(path: Path) -> dict | None:
-    try:
-        text = path.read_text().strip()
-        return json.loads(text) if text else None
-    except (OSError, ValueError):
-        return None
-
-
-def _describe(record: dict | None) -> str:
-    if not record:
-        return "a process that has not recorded itself yet"
-    return (
-        f"`{record.get('command', '?')}` (PID {record.get('pid', '?')} on host {record.get('host', '?')}, "
-        f"since {record.get('since', '?')})"
-    )
-
-
-def _alive_here(record: dict) -> bool:
-    """False only when ``record``'s process is known to be gone (same host, no such PID)."""
-    if record.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(int(record["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, ValueError, TypeError):
-        return True
-    return True
-
-
-def _try_flock(path: Path, mode: int) -> int | None:
-    """A new descriptor of ``path`` locked with ``mode`` (LOCK_EX / LOCK_SH), or None if busy."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, mode | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _exclusive_holder(path: Path) -> dict | None:
-    """The record of the exclusive holder of ``path``; waits briefly for a holder that has just
-    taken the lock to write it (a record of a dead process is not its holder)."""
-    deadline = time.monotonic() + 1.0
-    while True:
-        record = _read_record(path)
-        if (record and _alive_here(record)) or time.monotonic() > deadline:
-            return record
-        time.sleep(0.05)
-
-
-def _member_holders(run_dir: Path) -> list[str]:
-    """Descriptions of the member jobs that hold member locks under ``run_dir``."""
-    out = []
-    for lock in sorted(run_dir.glob(f"**/member_*/{LOCK_NAME}")):
-        if str(lock.resolve()) in _held:
-            continue
-        fd = _try_flock(lock, fcntl.LOCK_EX)
-        if fd is None:
-            out.append(f"{lock.parent.relative_to(run_dir)}: {_describe(_read_record(lock))}")
-        else:
-            os.close(fd)
-    return out
-
-
-def _busy_message(directory: Path, path: Path, what: str, shared: bool) -> str:
-    fix = "wait for it to finish or stop it; a lock of a process that has died is taken over automatically"
-    if not shared:
-        # refused an exclusive lock: held exclusively by one process, or shared by member jobs
-        probe = _try_flock(path, fcntl.LOCK_SH)
-        if probe is not None:
-            os.close(probe)
-            members = _member_holders(directory)
-            jobs = "; ".join(members) if members else "member jobs that are starting"
-            return (
-                f"{what} {directory} is in use by member jobs ({jobs}); wait for them to finish "
-                f"(`ekd train --member` jobs of a job array) or stop them"
-            )
-    return f"{what} {directory} is in use by {_describe(_exclusive_holder(path))}; {fix}"
-
-
-@contextlib.contextmanager
-def lock_dir(directory: str | os.PathLike, what: str = "run directory", shared: bool = False) -> Iterator[Path]:
-    """Hold ``directory``'s lock (created with the directory if needed) for the ``with`` block.
-
-    shared: a member job's hold on its run directory (any number of shared holders, no
-    exclusive one); otherwise exclusive. Raises :class:`RunDirBusyError` at once, naming the
-    holder, when the lock is taken. Re-entrant within a process (an exclusive hold covers a
-    nested shared request).
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / LOCK_NAME
-    key = str(path.resolve())
-    entry = _held.get(key)
-    if entry is not None:
-        if entry[1] and not shared:
-            raise RunDirBusyError(f"{what} {directory}: this process holds it as a member job and cannot take it whole")
-        entry[2] += 1
-        try:
-            yield directory
-        finally:
-            entry[2] -= 1
-        return
-    fd = _try_flock(path, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-    if fd is None:
-        raise RunDirBusyError(_busy_message(directory, path, what, shared))
-    if not shared:
-        stale = _read_record(path)
-        if stale:
-            print(
-                f"ekd: taking over the lock of {directory} left by {_describe(stale)}, which is no longer running",
-                file=sys.stderr,
-            )
-        record = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-            "command": _command(),
-        }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
-    _held[key] = [fd, shared, 1]
-    try:
-        yield directory
-    finally:
-        del _held[key]
-        try:
-            if not shared:
-                os.ftruncate(fd, 0)  # a released lock records no holder
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def wait_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
-    """Hold the lock file ``path`` exclusively, WAITING for it (a message says for whom): for
-    short shared work (data, splits, labels) that member jobs would otherwise do at once."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = str(path.resolve())
-    if key in _held:
-        yield
-        return
-    fd = _try_flock(path, fcntl.LOCK_EX)
-    if fd is None:
-        print(f"ekd: waiting for {_describe(_exclusive_holder(path))} to finish {what}", file=sys.stderr, flush=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except BaseException:  # an interrupt while waiting
-            os.close(fd)
-            raise
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%H:%M:%S"), "command": what}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
-    _held[key] = [fd, False, 1]
-    try:
-        yield
-    finally:
-        del _held[key]
-        os.ftruncate(fd, 0)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 # ------------------------------------------------------------------------------------------
@@ -275,6 +70,19 @@ def disk_full_error(exc: BaseException, path: Path) -> DiskFullError | None:
     )
 
 
+def write_new(tmp: Path, data: bytes) -> None:
+    """Write a temporary file of ours: one left by a process with the same PID (or planted under
+    its name) is removed first, never written through."""
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
 _tmp_count = itertools.count()
 
 
@@ -290,11 +98,10 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], o
     # does not end in it
     tmp = path.with_name(f".{path.stem}.{os.getpid()}-{next(_tmp_count)}.tmp{path.suffix}")
     try:
-        if isinstance(data, bytes):
-            tmp.write_bytes(data)
-        elif isinstance(data, str):
-            tmp.write_text(data, encoding="utf-8")
+        if isinstance(data, bytes | str):
+            write_new(tmp, data if isinstance(data, bytes) else data.encode("utf-8"))
         else:
+            tmp.unlink(missing_ok=True)  # writers open by name: nothing there to write through
             data(tmp)
         fd = os.open(tmp, os.O_RDONLY)
         try:
@@ -327,7 +134,7 @@ def create_once(path: str | os.PathLike, text: str) -> bool:
         return False
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(text)
+        write_new(tmp, text.encode())
         os.link(tmp, path)  # fails if another process created it first
     except FileExistsError:
         return False
@@ -455,6 +262,8 @@ __all__ = [
     "DiskFullError",
     "RunDirBusyError",
     "RunDirError",
+    "UnsafeFileError",
+    "append_line",
     "atomic_json",
     "atomic_text",
     "atomic_write",
@@ -467,6 +276,8 @@ __all__ = [
     "file_digest",
     "load_torch",
     "lock_dir",
+    "open_in_place",
     "wait_lock",
     "without_added_defaults",
+    "write_new",
 ]

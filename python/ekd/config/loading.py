@@ -68,6 +68,8 @@ def load(path: str | Path) -> Config:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory, expected a YAML file")
     return loads(path.read_text(), source=str(path), directory=path.parent)
 
 
@@ -78,8 +80,35 @@ def loads(text: str, source: str = "<config>", directory: str | Path | None = No
     return build(Config, _read_raw(text, source, directory, ()), "")
 
 
+def _check_unique_keys(node, source: str, path: str = "", done: set | None = None) -> None:
+    """Refuse a mapping that gives a key twice: YAML keeps the last one without a word (a second
+    ``train:`` section would drop the first). Walks the composed node tree: lines are known there."""
+    done = set() if done is None else done
+    if id(node) in done:  # an alias of a node already checked (also a recursive one)
+        return
+    done.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else None
+            full = f"{path}.{name}" if path else str(name)
+            if name is not None and key.tag != "tag:yaml.org,2002:merge":
+                line = key.start_mark.line + 1
+                if (key.tag, name) in lines:
+                    raise ConfigError(
+                        f"{source}: key {full!r} is given twice (lines {lines[key.tag, name]} and {line}); YAML "
+                        "would keep only the last one: merge them into one"
+                    )
+                lines[key.tag, name] = line
+            _check_unique_keys(value, source, full, done)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_unique_keys(item, source, f"{path}[{i}]", done)
+
+
 def _read_raw(text: str, source: str, directory, seen: tuple[str, ...]) -> dict:
     try:
+        _check_unique_keys(yaml.compose(text, Loader=yaml.SafeLoader), source)
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: not valid YAML ({e})") from e
@@ -96,6 +125,8 @@ def _read_raw(text: str, source: str, directory, seen: tuple[str, ...]) -> dict:
         path = Path(base) if directory is None else Path(directory) / base
         if not path.exists():
             raise ConfigError(f"{source}: base: config file {path} does not exist")
+        if path.is_dir():
+            raise ConfigError(f"{source}: base: {path} is a directory, expected a YAML file")
         if str(path.resolve()) in seen:
             raise ConfigError(f"{source}: base: {path} includes itself")
         parent = _read_raw(path.read_text(), str(path), path.parent, (*seen, str(path.resolve())))

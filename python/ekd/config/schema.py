@@ -356,6 +356,13 @@ class Config:
 
     def __post_init__(self):
         check(self.workers >= 1, "workers", "must be >= 1", self.workers)
+        check(0 <= self.seed < 2**32, "seed", "must be >= 0 and < 2**32", self.seed)
+        check(
+            bool(self.run_dir.strip()),
+            "run_dir",
+            "must name a directory (empty, the run would be written into the current directory)",
+            self.run_dir,
+        )
 
     @property
     def student_model(self) -> ModelConfig:

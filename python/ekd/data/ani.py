@@ -10,10 +10,18 @@ configurations of one formula or molecule:
 
 This module only moves arrays between files and :class:`MoleculeGroup` objects, in the file's
 units; unit conversion and masking live in :mod:`ekd.data.dataset`.
+
+A file is read only when everything in it is what it claims to be, checked before any array is
+read (issue 24): no external links and no virtual datasets or external storage reading other
+files (a missing file would silently drop a group or read as zeros: copy the data into the
+file), no dangling soft links, no group reached twice (a link cycle, or the same configurations
+under two names), and no dataset declaring more data than is stored (unwritten storage reads as
+its fill value; a shape of 10^9 configurations in an 8 KB file would ask for gigabytes).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +42,9 @@ COORDINATE_KEY = "coordinates"
 CONFORMER_KEY = "conformer_index"
 # Per-group arrays that are descriptions, not per-configuration properties.
 NON_PROPERTY_KEYS = {*SPECIES_KEYS, COORDINATE_KEY, CONFORMER_KEY, "smiles", "name"}
+# The most a filtered (compressed) dataset may expand: deflate's ratio is bounded near 1032:1,
+# so a gzip-compressed ANI file never comes close; a larger ratio is a decompression bomb.
+MAX_COMPRESSION = 2000.0
 
 
 class DataFileError(ValueError):
@@ -92,21 +103,132 @@ def _species_to_z(raw: np.ndarray, where: str) -> np.ndarray:
     return z
 
 
+def _size(n: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def _in_file(file: str, name: str, path: str) -> str:
+    """How a message names HDF5 ``path`` in a file that ``file`` points to, and whether that file
+    exists (HDF5 looks next to the pointing file and in the working directory)."""
+    there = Path(name).exists() or (Path(file).parent / name).exists()
+    return f"{path} in {name}{'' if there else ', which does not exist'}"
+
+
+_SELF_CONTAINED = (
+    "ekd reads self-contained files only: data in another file is not followed (a missing file would "
+    "drop that data without a word); copy the data into this file"
+)
+
+
+def _links(h5: h5py.Group, file: str, prefix: str) -> dict[str, object]:
+    """``h5``'s members by name, each link checked: external links are refused, a soft link
+    must lead somewhere."""
+    out = {}
+    for key in sorted(h5.keys()):
+        path = f"{prefix}/{key}" if prefix else key
+        link = h5.get(key, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            raise DataFileError(
+                f"{file}: {path!r} is an external link to {_in_file(file, link.filename, link.path)}; {_SELF_CONTAINED}"
+            )
+        item = h5.get(key)
+        if item is None:
+            target = link.path if isinstance(link, h5py.SoftLink) else "?"
+            raise DataFileError(f"{file}: {path!r} is a soft link to {target}, and there is nothing there")
+        out[key] = item
+    return out
+
+
+def check_dataset(dset: h5py.Dataset, file: str, path: str, _depth: int = 0) -> h5py.Dataset:
+    """``dset`` if its declared data is all stored in ``file`` (see the module docstring), else
+    a :class:`DataFileError` naming the file and HDF5 path; reads nothing of the data."""
+    where = f"{file}: {path!r}"
+    declared = int(dset.size) * dset.dtype.itemsize
+    shape = " x ".join(str(n) for n in dset.shape) or "scalar"
+    what = f"declares {shape} {dset.dtype} ({_size(declared)})"
+    if dset.is_virtual:
+        sources = dset.virtual_sources()
+        for src in sources:
+            if src.file_name != ".":
+                raise DataFileError(
+                    f"{where} is a virtual dataset reading {_in_file(file, src.file_name, src.dset_name)}; "
+                    f"{_SELF_CONTAINED}"
+                )
+            source = dset.file.get(src.dset_name)
+            if not isinstance(source, h5py.Dataset) or _depth > 8:
+                raise DataFileError(f"{where} is a virtual dataset reading {src.dset_name}, which is not a dataset")
+            check_dataset(source, file, src.dset_name.lstrip("/"), _depth + 1)
+        mapped = sum(src.vspace.get_select_npoints() for src in sources)
+        if mapped < dset.size:
+            raise DataFileError(
+                f"{where} is a virtual dataset that {what} but maps only {mapped} of its {dset.size} elements; "
+                "the rest would read as the fill value"
+            )
+        return dset
+    if dset.external:
+        names = sorted({str(name) for name, *_ in dset.external})
+        raise DataFileError(f"{where} keeps its data in external raw file(s) {names}; {_SELF_CONTAINED}")
+    if declared == 0:
+        return dset
+    stored = dset.id.get_storage_size()
+    unwritten = "data never written, or the file is damaged; unwritten data would read as the fill value (zeros)"
+    if dset.chunks is None:
+        if stored < declared:
+            raise DataFileError(f"{where} {what} but stores {_size(stored)}: {unwritten}")
+        offset = dset.id.get_offset()
+        if offset is not None and offset + declared > os.path.getsize(file):
+            raise DataFileError(f"{where} {what} past the end of the file ({_size(os.path.getsize(file))}): truncated")
+    else:
+        expected = math.prod(math.ceil(n / c) for n, c in zip(dset.shape, dset.chunks, strict=True))
+        have = dset.id.get_num_chunks()
+        if have < expected:
+            raise DataFileError(f"{where} {what} but only {have} of its {expected} chunks are stored: {unwritten}")
+        if dset.id.get_create_plist().get_nfilters() and declared > MAX_COMPRESSION * max(stored, 1):
+            raise DataFileError(
+                f"{where} {what} compressed to {_size(stored)}: it would expand more than {MAX_COMPRESSION:g}x "
+                "(a decompression bomb, not data ekd reads)"
+            )
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if declared > memory // 2:
+        raise DataFileError(
+            f"{where} {what}, more than half of this machine's memory ({_size(memory)}); ekd reads whole "
+            "datasets: split the file"
+        )
+    return dset
+
+
+def read_dataset(dset: h5py.Dataset, file: str, path: str):
+    """``dset[()]`` after :func:`check_dataset`."""
+    return check_dataset(dset, file, path)[()]
+
+
 def iter_groups(
-    h5: h5py.Group, file: str, wanted: Sequence[str] = (), prefix: str = ""
+    h5: h5py.Group, file: str, wanted: Sequence[str] = (), prefix: str = "", _seen: dict | None = None
 ) -> Iterator[tuple[str, h5py.Group]]:
     """Groups that hold configurations (have a ``coordinates`` dataset), depth first, sorted.
 
     A group without ``coordinates`` is a folder of groups (COMP6 nests them) unless it holds a
     species array or one of the ``wanted`` property keys: then it is configuration data that
-    lost its coordinates, and skipping it would silently shrink the data set.
+    lost its coordinates, and skipping it would silently shrink the data set. Links are checked
+    on the way (see the module docstring); a group reached twice is an error.
     """
-    for key in sorted(h5.keys()):
-        item = h5.get(key)
+    seen = {h5.id: prefix or "/"} if _seen is None else _seen
+    for key, item in _links(h5, file, prefix).items():
         if not isinstance(item, h5py.Group):
             continue
         path = f"{prefix}/{key}" if prefix else key
+        if item.id in seen:
+            raise DataFileError(
+                f"{file}: {path!r} is the group {seen[item.id]!r} again (a hard or soft link): its configurations "
+                "would be read twice (or, in a cycle, forever); remove the link"
+            )
+        seen[item.id] = path
         if COORDINATE_KEY in item:
+            _links(item, file, path)
             if not isinstance(item.get(COORDINATE_KEY), h5py.Dataset):
                 raise DataFileError(
                     f"{file}: group {path!r}: 'coordinates' is a group, expected a dataset of shape "
@@ -120,7 +242,7 @@ def iter_groups(
                 f"{file}: group {path!r} holds {data_keys} but no 'coordinates' dataset; every group with "
                 "configuration data needs 'coordinates' of shape (n_conf, n_atoms, 3) (fix or remove the group)"
             )
-        yield from iter_groups(item, file, wanted, path)
+        yield from iter_groups(item, file, wanted, path, seen)
 
 
 def open_file(path: str | os.PathLike) -> h5py.File:
@@ -154,8 +276,8 @@ def read_ani(path: str | os.PathLike, keys: Iterable[str] | None = None) -> list
                 raise DataFileError(f"{where}: has 'coordinates' but no 'atomic_numbers' or 'species' dataset")
             if not isinstance(g.get(skey), h5py.Dataset):
                 raise DataFileError(f"{where}: {skey!r} is a group, expected a dataset (one entry per atom)")
-            species = _species_to_z(g[skey][()], f"{where}, key {skey!r}")
-            raw = g[COORDINATE_KEY][()]
+            species = _species_to_z(read_dataset(g[skey], str(path), f"{name}/{skey}"), f"{where}, key {skey!r}")
+            raw = read_dataset(g[COORDINATE_KEY], str(path), f"{name}/{COORDINATE_KEY}")
             if not isinstance(raw, np.ndarray) or raw.dtype.kind not in "fiu":
                 raise DataFileError(f"{where}, key 'coordinates': expected numbers, got {_describe_dtype(raw)}")
             coords = np.asarray(raw, dtype=np.float64)
@@ -182,7 +304,7 @@ def read_ani(path: str | os.PathLike, keys: Iterable[str] | None = None) -> list
                     if wanted is None:
                         continue
                     raise DataFileError(f"{where}, key {key!r}: is a group, expected a dataset of numbers")
-                arr = item[()]
+                arr = read_dataset(item, str(path), f"{name}/{key}")
                 if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu" or arr.ndim == 0:
                     if wanted is None:
                         continue  # strings and scalars (e.g. SMILES) are not properties
@@ -205,7 +327,7 @@ def read_ani(path: str | os.PathLike, keys: Iterable[str] | None = None) -> list
                 props[key] = arr
                 found.add(key)
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in g.attrs.items()}
-            conformers = _conformer_index(g, coords.shape[0], where)
+            conformers = _conformer_index(g, coords.shape[0], where, (str(path), f"{name}/{CONFORMER_KEY}"))
             groups.append(MoleculeGroup(name, species, coords, props, attrs, conformers))
     if not groups:
         raise DataFileError(f"{path}: no group with a 'coordinates' dataset; not an ANI-layout file")
@@ -225,10 +347,13 @@ def _describe_dtype(arr) -> str:
     return f"{what} of shape {arr.shape}" if arr.ndim else f"a scalar ({what})"
 
 
-def _conformer_index(g: h5py.Group, n_conf: int, where: str) -> np.ndarray | None:
+def _conformer_index(g: h5py.Group, n_conf: int, where: str, at: tuple[str, str]) -> np.ndarray | None:
     if CONFORMER_KEY not in g:
         return None
-    idx = np.asarray(g[CONFORMER_KEY][()])
+    item = g[CONFORMER_KEY]
+    if not isinstance(item, h5py.Dataset):
+        raise DataFileError(f"{where}, key {CONFORMER_KEY!r}: is a group, expected a dataset")
+    idx = np.asarray(read_dataset(item, *at))
     if idx.dtype.kind not in "iu" or idx.shape != (n_conf,) or len(np.unique(idx)) != n_conf or (idx < 0).any():
         raise DataFileError(
             f"{where}, key {CONFORMER_KEY!r}: expected {n_conf} distinct non-negative integers, got "

@@ -21,7 +21,7 @@ import numpy as np
 from ase.data import chemical_symbols, covalent_radii
 
 from ..units import HARTREE_TO_KCALMOL, energy_factor, energy_unit, length_factor, length_unit
-from .ani import DataFileError, MoleculeGroup, write_ani
+from .ani import COORDINATE_KEY, DataFileError, MoleculeGroup, write_ani
 from .ase_files import read_attrs, read_groups
 
 
@@ -278,13 +278,37 @@ class Dataset:
         return "\n".join(lines)
 
 
+def _check_kind(name: str, key: str, arr: np.ndarray, n_atoms: int, label: str, where: str) -> None:
+    """An energy is one number per configuration, forces a vector per atom: a key of the other
+    kind (or the coordinates) is a mistake in the configuration or command line."""
+    if name == "energy" or name.endswith((".energy", "_energy")):
+        ok, expected = arr.ndim == 1, "one number per configuration, shape (n_conf,)"
+    elif name.endswith("forces"):
+        ok, expected = arr.shape[1:] == (n_atoms, 3), "a vector per atom, shape (n_conf, n_atoms, 3)"
+    else:
+        return
+    if ok:
+        return
+    if key == COORDINATE_KEY:
+        found = f"the atoms' coordinates (shape {arr.shape})"
+    elif arr.ndim == 1:
+        found = f"one number per configuration (shape {arr.shape}), like an energy"
+    elif arr.shape[1:] == (n_atoms, 3):
+        found = f"a vector per atom (shape {arr.shape}), like forces"
+    else:
+        found = f"an array of shape {arr.shape}"
+    raise DataFileError(f"{where}: {label} {key!r} holds {found}; expected {expected}")
+
+
 def from_groups(
     groups: Sequence[MoleculeGroup],
     keys: Mapping[str, str],
     units: Units = Units(),
     source: str = "",
+    key_names: Mapping[str, str] | None = None,
 ) -> Dataset:
-    """Flatten file groups into a :class:`Dataset`; ``keys`` maps property name -> file key."""
+    """Flatten file groups into a :class:`Dataset`; ``keys`` maps property name -> file key;
+    key_names: as :func:`load_dataset`'s."""
     if not groups:
         raise DataFileError(f"{source or 'dataset'}: no molecule groups")
     n = sum(g.n_conf for g in groups)
@@ -308,6 +332,8 @@ def from_groups(
             arr = g.properties.get(key)
             if arr is None:
                 continue
+            label = (key_names or {}).get(name) or f"the {name.replace('_', ' ')} key"
+            _check_kind(name, key, arr, k, label, f"{source}: group {g.name!r}")
             kind = 1 if arr.ndim == 1 else 3
             if kinds.setdefault(name, kind) != kind:
                 raise DataFileError(
@@ -347,6 +373,7 @@ def load_dataset(
     *,
     declared_as: tuple[str, str] | None = None,
     check_plausible: bool = True,
+    key_names: Mapping[str, str] | None = None,
 ) -> Dataset:
     """Read a data file into internal units (kcal/mol, Angstrom): THE loader, for every process
     that reads a data file, so that units are decided in one place. The file is an ANI-layout HDF5
@@ -363,10 +390,12 @@ def load_dataset(
         "data.length_unit")`` or ``("--energy-unit", "--length-unit")``.
     check_plausible: warn (:class:`DataUnitWarning`) when energies per atom or nearest-neighbour
         distances do not fit the units (see :func:`check_plausible_units`).
+    key_names: how messages name the option that chose each key (``{"energy": "--energy-key"}``);
+        a key of the wrong kind (forces or coordinates as the energy, ...) is refused.
     """
     units = resolve_units(path, units, declared_as or ("the declared energy unit", "the declared length unit"))
     groups = read_groups(path, keys.values())
-    dataset = from_groups(groups, keys, units, source=str(Path(path)))
+    dataset = from_groups(groups, keys, units, source=str(Path(path)), key_names=key_names)
     if check_plausible:
         check_plausible_units(dataset, units, keys, declared_as)
     return dataset

@@ -89,6 +89,7 @@ class EKDCalculator(Calculator):
         positions = torch.tensor(atoms.positions, dtype=torch.float64, device=dev)
         pbc = torch.tensor(atoms.pbc, dtype=torch.bool, device=dev)
         cell = torch.tensor(np.asarray(atoms.cell), dtype=torch.float64, device=dev)
+        _ops.check_cell(cell)  # also when not periodic: the pair vectors use it
         periodic = bool(pbc.any())
         first, second, shifts = _ops.neighbor_list(
             positions, self.cutoff, cell if periodic else None, pbc if periodic else False

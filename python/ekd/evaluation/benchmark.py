@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from ..data import DataFileError, Dataset, Units, load_dataset, resolve_units
-from ..data.ani import iter_groups, open_file, property_keys
+from ..data.ani import iter_groups, open_file, property_keys, read_dataset
 
 #: the per-configuration dataset that marks conformers (only these form ΔE pairs when present)
 KIND_KEY = "kind"
@@ -100,7 +100,7 @@ def _conformer_marks(path: Path, data: Dataset) -> tuple[np.ndarray, bool]:
             if item is None:
                 kinds[name] = None
                 continue
-            raw = item[()] if isinstance(item, h5py.Dataset) else None
+            raw = read_dataset(item, str(path), f"{name}/{KIND_KEY}") if isinstance(item, h5py.Dataset) else None
             n_conf = g["coordinates"].shape[0] if g["coordinates"].ndim == 3 else 1
             if not isinstance(raw, np.ndarray) or raw.dtype.kind not in "SUO" or raw.shape != (n_conf,):
                 raise DataFileError(
@@ -144,7 +144,8 @@ def load_test(
     options = ("--energy-unit", "--length-unit")
     # resolved here only to be reported; the loader checks the same declaration against the file
     units = resolve_units(path, declared, options)
-    data = load_dataset(path, keys, declared, declared_as=options)
+    named = {"energy": "--energy-key" if energy_key else "", "reference_forces": "--forces-key" if forces_key else ""}
+    data = load_dataset(path, keys, declared, declared_as=options, key_names=named)
     conformer, has_kind = _conformer_marks(path, data)
     known = data.mask("energy")
     if not known.any():

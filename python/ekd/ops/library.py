@@ -56,6 +56,16 @@ LIBRARY_PATH, BUILD_INFO, _C = _load()
 ops = torch.ops.ekd
 
 
+def check_cell(cell) -> None:
+    """A cell with a NaN or infinite entry is named here: past this point it reads as a zero or
+    degenerate lattice vector, or gives NaN pair vectors (issue 24)."""
+    finite = torch.isfinite(torch.as_tensor(cell)).reshape(-1, 3, 3).all(dim=-1)
+    if not bool(finite.all()):
+        b, k = (int(i) for i in (~finite).nonzero()[0])
+        which = f"structure {b}: " if finite.shape[0] > 1 else ""
+        raise ValueError(f"cell: {which}lattice vector {k} has a NaN or infinite component; a cell must be finite")
+
+
 def neighbor_list(
     positions: torch.Tensor,
     cutoff: float,
@@ -87,6 +97,7 @@ def neighbor_list(
             raise ValueError("neighbor_list: with `batch`, give `cell` [B, 3, 3] and `pbc` [B, 3] as well")
         cell = torch.as_tensor(cell, dtype=dt, device=dev)
         pbc = torch.as_tensor(pbc, dtype=torch.bool, device=dev)
+    check_cell(cell)
     return ops.neighbor_list(positions, batch, cell, pbc, float(cutoff))
 
 
@@ -106,5 +117,6 @@ def min_pair_distance(positions, cell=None, pbc=False, cutoff: float = 1.0) -> t
 
     positions = np.asarray(positions, dtype=np.float64)
     cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64)
+    check_cell(cell)
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
     return _C.min_pair_distance(positions, cell, np.ascontiguousarray(pbc), float(cutoff))

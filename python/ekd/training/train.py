@@ -45,7 +45,7 @@ from ..data import Dataset
 from ..data.database import database_arrays
 from ..groups import ROLES
 from ..ops.threads import check_wait_policy
-from ..store import atomic_text, atomic_write, bytes_digest, canonical_json, load_torch
+from ..store import append_line, atomic_text, atomic_write, bytes_digest, canonical_json, load_torch
 from .member import MODEL_FORMAT, Member, load_member, member_payload
 from .models import build_model, check_padding, use_kernels
 
@@ -194,8 +194,7 @@ def _train(spec, cfg: Config, dataset: Dataset, splits, out_dir: Path, progress:
         }
         # log first, checkpoint second: a run killed in between repeats the epoch, and the log
         # is truncated to the checkpoint's epoch on resume
-        with open(log_path, "a") as f:
-            f.write(json.dumps(entry) + "\n")
+        append_line(log_path, json.dumps(entry), "training log")
         _atomic_save(
             {
                 "fingerprint": fingerprint,

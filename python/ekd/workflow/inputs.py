@@ -81,10 +81,14 @@ def data_units(cfg: Config, path: Path, which: str = "train") -> Units:
     return resolve_units(path, declared, names)
 
 
-def load_pool(path: Path, keys: dict[str, str], units: Units, check_plausible: bool = True) -> Dataset:
+def load_pool(
+    path: Path, keys: dict[str, str], units: Units, check_plausible: bool = True, test: bool = False
+) -> Dataset:
     """Every configuration of ``path`` with a known energy, in internal units: what the main
-    process and every member job read, so that both see the same configurations."""
-    return load_dataset(path, keys, units, check_plausible=check_plausible).require("energy")
+    process and every member job read, so that both see the same configurations. test: the
+    out-of-sample pool (messages name its ``data.test_*`` keys)."""
+    names = {k: f"data.test_{k}_key (or data.{k}_key)" if test else f"data.{k}_key" for k in keys}
+    return load_dataset(path, keys, units, check_plausible=check_plausible, key_names=names).require("energy")
 
 
 def train_keys(cfg: Config) -> dict[str, str]:
@@ -108,7 +112,7 @@ def load_test_pool(cfg: Config, paths: DataPaths) -> Dataset | None:
     forces = d.test_reference_forces_key or d.reference_forces_key
     if forces:
         keys["reference_forces"] = forces
-    return load_pool(paths.test, keys, data_units(cfg, paths.test, "test"))
+    return load_pool(paths.test, keys, data_units(cfg, paths.test, "test"), test=True)
 
 
 def check_test_elements(train: Dataset, test: Dataset | None, test_path: Path | None = None) -> None:

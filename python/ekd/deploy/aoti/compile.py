@@ -11,9 +11,9 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from ...store import atomic_write
+from ...store import atomic_write, write_new
 from ..model_file import FORMAT, ModelFileError, ModelMetadata, _kind_of, check_metadata
-from .package import _EXTRA, FORMAT_AOTI, MIN_ROWS, SO_METADATA_KEY, SUFFIX, register
+from .package import _EXTRA, FORMAT_AOTI, MIN_ROWS, SO_METADATA_KEY, SUFFIX, check_registry, register
 
 
 def _export_view(module):
@@ -157,6 +157,7 @@ def export_module(module, path: str | Path, metadata: ModelMetadata | dict) -> M
             f"{float(module.cutoff)}, {int(module.n_interactions)}; fix the metadata"
         )
     meta = replace(meta, format=FORMAT_AOTI)
+    check_registry()
     text = meta.to_json()
     if meta.ops_library is not None:
         from ...ops import library as _ops  # noqa: F401
@@ -186,7 +187,7 @@ def export_module(module, path: str | Path, metadata: ModelMetadata | dict) -> M
     data = _with_metadata(buf.getvalue(), text)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.check{SUFFIX}")
     try:
-        tmp.write_bytes(data)
+        write_new(tmp, data)
         _check_compiled(view, tmp, module, dtype, path)
         atomic_write(path, data)
     finally:

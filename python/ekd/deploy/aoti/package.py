@@ -10,7 +10,7 @@ import zipfile
 from dataclasses import replace
 from pathlib import Path
 
-from ...store import file_sha256
+from ...store import file_sha256, open_in_place
 from ..model_file import (
     FORMAT,
     KINDS,
@@ -55,14 +55,30 @@ def sha256(path: str | Path) -> str:
     return file_sha256(path)
 
 
+def _open_registry() -> int:
+    reg = registry_path()
+    try:
+        reg.parent.mkdir(parents=True, exist_ok=True)
+        return open_in_place(reg, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "trust registry")
+    except OSError as e:
+        named = f"${REGISTRY_ENV} names {reg}, which" if os.environ.get(REGISTRY_ENV) else f"the trust registry {reg}"
+        raise ModelFileError(
+            f"{named} cannot be written ({e.strerror or e}); every package ekd compiles is registered there, and "
+            f"an unregistered package is refused when loaded: set ${REGISTRY_ENV} to a writable file and export again"
+        ) from None
+
+
+def check_registry() -> None:
+    """Refuse to start a compile (minutes) whose package could not be registered."""
+    os.close(_open_registry())
+
+
 def register(path: str | Path) -> str:
     """Record ``path``'s SHA-256 in the registry (one appended line: concurrent exporters do not
     lose each other's lines). Returns the hash."""
     digest = sha256(path)
-    reg = registry_path()
-    reg.parent.mkdir(parents=True, exist_ok=True)
     line = f"{digest}  {Path(path).resolve()}\n".encode()
-    fd = os.open(reg, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = _open_registry()
     try:
         os.write(fd, line)
     finally:
