@@ -191,3 +191,13 @@ def test_write_refuses_what_would_not_read_back(tmp_path):
     assert not (tmp_path / "x.xyz").exists() and not list(tmp_path.iterdir())  # nothing left behind
     with pytest.raises(ValueError, match="cannot be an extxyz key"):
         write_extxyz(tmp_path / "x.xyz", [MoleculeGroup("w", one.species, one.coordinates, {"a b": np.ones(1)})])
+
+
+def test_config_and_score_take_unit_names_as_people_write_them():
+    from ekd import config
+
+    d = config.loads("data: {train: a.xyz, test: null, energy_unit: eV, length_unit: Bohr}").data
+    assert (d.energy_unit, d.length_unit) == ("ev", "bohr")
+    assert config.loads("data: {energy_unit: Hartree}").digest() == config.loads("{}").digest()  # same meaning
+    with pytest.raises(config.ConfigError, match=r"data\.energy_unit: unknown energy unit 'kJ/mol'"):
+        config.loads("data: {energy_unit: kJ/mol}")

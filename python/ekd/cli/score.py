@@ -44,8 +44,8 @@ def add_parsers(sub) -> None:
     sp.add_argument("--test", required=True, help="ANI-layout HDF5 file to score on")
     sp.add_argument("--energy-key", help="reference energy key (default: the file's only '*.energy' key)")
     sp.add_argument("--forces-key", help="reference forces key (default: '<level>.forces' of the energy key, if any)")
-    sp.add_argument("--energy-unit", choices=["hartree", "kcal/mol", "ev"], help="default: the file's attribute")
-    sp.add_argument("--length-unit", choices=["angstrom", "bohr"], help="default: the file's attribute")
+    sp.add_argument("--energy-unit", help="eV, Hartree or kcal/mol (any case; default: the file's attribute)")
+    sp.add_argument("--length-unit", help="Angstrom or Bohr (any case; default: the file's attribute)")
     sp.add_argument(
         "--conformer-window", type=float, help="ΔE: kcal/mol above a molecule's minimum (default: the run's, or 100)"
     )

@@ -134,7 +134,8 @@ class TrainConfig:
 class DataConfig:
     """Where the data comes from and which file key plays which role.
 
-    ``train`` / ``test``: an ANI-layout HDF5 file, or ``generate`` to make GFN2-xTB data with
+    ``train`` / ``test``: an ANI-layout HDF5 file or any file ASE reads (extxyz, ASE database; see
+    :mod:`ekd.data.ase_files`), or ``generate`` to make GFN2-xTB data with
     :mod:`ekd.data.generate` (options in ``generate``). ``test`` is the out-of-sample pool
     (e.g. COMP6 GDB 10-13); ``null`` evaluates in distribution only.
     """
@@ -144,18 +145,29 @@ class DataConfig:
     energy_key: str = "gfn2_xtb.energy"
     # the dataset's own forces: hidden from teachers/students, used by the baseline and to score
     reference_forces_key: str | None = "gfn2_xtb.forces"
-    energy_unit: Literal["hartree", "ev", "kcal/mol"] = "hartree"
-    length_unit: Literal["angstrom", "bohr"] = "angstrom"
+    # units as people write them (eV, Hartree, kcal/mol; Angstrom, Bohr; any case), kept as ekd's names
+    energy_unit: str = "hartree"
+    length_unit: str = "angstrom"
     # the out-of-sample file may name its keys differently (COMP6: `energies`, `forces`)
     test_energy_key: str | None = None  # None: energy_key
     test_reference_forces_key: str | None = None  # None: reference_forces_key
-    test_energy_unit: Literal["hartree", "ev", "kcal/mol"] | None = None  # None: energy_unit
+    test_energy_unit: str | None = None  # None: energy_unit
     test_fraction: float = 0.1  # in-distribution test split, common to all members
     valid_fraction: float = 0.1  # of the rest, per member
     generate: dict[str, Any] = field(default_factory=dict)  # ekd.data.generate.GenerateOptions fields
 
     def __post_init__(self):
         check_finite(self)
+        from ..units import energy_unit, length_unit
+
+        for name, canonical in (("energy_unit", energy_unit), ("length_unit", length_unit),
+                                ("test_energy_unit", energy_unit)):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    object.__setattr__(self, name, canonical(value))
+                except ValueError as e:
+                    raise ConfigError(f"{name}: {e}") from None
         check(0 < self.test_fraction < 0.5, "test_fraction", "must be in (0, 0.5)", self.test_fraction)
         check(0 < self.valid_fraction < 0.5, "valid_fraction", "must be in (0, 0.5)", self.valid_fraction)
         check(bool(self.energy_key), "energy_key", "must name a dataset key", self.energy_key)
@@ -356,13 +368,6 @@ class Config:
 
     def __post_init__(self):
         check(self.workers >= 1, "workers", "must be >= 1", self.workers)
-        check(0 <= self.seed < 2**32, "seed", "must be >= 0 and < 2**32", self.seed)
-        check(
-            bool(self.run_dir.strip()),
-            "run_dir",
-            "must name a directory (empty, the run would be written into the current directory)",
-            self.run_dir,
-        )
 
     @property
     def student_model(self) -> ModelConfig:
