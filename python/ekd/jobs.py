@@ -49,6 +49,19 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+#: environment variable holding a worker process's slot (0, 1, ... in the order the workers start):
+#: ekd.ops.devices gives each slot its own GPU, round-robin over the visible ones
+WORKER_ENV = "EKD_WORKER_INDEX"
+
+
+def _init_worker(parent_pid: int, counter) -> None:
+    """Worker initializer: its slot number in ``WORKER_ENV``, then :func:`die_with_parent`."""
+    with counter.get_lock():
+        os.environ[WORKER_ENV] = str(counter.value)
+        counter.value += 1
+    die_with_parent(parent_pid)
+
+
 def terminate_on_sigterm() -> None:
     """Make SIGTERM (``kill``, a batch scheduler's time limit) an interrupt like Ctrl-C, so that
     the cleanup of :func:`run_parallel` and of the data generator runs (main thread only)."""
@@ -105,8 +118,8 @@ def run_parallel(
             with cf.ProcessPoolExecutor(
                 max_workers=min(workers, len(jobs)),
                 mp_context=ctx,
-                initializer=die_with_parent,
-                initargs=(os.getpid(),),
+                initializer=_init_worker,
+                initargs=(os.getpid(), ctx.Value("i", 0)),
             ) as pool:
                 futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
                 try:

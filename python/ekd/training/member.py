@@ -39,14 +39,16 @@ def member_payload(model: Model, arch: ModelConfig, spec, tc) -> dict:
 
 
 class Member:
-    """A trained member, loaded from its directory, predicting in float64."""
+    """A trained member, loaded from its directory, predicting in float64 on ``device`` (a torch
+    device: :func:`ekd.ops.devices.resolve_device` of a name)."""
 
-    def __init__(self, model: Model, directory: Path, payload: dict):
+    def __init__(self, model: Model, directory: Path, payload: dict, device: torch.device | str = "cpu"):
         self.model = model
         self.directory = directory
         self.spec = payload.get("spec", {})
         self.dtype = torch.float64
-        self._net = model.modules().to(self.dtype).eval()
+        self.device = torch.device(device)
+        self._net = model.modules().to(self.dtype).to(self.device).eval()
         self._energy_module = model.graph_module(forces=False).eval()
 
     @property
@@ -75,24 +77,26 @@ class Member:
         out_forces = np.zeros(dataset.coordinates.shape) if forces else None
         species_all = torch.as_tensor(dataset.species, dtype=torch.int64)
         coords_all = torch.as_tensor(dataset.coordinates, dtype=self.dtype)
+        dev = self.device
         for start in range(0, n, batch_size):
             sl = slice(start, start + batch_size)
-            species, coords = species_all[sl], coords_all[sl].clone()
+            species, coords = species_all[sl].to(dev), coords_all[sl].to(dev, copy=True)
             if forces:
                 coords.requires_grad_(True)
                 e = self._energy_module(species, coords)[0]
                 f = -torch.autograd.grad(e.sum(), coords)[0]
                 f = f * (species > 0).unsqueeze(-1)
-                out_forces[sl] = f.detach().numpy()
+                out_forces[sl] = f.detach().cpu().numpy()
             else:
                 with torch.no_grad():
                     e = self._energy_module(species, coords)[0]
-            energies[sl] = e.detach().reshape(-1).numpy()
+            energies[sl] = e.detach().reshape(-1).cpu().numpy()
         return energies, out_forces
 
 
-def load_member(out_dir: Path) -> Member:
-    """Rebuild and load a member saved by :func:`ekd.training.train.train_member` (its ``model.pt``)."""
+def load_member(out_dir: Path, device: torch.device | str = "cpu") -> Member:
+    """Rebuild and load a member saved by :func:`ekd.training.train.train_member` (its ``model.pt``,
+    CPU tensors whatever device trained it) to predict on ``device``."""
     out_dir = Path(out_dir)
     path = out_dir / "model.pt"
     if not path.exists():
@@ -105,7 +109,7 @@ def load_member(out_dir: Path) -> Member:
     arch = ModelConfig(**payload["model_config"])
     model = build_model(arch, payload["species"])
     model.modules().load_state_dict(payload["state_dict"])
-    return Member(model, out_dir, payload)
+    return Member(model, out_dir, payload, device)
 
 
 __all__ = ["MODEL_FORMAT", "Member", "load_member", "member_payload"]

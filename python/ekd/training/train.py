@@ -44,6 +44,7 @@ from ..config import Config, ModelConfig
 from ..data import Dataset
 from ..data.database import database_arrays
 from ..groups import ROLES
+from ..ops.devices import resolve_device, to_cpu
 from ..ops.threads import check_wait_policy
 from ..store import append_line, atomic_text, atomic_write, bytes_digest, canonical_json, load_torch
 from .member import MODEL_FORMAT, Member, load_member, member_payload
@@ -117,16 +118,18 @@ def _train(spec, cfg: Config, dataset: Dataset, splits, out_dir: Path, progress:
     dtype = getattr(torch, tc.dtype)
     torch.set_num_threads(tc.threads)
     check_wait_policy(tc.threads, "train")
+    device = resolve_device(tc.device, "train.device")
     kernels = use_kernels(tc.kernels)
     train_idx, valid_idx = _check_splits(splits, len(dataset))
     check_padding(dataset.species, f"{dataset.source or 'dataset'}: species")
     targets = [spec.energy] + ([spec.forces] if spec.forces else [])
-    train = _Batches(database_arrays(dataset.subset(train_idx), targets, dtype), spec)
-    valid = _Batches(database_arrays(dataset.subset(valid_idx), targets, dtype), spec)
+    train = _Batches(database_arrays(dataset.subset(train_idx), targets, dtype), spec, device)
+    valid = _Batches(database_arrays(dataset.subset(valid_idx), targets, dtype), spec, device)
 
     _seed_everything(spec.seed)
     model = build_model(arch, dataset.elements, dataset, train_idx, energy=spec.energy)
-    net = model.modules().to(dtype)
+    # built on the CPU (the same initial weights on every device), then moved
+    net = model.modules().to(dtype).to(device)
     step_module = model.graph_module(forces=spec.forces is not None, training=True)
     energy_module = model.graph_module(forces=False)
     params = [p for p in net.parameters() if p.requires_grad]
@@ -195,14 +198,17 @@ def _train(spec, cfg: Config, dataset: Dataset, splits, out_dir: Path, progress:
         # log first, checkpoint second: a run killed in between repeats the epoch, and the log
         # is truncated to the checkpoint's epoch on resume
         append_line(log_path, json.dumps(entry), "training log")
+        # CPU tensors: a checkpoint resumes on any device
         _atomic_save(
-            {
-                "fingerprint": fingerprint,
-                "model": net.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "best_model": best_state,
-                "state": state,
-            },
+            to_cpu(
+                {
+                    "fingerprint": fingerprint,
+                    "model": net.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "best_model": best_state,
+                    "state": state,
+                }
+            ),
             ckpt_path,
         )
         if progress:
@@ -211,7 +217,7 @@ def _train(spec, cfg: Config, dataset: Dataset, splits, out_dir: Path, progress:
             cb(epoch, entry)
 
     net.load_state_dict(best_state)
-    _atomic_save(member_payload(model, arch, spec, tc), out_dir / "model.pt")
+    _atomic_save(to_cpu(member_payload(model, arch, spec, tc)), out_dir / "model.pt")
     summary = {
         "role": spec.role,
         "generation": spec.generation,
@@ -226,6 +232,7 @@ def _train(spec, cfg: Config, dataset: Dataset, splits, out_dir: Path, progress:
         "n_train": len(train_idx),
         "n_valid": len(valid_idx),
         "kernels": kernels,
+        "device": str(device),
         "training_seconds": round(state["elapsed"], 2),
         "wall_time": round(time.perf_counter() - started, 2),
     }
@@ -299,18 +306,21 @@ class _Batches:
     """Training arrays of one split as tensors: species (n, A), coordinates (n, A, 3), energy (n, 1),
     forces (n, A, 3) if trained on."""
 
-    def __init__(self, arrays: dict[str, torch.Tensor], spec: MemberSpec):
-        self.species = arrays["species"]
-        self.coordinates = arrays["coordinates"]
-        self.energy = arrays[spec.energy]
-        self.forces = arrays[spec.forces] if spec.forces else None
+    def __init__(self, arrays: dict[str, torch.Tensor], spec: MemberSpec, device: torch.device):
+        # on the training device once, not batch by batch
+        self.species = arrays["species"].to(device)
+        self.coordinates = arrays["coordinates"].to(device)
+        self.energy = arrays[spec.energy].to(device)
+        self.forces = arrays[spec.forces].to(device) if spec.forces else None
 
     def __len__(self) -> int:
         return int(self.species.shape[0])
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None):
         n = len(self)
+        # the order is drawn on the CPU (the same batches on every device), then moved
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        order = order.to(self.species.device)
         for start in range(0, n, batch_size):
             i = order[start : start + batch_size]
             yield (

@@ -43,7 +43,7 @@ def predictions(run, group: Group, m: int, name: str, data: Dataset) -> dict[str
         with np.load(path) as z:
             if str(z["digest"]) == digest:
                 return {"energy": z["energy"], "forces": z["forces"]}
-    energy, forces = load_member(run.member_dir(group, m)).predict(data, forces=True)
+    energy, forces = load_member(run.member_dir(group, m), run.device).predict(data, forces=True)
     store.atomic_write(path, lambda tmp: np.savez(tmp, energy=energy, forces=forces, digest=np.array(digest)))
     return {"energy": energy, "forces": forces}
 

@@ -35,7 +35,7 @@ from .plan import EXTERNAL, Group, UnknownGroupError, describe, member_seed, pla
 
 def _same_config(stamp: Path, cfg: Config) -> bool:
     """Whether ``stamp`` (a run's config.yaml) holds ``cfg``, up to where the run directory is and
-    how many processes (or which executor) work in it."""
+    how many processes (or which executor, on which device) work in it."""
     from dataclasses import replace
 
     from ..config import ConfigError, load
@@ -44,7 +44,11 @@ def _same_config(stamp: Path, cfg: Config) -> bool:
         old = load(stamp)
     except (ConfigError, OSError):
         return False
-    return replace(old, run_dir=cfg.run_dir, workers=cfg.workers, executor=cfg.executor, slurm=cfg.slurm) == cfg
+    train = replace(old.train, device=cfg.train.device)
+    return (
+        replace(old, run_dir=cfg.run_dir, workers=cfg.workers, executor=cfg.executor, slurm=cfg.slurm, train=train)
+        == cfg
+    )
 
 
 def _train_job(args: dict) -> dict:
@@ -94,6 +98,13 @@ class Run:
         self._paths: DataPaths | None = None
         self._train: Dataset | None = None
         self._splits: dict[str, np.ndarray] | None = None
+
+    @property
+    def device(self):
+        """The torch device of this process's labelling, evaluation and scoring (``train.device``)."""
+        from ..ops.devices import resolve_device
+
+        return resolve_device(self.cfg.train.device, "train.device")
 
     # --- data and splits
     @property
@@ -163,7 +174,8 @@ class Run:
         n = teacher.n_members if group.teacher_members is None else group.teacher_members
         digest = run_digest([self.member_digest(teacher, m) for m in range(n)])
         # loaded lazily: a finished label file needs no model
-        members = [_LazyMember(self.member_dir(teacher, m), load_member) for m in range(n)]
+        device = self.device
+        members = [_LazyMember(self.member_dir(teacher, m), lambda d: load_member(d, device)) for m in range(n)]
         return members, digest, f"{n} {teacher.label} members"
 
     def make_labels(self, group: Group) -> Path:

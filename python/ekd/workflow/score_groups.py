@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from ..evaluation.score import ModelGroup, ScoreError
 
 
 def run_groups(
-    run_dir: str | os.PathLike, names: Sequence[str] | None = None
+    run_dir: str | os.PathLike, names: Sequence[str] | None = None, device: str | None = None
 ) -> tuple[list[ModelGroup], float, list[str]]:
     """The groups of a run directory (those ``names``, or every group whose members are all trained),
     the run's conformer window, and the names of the groups left out because they are not fully trained.
-    Members predict as in the run's own evaluation (:meth:`ekd.training.member.Member.predict`)."""
+    Members predict as in the run's own evaluation (:meth:`ekd.training.member.Member.predict`), on
+    ``device`` (a device name; None: the run's ``train.device``)."""
     from .. import config
     from ..training.member import load_member
     from .rundir import Run
@@ -25,6 +27,8 @@ def run_groups(
     if not stamp.is_file():
         raise ScoreError(f"--run-dir {run_dir}: no config.yaml there; is it a run directory made by `ekd run`?")
     cfg = config.load(stamp)
+    if device is not None:
+        cfg = replace(cfg, train=replace(cfg.train, device=device))
     # read only: Run writes nothing into an existing run directory that has its config.yaml
     run = Run(cfg, run_dir, progress=False)
     available = run.groups()
@@ -46,7 +50,7 @@ def run_groups(
             continue
         group = ModelGroup(g.label, g.role, g.generation, study=g.study)
         for d in dirs:
-            member = load_member(d)
+            member = load_member(d, run.device)
 
             def predict(data, advance, member=member):
                 energy, forces = member.predict(data, forces=True)
