@@ -13,6 +13,7 @@ import json
 import struct
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -239,6 +240,12 @@ def bad_files(d: Path, target: Path) -> dict[str, tuple[Path, bool, bool]]:
         "truncated": (_truncated(toy, d / "truncated.pt"), True, True),
         "no metadata.json": (rewrite(toy, d / "nometa.pt", drop=METADATA), True, True),
     }
+    # issue 24: archives that break the strict archive rule, refused with or without the opt-in
+    strict = d / "strict"
+    strict.mkdir()
+    for name, (path, _) in strict_files(strict, toy, out["__setstate__ writes a file"][0]).items():
+        out[name] = (path, True, True)
+    out["pickle naming os.system"] = (foreign_global(toy, d / "os_system.pt"), True, True)
     if "envsum" in available_ops():
         out["ekd hipnn (op library)"] = (hipnn_file(d / "hipnn.pt", "ekd"), False, False)
     return out
@@ -269,6 +276,175 @@ def _truncated(src: Path, dst: Path) -> Path:
     data = src.read_bytes()
     dst.write_bytes(data[: len(data) // 2])
     return dst
+
+
+# ---------------------------------------------------------------------------------------------
+# archives that break the strict archive rule (issue 24, items 1 and 3): built byte by byte
+
+
+def records_of(path: Path, drop: str | None = None) -> list[tuple[str, bytes, int, int, int]]:
+    """The entries of a zip as (name, payload, method, uncompressed size, CRC-32), stored."""
+    with zipfile.ZipFile(path) as z:
+        out = []
+        for name in z.namelist():
+            if drop is not None and name.endswith(drop):
+                continue
+            data = z.read(name)
+            out.append((name, data, 0, len(data), zlib.crc32(data)))
+        return out
+
+
+def build_zip(
+    records, before: bytes = b"", gap_after: int | None = None, gap: bytes = b"", comment: bytes = b""
+) -> bytes:
+    """A zip archive of ``records`` (see :func:`records_of`; a method-8 payload is already deflated)
+    with consistent offsets, ``before`` ahead of the first entry and ``gap`` after entry
+    ``gap_after``: readers that tolerate such bytes load it; the strict rule refuses it."""
+    out, cd = bytearray(before), bytearray()
+    for i, (name, payload, method, size, crc) in enumerate(records):
+        offset, raw = len(out), name.encode()
+        out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0x21, crc, len(payload), size, len(raw), 0)
+        out += raw + payload
+        cd += struct.pack(
+            "<IHHHHHHIIIHHHHHII",
+            0x02014B50,
+            20,
+            20,
+            0,
+            method,
+            0,
+            0x21,
+            crc,
+            len(payload),
+            size,
+            len(raw),
+            0,
+            0,
+            0,
+            0,
+            0,
+            offset,
+        )
+        cd += raw
+        if gap_after == i:
+            out += gap
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(records), len(records), len(cd), len(out), len(comment))
+    return bytes(out + cd + end + comment)
+
+
+#: how far the bombs inflate: beyond the 200 MB the memory tests allow, small enough that
+#: today's readers survive inflating it
+BOMB_BYTES = 384 << 20
+
+
+def deflated_zeros(n: int = BOMB_BYTES) -> tuple[bytes, int]:
+    """(raw deflate stream of n zero bytes, their CRC-32), made 1 MiB at a time (~1,000:1)."""
+    co, crc, out, chunk = zlib.compressobj(9, zlib.DEFLATED, -15), 0, bytearray(), bytes(1 << 20)
+    for _ in range(n >> 20):
+        out += co.compress(chunk)
+        crc = zlib.crc32(chunk, crc)
+    return bytes(out + co.flush()), crc
+
+
+def bomb(src: Path, dst: Path, entry: str, zeros: tuple[bytes, int]) -> Path:
+    """``src`` with the entry ending ``entry`` replaced by deflated zeros (BOMB_BYTES when inflated)."""
+    stream, crc = zeros
+    records = [
+        (n, stream, 8, BOMB_BYTES, crc) if n.endswith(entry) else (n, d, m, s, c) for n, d, m, s, c in records_of(src)
+    ]
+    dst.write_bytes(build_zip(records))
+    return dst
+
+
+def _directory(z: bytes) -> tuple[int, int, int]:
+    """(entry count, size, offset) of a zip's central directory, zip64 records read if present."""
+    end = len(z) - 22
+    assert struct.unpack_from("<I", z, end)[0] == 0x06054B50
+    if struct.unpack_from("<I", z, end - 20)[0] == 0x07064B50:
+        rec = struct.unpack_from("<Q", z, end - 12)[0]
+        return struct.unpack_from("<QQQ", z, rec + 32)
+    return struct.unpack_from("<HII", z, end + 10)
+
+
+def two_directories(shown: Path, loaded: Path, dst: Path) -> Path:
+    """Issue 24, item 1: ``loaded`` (a whole zip) followed by ``shown``'s entries and directory,
+    under one end record: Python's zipfile (the directory just before the end record) lists
+    ``shown``, torch's miniz (the directory at the recorded offset) reads ``loaded``."""
+    s = shown.read_bytes()
+    n_s, size_s, off_s = _directory(s)
+    # loaded's directory must start at or after shown's (zipfile's offsets stay >= 0) and be no
+    # longer (miniz reads it within shown's directory size): pad its first entry, drop debug info
+    loaded_bytes = build_zip(records_of(loaded, drop=".debug_pkl"), gap_after=0, gap=bytes(off_s))
+    n_l, size_l, off_l = _directory(loaded_bytes)
+    assert off_l >= off_s and size_l <= size_s, (off_l, off_s, size_l, size_s)
+    base = len(loaded_bytes)
+    shift = base + off_s - off_l  # what zipfile adds to every offset it reads
+    cd, at = bytearray(s[off_s : off_s + size_s]), 0
+    while at < len(cd):
+        name_len, extra_len, comment_len = struct.unpack_from("<HHH", cd, at + 28)
+        (offset,) = struct.unpack_from("<I", cd, at + 42)
+        struct.pack_into("<I", cd, at + 42, base + offset - shift)
+        at += 46 + name_len + extra_len + comment_len
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, n_l, n_l, size_s, off_l, 0)
+    dst.write_bytes(loaded_bytes + s[:off_s] + bytes(cd) + end)
+    return dst
+
+
+def foreign_global(src: Path, dst: Path) -> Path:
+    """Issue 24, item 4: data.pkl's first global (the model's class) renamed os.system."""
+
+    def change(name: str, data: bytes) -> bytes:
+        if not name.endswith("/data.pkl"):
+            return data
+        start = data.index(b"c__torch__")
+        end = data.index(b"\n", data.index(b"\n", start) + 1) + 1
+        return data[:start] + b"cos\nsystem\n" + data[end:]
+
+    return rewrite(src, dst, change)
+
+
+def local_name_differs(src: Path, dst: Path) -> Path:
+    """The local header of metadata.json names another entry than its directory record."""
+    data = bytearray(build_zip(records_of(src)))
+    at = data.index(b"extra/metadata.json")  # the first occurrence is the local header's
+    data[at + len("extra/metadata.jso")] = ord("N")
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def _upper_below_top(name: str) -> str:
+    top, rest = name.split("/", 1)
+    return f"{top}/{rest.upper()}"
+
+
+def strict_files(d: Path, toy: Path, evil: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (file, words of the refusal): archives that break the strict archive rule (refused
+    with or without trust_code, by both readers)."""
+    zeros = deflated_zeros()
+    records = records_of(toy)
+
+    def write(name: str, data: bytes) -> Path:
+        (d / name).write_bytes(data)
+        return d / name
+
+    return {
+        "two central directories": (two_directories(toy, evil, d / "two_directories.pt"), "central directory"),
+        "bytes before the first entry": (write("before.pt", build_zip(records, before=bytes(64))), "before the first"),
+        "bytes between entries": (
+            write("gap.pt", build_zip(records, gap_after=1, gap=bytes(64))),
+            "does not start where",
+        ),
+        "data appended": (write("appended.pt", toy.read_bytes() + bytes(100)), "end record"),
+        "zip comment": (write("comment.pt", build_zip(records, comment=b"hello")), "comment"),
+        "local header differs": (local_name_differs(toy, d / "local.pt"), "local header"),
+        "name twice ignoring case": (
+            write("case.pt", build_zip([*records, (_upper_below_top(records[0][0]), b"{}", 0, 2, zlib.crc32(b"{}"))])),
+            "twice",
+        ),
+        "bomb: metadata.json": (bomb(toy, d / "bomb_metadata.pt", METADATA, zeros), "metadata.json of a model file"),
+        "bomb: data.pkl": (bomb(toy, d / "bomb_pickle.pt", "/data.pkl", zeros), "a pickle of a model file"),
+        "bomb: weight record": (bomb(toy, d / "bomb_weight.pt", "/data/0", zeros), "is compressed"),
+    }
 
 
 def bad_files_in(tmp_path_factory) -> tuple[dict[str, tuple[Path, bool, bool]], Path]:

@@ -37,6 +37,10 @@ Loading TorchScript runs the code stored in the archive (e.g. a class's ``__sets
 downloaded model file could do anything. ekd therefore opens a model only when, before TorchScript
 sees it, the archive checks out (:func:`check_archive`; the LAMMPS plugin does the same in C++):
 
+* the file is read once, and those bytes are what is checked and what TorchScript loads; they
+  obey the strict archive rule (:mod:`ekd.deploy.archive`: one central directory where the end
+  record says, entries tiling the file, local headers agreeing with it, sizes bounded by each
+  entry's role before anything is inflated), opt-in or not;
 * its entries are within ``data.pkl``, ``constants.pkl``, ``data/<digits>``, ``extra/metadata.json``,
   ``code/...`` and TorchScript's bookkeeping entries (the schema's ``plain_entries``,
   :mod:`ekd.deploy.model_metadata`);
@@ -68,13 +72,13 @@ import io
 import re
 import sys
 import warnings
-import zipfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
 from ..store import atomic_write
+from .archive import Archive, read_archive
 from .model_metadata import (  # noqa: F401  (the schema's names are part of this module's API)
     ATOMIC_NUMBERS,
     CUSTOM,
@@ -181,64 +185,65 @@ def earlier_code(kind: str) -> list[dict[str, bytes]]:
     return out
 
 
-def check_archive(path: str | Path, kind: str, trust_code: bool = False) -> None:
-    """The trust check (see the module docstring) of a model file whose metadata names ``kind``.
-    Raises :class:`UntrustedModelError` naming the file, what differs and the opt-in; with
-    ``trust_code=True`` it only checks that the file is a zip archive."""
-    source = str(path)
-    with zipfile.ZipFile(path) as z:
-        entries = _archive_entries(z.namelist(), source)
-        if trust_code:
-            return
-        opt_in = f"If you trust this file (it runs its own code when loaded), load it with {OPT_IN}"
-        if kind not in KINDS:
-            what = "an ekd-model-1 file" if not kind else f"model kind {kind!r}"
+def check_archive(path: str | Path | Archive, kind: str, trust_code: bool = False) -> None:
+    """The trust check (see the module docstring) of a model file whose metadata names ``kind``:
+    a path (read and checked against the strict archive rule here) or an :class:`Archive` already
+    read. Raises :class:`UntrustedModelError` naming the file, what differs and the opt-in; with
+    ``trust_code=True`` only the archive rule and the entries' top folder are checked."""
+    z = path if isinstance(path, Archive) else read_archive(path)
+    source = z.source
+    entries = _archive_entries(z.names(), source)
+    if trust_code:
+        return
+    opt_in = f"If you trust this file (it runs its own code when loaded), load it with {OPT_IN}"
+    if kind not in KINDS:
+        what = "an ekd-model-1 file" if not kind else f"model kind {kind!r}"
+        raise UntrustedModelError(
+            f"{source}: {what}: its code is not code this ekd writes, and loading a model runs its code. "
+            f"Re-export it with this ekd (ekd export), or: {opt_in}"
+        )
+    for name in sorted(entries):
+        if name in PLAIN_ENTRIES or name == _EXTRA_ENTRY or _DATA_ENTRY.fullmatch(name) or name.startswith("code/"):
+            continue
+        raise UntrustedModelError(
+            f"{source}: unexpected archive entry {entries[name]!r} (ekd's exporter writes only weights, metadata "
+            f"and the code of its model classes). {opt_in}"
+        )
+    want = canonical_code(kind)
+    if not want:
+        raise UntrustedModelError(
+            f"{source}: this ekd has no canonical code for model kind {kind!r} "
+            f"(ekd/deploy/model_code is missing from "
+            f"the installation?). {opt_in}"
+        )
+    have = {n for n in entries if n.startswith("code/")}
+    # today's code, then earlier ekds' (trusted like today's if one matches byte for byte); several
+    # may name the same entries (a change inside one code file), so the file's bytes pick among
+    # those, and a file matching none is compared with the first (today's if its entries match)
+    same = [code for code in (want, *earlier_code(kind)) if set(code) == have]
+    if same:
+        want = next((c for c in same if all(z.read(entries[n]) == c[n] for n in c)), same[0])
+    for name in sorted(have | set(want)):
+        if name not in want:
             raise UntrustedModelError(
-                f"{source}: {what}: its code is not code this ekd writes, and loading a model runs its code. "
-                f"Re-export it with this ekd (ekd export), or: {opt_in}"
+                f"{source}: unexpected code entry {entries[name]!r}: not part of the {kind} model code this ekd "
+                f"writes. {opt_in}"
             )
-        for name in sorted(entries):
-            if name in PLAIN_ENTRIES or name == _EXTRA_ENTRY or _DATA_ENTRY.fullmatch(name) or name.startswith("code/"):
-                continue
+        if name not in have:
             raise UntrustedModelError(
-                f"{source}: unexpected archive entry {entries[name]!r} (ekd's exporter writes only weights, metadata "
-                f"and the code of its model classes). {opt_in}"
+                f"{source}: code entry {name!r} of the {kind} model code this ekd writes is missing. {opt_in}"
             )
-        want = canonical_code(kind)
-        if not want:
+        if z.read(entries[name]) != want[name]:
             raise UntrustedModelError(
-                f"{source}: this ekd has no canonical code for model kind {kind!r} "
-                f"(ekd/deploy/model_code is missing from "
-                f"the installation?). {opt_in}"
+                f"{source}: code file {entries[name]!r} differs from the {kind} model code this ekd "
+                f"({__version__}) writes. {opt_in}"
             )
-        have = {n for n in entries if n.startswith("code/")}
-        # today's code, then earlier ekds' (trusted like today's if one matches byte for byte); several
-        # may name the same entries (a change inside one code file), so the file's bytes pick among
-        # those, and a file matching none is compared with the first (today's if its entries match)
-        same = [code for code in (want, *earlier_code(kind)) if set(code) == have]
-        if same:
-            want = next((c for c in same if all(z.read(entries[n]) == c[n] for n in c)), same[0])
-        for name in sorted(have | set(want)):
-            if name not in want:
-                raise UntrustedModelError(
-                    f"{source}: unexpected code entry {entries[name]!r}: not part of the {kind} model code this ekd "
-                    f"writes. {opt_in}"
-                )
-            if name not in have:
-                raise UntrustedModelError(
-                    f"{source}: code entry {name!r} of the {kind} model code this ekd writes is missing. {opt_in}"
-                )
-            if z.read(entries[name]) != want[name]:
-                raise UntrustedModelError(
-                    f"{source}: code file {entries[name]!r} differs from the {kind} model code this ekd "
-                    f"({__version__}) writes. {opt_in}"
-                )
-        for name in sorted(entries):
-            if name.endswith(".pkl") and b"torch.classes" in z.read(entries[name]):
-                raise UntrustedModelError(
-                    f"{source}: {entries[name]!r} refers to torch.classes (custom C++ classes run their own code "
-                    f"when loaded). {opt_in}"
-                )
+    for name in sorted(entries):
+        if name.endswith(".pkl") and b"torch.classes" in z.read(entries[name]):
+            raise UntrustedModelError(
+                f"{source}: {entries[name]!r} refers to torch.classes (custom C++ classes run their own code "
+                f"when loaded). {opt_in}"
+            )
 
 
 def _archive_bytes(module, metadata_text: str) -> bytes:
@@ -311,18 +316,17 @@ def save_model(module, path: str | Path, metadata: ModelMetadata | dict[str, Any
     elif metadata.kind in KINDS:
         raise ModelFileError(f"{path}: a {metadata.kind} module without a metadata_json attribute")
     data = _archive_bytes(module, text)
+    written = Archive(str(path), data)  # never a file the archive rule would refuse
     if metadata.kind in KINDS:
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
-            if any(b"torch.classes" in z.read(n) for n in z.namelist() if n.endswith(".pkl")):
-                raise ModelFileError(
-                    f"{path}: the text 'torch.classes' (in the metadata's role or description?) would make readers "
-                    "refuse the file; remove it"
-                )
+        if any(b"torch.classes" in written.read(n) for n in written.names() if n.endswith(".pkl")):
+            raise ModelFileError(
+                f"{path}: the text 'torch.classes' (in the metadata's role or description?) would make readers "
+                "refuse the file; remove it"
+            )
         # refuse to write a file this ekd would refuse to load (e.g. a class TorchScript renamed
         # because another version of it was loaded into this process first)
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
-            entries = _archive_entries(z.namelist(), str(path))
-            have = {n: z.read(entries[n]) for n in entries if n.startswith("code/")}
+        entries = _archive_entries(written.names(), str(path))
+        have = {n: written.read(entries[n]) for n in entries if n.startswith("code/")}
         if have != canonical_code(metadata.kind):
             raise ModelFileError(
                 f"{path}: the scripted {metadata.kind} module's code differs from "
@@ -337,74 +341,59 @@ def save_model(module, path: str | Path, metadata: ModelMetadata | dict[str, Any
 
 def read_metadata(path: str | Path) -> ModelMetadata:
     """The checked metadata of a model file, without loading its module (nothing of it runs)."""
-    return ModelMetadata.from_json(_metadata_text(Path(path)), str(path))
+    return ModelMetadata.from_json(_metadata_text(_read(Path(path))), str(path))
 
 
-def _metadata_text(path: Path) -> str:
-    """The text of a model file's metadata.json (UTF-8, as the LAMMPS plugin reads it)."""
+def _read(path: Path) -> Archive:
+    """The model file's bytes, read once and checked against the strict archive rule."""
     if not path.is_file():
         raise FileNotFoundError(
             f"model file {path} not found; export one with `ekd export` (ekd.deploy.model_file.save_model)"
         )
-    try:
-        with zipfile.ZipFile(path) as z:
-            entries = [n for n in z.namelist() if n.endswith("/extra/" + METADATA_FILE)]
-            if not entries:
-                raise ModelFileError(
-                    f"{path}: no {METADATA_FILE} in the archive: not an ekd model; export it with `ekd export` "
-                    "(or ekd.deploy.model_file.save_model)"
-                )
-            text = z.read(entries[0])
-    except (zipfile.BadZipFile, EOFError, OSError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
+    return read_archive(path)
+
+
+def _metadata_text(archive: Archive) -> str:
+    """The text of a model file's metadata.json (UTF-8, as the LAMMPS plugin reads it)."""
+    entries = [n for n in archive.names() if n.endswith("/extra/" + METADATA_FILE)]
+    if not entries:
         raise ModelFileError(
-            f"{path}: not a readable TorchScript archive (truncated or corrupt: {e}); copy it again or re-export "
-            "it (ekd export)"
-        ) from e
+            f"{archive.source}: no {METADATA_FILE} in the archive: not an ekd model; export it with `ekd export` "
+            "(or ekd.deploy.model_file.save_model)"
+        )
     try:
-        return text.decode("utf-8")
+        return archive.read(entries[0]).decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ModelFileError(f"{path}: metadata.json is not UTF-8 text ({e}); re-export the model") from e
+        raise ModelFileError(f"{archive.source}: metadata.json is not UTF-8 text ({e}); re-export the model") from e
 
 
 def load_model(path: str | Path, device: str = "cpu", trust_code: bool = False):
     """Load a deployed model: returns ``(module, metadata)`` with the module in eval mode on
     ``device``. Raises :class:`ModelFileError` (or FileNotFoundError) naming what is wrong.
 
-    Nothing of the file runs before it passes the trust check (:func:`check_archive`);
-    ``trust_code=True`` skips that check for a file the caller trusts (e.g. an ekd-model-1 file).
-    The metadata's binding to the weights (``metadata_json``) is checked either way."""
+    The file is read once; those bytes pass the strict archive rule (:mod:`ekd.deploy.archive`)
+    and the trust check (:func:`check_archive`) before TorchScript loads them, the same bytes (a
+    file replaced after the check is not what runs). ``trust_code=True`` skips the trust check for
+    a file the caller trusts (e.g. an ekd-model-1 file), not the archive rule. The metadata's
+    binding to the weights (``metadata_json``) is checked either way."""
     import torch
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"model file {path} not found; export one with `ekd export` (ekd.deploy.model_file.save_model)"
-        )
-    if not zipfile.is_zipfile(path):
-        raise ModelFileError(
-            f"{path}: not a TorchScript archive (truncated, corrupt, "
-            f"or not written by ekd.deploy.model_file.save_model); "
-            "copy it again or re-export it (ekd export)"
-        )
-    text = _metadata_text(path)
+    archive = _read(path)
+    text = _metadata_text(archive)
     meta = ModelMetadata.from_json(text, str(path))
-    try:
-        check_archive(path, meta.kind, trust_code=trust_code)
-    except (zipfile.BadZipFile, EOFError, OSError) as e:
-        raise ModelFileError(
-            f"{path}: not a readable TorchScript archive (truncated or corrupt: {e}); copy it again or re-export it"
-        ) from e
+    check_archive(archive, meta.kind, trust_code=trust_code)
     if meta.ops_library is not None:
         from ..ops import library as _ops  # noqa: F401  (registers torch.ops.ekd before TorchScript resolves calls)
     try:
         with _quiet_jit():
-            module = torch.jit.load(str(path), map_location=device)
-    except RuntimeError as e:
+            module = torch.jit.load(io.BytesIO(archive.data), map_location=device)
+    except Exception as e:  # RuntimeError mostly; torch raises others for some damaged files
+        # torch's message may start with a blank line ("Unknown type name 'os.system'" came second)
+        reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
         raise ModelFileError(
-            f"{path}: TorchScript cannot load it ({str(e).splitlines()[0]}); the file is truncated or corrupt: "
-            "copy it again or re-export it (ekd export)"
+            f"{path}: refused: TorchScript cannot load it ({reason}); the file is truncated or corrupt, or not "
+            "written by ekd: copy it again or re-export it (ekd export)"
         ) from e
     check_binding(module, meta, path, text)
     _check_module_dtype(module, meta, str(path))
@@ -454,9 +443,9 @@ def generated_code() -> dict[str, dict[str, bytes]]:
     a class loaded from a file before it is scripted here gets a renamed copy)."""
     out = {}
     for kind, module in _example_modules().items():
-        with zipfile.ZipFile(io.BytesIO(_archive_bytes(_script(module), "{}"))) as z:
-            entries = _archive_entries(z.namelist(), kind)
-            out[kind] = {n: z.read(entries[n]) for n in sorted(entries) if n.startswith("code/")}
+        z = Archive(kind, _archive_bytes(_script(module), "{}"))
+        entries = _archive_entries(z.names(), kind)
+        out[kind] = {n: z.read(entries[n]) for n in sorted(entries) if n.startswith("code/")}
     return out
 
 

@@ -17,6 +17,10 @@ Entries of ``model_format.json``:
   a deployed model may use; ``ops_library``: the only op library a model may name;
 * ``metadata_file``: the name under ``extra/``; ``plain_entries``: archive entries (below the top
   folder) a model file may hold besides ``data/<digits>``, ``extra/<metadata_file>`` and ``code/...``;
+* ``archive_limits``: the most bytes an entry may declare (uncompressed) by its role, checked
+  before anything is inflated (the strict archive rule, :mod:`ekd.deploy.archive`):
+  ``metadata_bytes`` (metadata.json), ``pickle_bytes`` (``*.pkl``), ``compressed_bytes`` (a
+  compressed code entry; no other entry may be compressed);
 * ``ev_to_kcalmol``: 1 eV in kcal/mol (CODATA 2018, as ASE 3.23+; :data:`ekd.units.EV_TO_KCALMOL`,
   and the plugin's conversion for LAMMPS ``units metal``);
 * ``elements``: element symbols by atomic number (index 0 unused).
