@@ -11,12 +11,12 @@ import argparse
 import sys
 import traceback
 
-from . import data, deploy, md, score, workflow
+from . import data, deploy, md, score, status, workflow
 from .common import DEBUG_HELP
 from .errors import expected, message
 
 #: the verb families, in the order ``ekd --help`` lists their verbs
-FAMILIES = (workflow, data, deploy, score, md)
+FAMILIES = (workflow, status, data, deploy, score, md)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -10,10 +10,20 @@ from .common import UsageError, add_common, config_for, group_for, non_negative,
 
 
 def run(args) -> int:
+    from dataclasses import replace
+
     from ..evaluation.report import summary_table
     from ..workflow import run
 
-    metrics = run(config_for(args), progress=not args.quiet)
+    cfg = config_for(args)
+    if args.executor:
+        cfg = replace(cfg, executor=args.executor)
+    if cfg.executor == "slurm":
+        from ..workflow import slurm
+
+        metrics = slurm.run(cfg, progress=not args.quiet)
+    else:
+        metrics = run(cfg, progress=not args.quiet)
     for name in metrics.get("sets", {}):
         print(summary_table(metrics, name))
     return 0
@@ -70,6 +80,11 @@ def evaluate(args) -> int:
 def add_parsers(sub) -> None:
     sp = sub.add_parser("run", help="the whole workflow: data, teachers, students, controls, evaluation, report")
     add_common(sp)
+    sp.add_argument(
+        "--executor",
+        choices=("local", "slurm"),
+        help="where the members train: local worker processes, or Slurm job arrays (default: the config's executor)",
+    )
     sp.set_defaults(func=run)
 
     sp = sub.add_parser("config", help="configuration")
