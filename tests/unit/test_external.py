@@ -80,5 +80,5 @@ def test_bad_inputs_are_named(ensemble, tmp_path):
         TorchANIEnsemble("ANI1ccx", tmp_path)
     with pytest.raises(ValueError, match="unknown TorchANI model 'ANI9'"):
         TorchANIEnsemble("ANI9")
-    with pytest.raises(ValueError, match="unknown kind 'schnet'"):
+    with pytest.raises(ExternalModelUnavailable, match="calculator 'schnet:foo': cannot import module 'schnet'"):
         load_external_teacher("schnet:foo")

@@ -210,8 +210,10 @@ class EnsembleConfig:
     # of only the first k teachers (k=1: a single teacher)
     teacher_subsets: tuple[int, ...] = ()
     # cross-architecture teacher (SI 2): "torchani:ANI1ccx" teaches n_students gen-1 students;
-    # external_teacher_dir: where its weights are (None: torchani's own resources folder)
-    external_teacher: str | None = None
+    # external_teacher_dir: where its weights are (None: torchani's own resources folder). Or any
+    # ASE calculators, one member each: "MODULE:FACTORY[:ARG]" or a list of them
+    # (ekd.training.external.load_calculator), e.g. [mace.calculators:mace_off:small, ...]
+    external_teacher: str | tuple[str, ...] | None = None
     external_teacher_dir: str | None = None
     study_members: int | None = None  # members of each study group (None: n_students)
 
@@ -253,12 +255,20 @@ class EnsembleConfig:
             "lists a k twice",
             self.teacher_subsets,
         )
-        check(
-            self.external_teacher in (None, "torchani:ANI1ccx", "torchani:ANI1x", "torchani:ANI2x"),
-            "external_teacher",
-            "must be null or one of 'torchani:ANI1ccx', 'torchani:ANI1x', 'torchani:ANI2x'",
-            self.external_teacher,
-        )
+        torchani = ("torchani:ANI1ccx", "torchani:ANI1x", "torchani:ANI2x")
+        teacher = self.external_teacher
+        if isinstance(teacher, str) and teacher.startswith("torchani:"):
+            check(teacher in torchani, "external_teacher", f"must be one of {list(torchani)}", teacher)
+        elif teacher is not None:
+            from ..training.external import parse_calculator_spec
+
+            specs = [teacher] if isinstance(teacher, str) else list(teacher)
+            check(bool(specs), "external_teacher", "must list at least one calculator", teacher)
+            try:
+                for spec in specs:
+                    parse_calculator_spec(spec)
+            except ValueError as e:
+                raise ConfigError(f"external_teacher: {e}; or one of {list(torchani)}") from None
 
 
 @dataclass(frozen=True)

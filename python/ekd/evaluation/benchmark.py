@@ -1,5 +1,6 @@
-"""A benchmark file for ``ekd score``: an ANI-layout HDF5 file with its own keys and units, read
-into internal units with the marks of the configurations that may form conformer pairs.
+"""A benchmark file for ``ekd score``: an ANI-layout HDF5 file, or any file ASE reads (extxyz, ASE
+database: :mod:`ekd.data.ase_files`), with its own keys and units, read into internal units with
+the marks of the configurations that may form conformer pairs.
 
 * The file is read by ekd's one loader (:func:`ekd.data.load_dataset`): its units are what the
   caller declares (``--energy-unit`` / ``--length-unit``), checked against the file's
@@ -7,9 +8,9 @@ into internal units with the marks of the configurations that may form conformer
   else the ANI releases' Hartree / Angstrom. Keys: ``energy_key`` or the file's only ``*.energy``
   key; ``forces_key`` or, when the file has it, the forces of the energy's level (``<level>.forces``).
   Configurations without a reference energy are left out, as in a run's evaluation.
-* When the file has a per-configuration ``kind`` dataset (strings), only configurations with
-  ``kind == "conformer"`` form ΔE pairs (:mod:`ekd.evaluation.score` uses every configuration for the energy
-  and force errors).
+* When the file has a per-configuration ``kind`` dataset (strings; in an ASE file, ``info["kind"]``
+  of each frame), only configurations with ``kind == "conformer"`` form ΔE pairs
+  (:mod:`ekd.evaluation.score` uses every configuration for the energy and force errors).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import h5py
 import numpy as np
 
 from ..data import DataFileError, Dataset, Units, load_dataset, resolve_units
-from ..data.ani import iter_groups, open_file, property_keys, read_dataset
+from ..data.ani import iter_groups, open_file, read_dataset
+from ..data.ase_files import any_property_keys, is_hdf5
+from ..data.ase_files import kinds as ase_kinds
 
 #: the per-configuration dataset that marks conformers (only these form ΔE pairs when present)
 KIND_KEY = "kind"
@@ -71,7 +74,7 @@ def choose_keys(
     path = Path(path)
     if energy_key and forces_key:
         return {"energy": energy_key, "reference_forces": forces_key}
-    present = property_keys(path)
+    present = any_property_keys(path)
     if not energy_key:
         energies = [k for k in present if k.endswith(".energy") or k == "energy"]
         if len(energies) != 1:
@@ -93,6 +96,25 @@ def _conformer_marks(path: Path, data: Dataset) -> tuple[np.ndarray, bool]:
 
     Called on the dataset as loaded (before any subset): its rows are the file's groups in order,
     each group's configurations in file order."""
+    kinds = _hdf5_kinds(path) if is_hdf5(path) else ase_kinds(path)
+    marked = [name for name, k in kinds.items() if k is not None]
+    if not marked:
+        return np.ones(len(data), dtype=bool), False
+    unmarked = [name for name in data.molecule_names if kinds.get(name) is None]
+    if unmarked:
+        raise DataFileError(
+            f"{path}: groups {marked[:3]} mark their configurations with a {KIND_KEY!r} dataset but "
+            f"{unmarked[:3]}{' and more' if len(unmarked) > 3 else ''} do not; give every group a {KIND_KEY!r} "
+            f"dataset ('{CONFORMER}' for the configurations that form ΔE pairs) or none"
+        )
+    rows = np.concatenate([kinds[name] for name in data.molecule_names])
+    if rows.shape != (len(data),):
+        raise DataFileError(f"{path}: {KIND_KEY!r} datasets hold {rows.size} entries for {len(data)} configurations")
+    return rows == CONFORMER, True
+
+
+def _hdf5_kinds(path: Path) -> dict[str, np.ndarray | None]:
+    """{group: (n_conf,) text of its ``kind`` dataset, or None}, in file order."""
     kinds: dict[str, np.ndarray | None] = {}
     with open_file(path) as h5:
         for name, g in iter_groups(h5, str(path)):
@@ -109,20 +131,7 @@ def _conformer_marks(path: Path, data: Dataset) -> tuple[np.ndarray, bool]:
                     f"of shape {getattr(raw, 'shape', ())}"
                 )
             kinds[name] = np.array([(s.decode() if isinstance(s, bytes) else str(s)).strip() for s in raw])
-    marked = [name for name, k in kinds.items() if k is not None]
-    if not marked:
-        return np.ones(len(data), dtype=bool), False
-    unmarked = [name for name in data.molecule_names if kinds.get(name) is None]
-    if unmarked:
-        raise DataFileError(
-            f"{path}: groups {marked[:3]} mark their configurations with a {KIND_KEY!r} dataset but "
-            f"{unmarked[:3]}{' and more' if len(unmarked) > 3 else ''} do not; give every group a {KIND_KEY!r} "
-            f"dataset ('{CONFORMER}' for the configurations that form ΔE pairs) or none"
-        )
-    rows = np.concatenate([kinds[name] for name in data.molecule_names])
-    if rows.shape != (len(data),):
-        raise DataFileError(f"{path}: {KIND_KEY!r} datasets hold {rows.size} entries for {len(data)} configurations")
-    return rows == CONFORMER, True
+    return kinds
 
 
 def load_test(

@@ -1,5 +1,6 @@
-"""Score models on any benchmark file (``ekd score``): exported model files, or the members of a
-run, on an ANI-layout HDF5 file with its own keys and units.
+"""Score models on any benchmark file (``ekd score``): exported model files, the members of a
+run, or any ASE calculator, on an ANI-layout HDF5 file or an ASE-readable file (extxyz, ASE
+database) with its own keys and units.
 
 * The file is read by :func:`ekd.evaluation.benchmark.load_test` (its keys, units and conformer marks are
   described there).
@@ -8,7 +9,8 @@ run, on an ANI-layout HDF5 file with its own keys and units.
   RMSE/MAE per component. When the file has a per-configuration ``kind`` dataset (strings), only
   configurations with ``kind == "conformer"`` form ΔE pairs; the energy and force errors use every
   configuration.
-* Groups: the model files given form one group ("models", one member per file); a run directory
+* Groups: the model files given form one group ("models", one member per file), ASE calculators
+  another ("calculators", one member per ``MODULE:FACTORY[:ARG]``, :func:`calculator_group`); a run directory
   gives its groups (teacher, student_gen1, ..., or those asked for; see :mod:`ekd.groups`). Each
   group: its members' scores, their mean ± std, and the score of the ensembled (mean) prediction.
 * A model that lacks an element of the file is an error naming the molecule and element, unless
@@ -39,6 +41,7 @@ from .tables import COLUMNS, fmt, text_table
 SCHEMA = "ekd.evaluation.score/1"
 DEFAULT_WINDOW = 100.0
 MODELS_GROUP = "models"
+CALCULATORS_GROUP = "calculators"
 
 # ------------------------------------------------------------------------------------------
 # models
@@ -129,6 +132,25 @@ def model_files(paths: Sequence[str | os.PathLike], trust_code: bool = False, ba
             return predict_model_file(module, meta.cutoff, meta.dtype, data, advance, batch_size)
 
         group.add(str(p), meta.atomic_numbers, predict)
+    return group
+
+
+def calculator_group(specs: Sequence[str]) -> ModelGroup:
+    """ASE calculators as one group, one member per spec ``MODULE:FACTORY[:ARG]`` (e.g.
+    ``mace.calculators:MACECalculator:model.model``; see :func:`ekd.training.external.load_calculator`),
+    each configuration handed over as an isolated ``ase.Atoms`` (eV, eV/Angstrom back). A calculator
+    does not declare its elements, so none is left out for it (``--skip-unknown-elements``): one it
+    cannot predict is its own error, reported with the configuration."""
+    from ..training.external import load_calculator
+
+    group = ModelGroup(CALCULATORS_GROUP, "calculator")
+    for spec in specs:
+        member = load_calculator(spec)
+
+        def predict(data, advance, member=member):
+            return member.predict(data, forces=True, advance=advance)
+
+        group.add(spec, range(1, 119), predict)
     return group
 
 
@@ -429,6 +451,7 @@ __all__ = [
     "format_result",
     "load_test",
     "model_files",
+    "calculator_group",
     "plot",
     "predict_model_file",
     "score_models",

@@ -3,8 +3,10 @@
 Every member predicts forces -dE/dR by autograd; their mean over members (Eq. 3 of the paper)
 becomes the students' force target and the per-atom, per-component standard deviation over
 members records the ensemble's disagreement. Both go into an augmented dataset in the same ANI
-layout, next to the original energies. Generations are a loop in the caller: the students of
-generation g are the members of the ensemble that labels generation g + 1.
+layout, next to the original energies, and into an extxyz copy for other trainers
+(:func:`write_augmented_xyz`: MACE, NequIP/Allegro, SevenNet read it with their own options).
+Generations are a loop in the caller: the students of generation g are the members of the
+ensemble that labels generation g + 1.
 
 The force-weight schedule of the students lives in :meth:`ekd.config.TrainConfig.force_weight`.
 """
@@ -22,6 +24,16 @@ from ..data import Dataset, Units
 #: file keys of the augmented dataset
 ENSEMBLE_FORCES_KEY = "ekd_ensemble.forces"
 ENSEMBLE_FORCES_STD_KEY = "ekd_ensemble.forces_std"
+#: extxyz keys of the augmented dataset (info: energy; arrays: the rest), in eV and eV/Angstrom as
+#: MACE, NequIP and SevenNet expect; none is an ASE calculator property name (``energy``,
+#: ``forces``), which ASE and NequIP would treat as the file's own results
+XYZ_KEYS = {
+    "energy": "ekd_energy",
+    "ensemble_forces": "ekd_forces",
+    "ensemble_forces_std": "ekd_forces_std",
+    "reference_forces": "ekd_reference_forces",
+}
+XYZ_UNITS = {"energy_unit": "eV", "length_unit": "Angstrom"}
 
 
 def ensemble_predict(members: Sequence, dataset: Dataset, forces: bool = True) -> dict[str, np.ndarray]:
@@ -130,24 +142,55 @@ def write_augmented(
         forces are converted from ekd's internal ones.
     """
     units = Units() if units is None else units
+    _check_labelled(dataset, "write_augmented")
+    keys = labels_file_keys(energy_key, reference_forces_key, "reference_forces" in dataset.properties)
+    return dataset.save(path, keys, units)
+
+
+def _check_labelled(dataset: Dataset, who: str) -> None:
     for name in ("energy", "ensemble_forces", "ensemble_forces_std"):
         if name not in dataset.properties:
             raise ValueError(
-                f"write_augmented: the dataset has no {name!r} property (has {sorted(dataset.properties)}); "
+                f"{who}: the dataset has no {name!r} property (has {sorted(dataset.properties)}); "
                 "label it with label_dataset first"
             )
         if name != "energy" and not dataset.mask(name).all():
-            raise ValueError(f"write_augmented: {name!r} has NaN values; refusing to write them")
+            raise ValueError(f"{who}: {name!r} has NaN values; refusing to write them")
+
+
+def labels_file_keys(
+    energy_key: str, reference_forces_key: str | None = None, reference_forces: bool = True
+) -> dict[str, str]:
+    """{dataset property: file key} of a labels file (see :func:`write_augmented`)."""
     keys = {
         "energy": energy_key,
         "ensemble_forces": ENSEMBLE_FORCES_KEY,
         "ensemble_forces_std": ENSEMBLE_FORCES_STD_KEY,
     }
-    if "reference_forces" in dataset.properties:
+    if reference_forces:
         if reference_forces_key is None and energy_key.endswith(".energy"):
             reference_forces_key = energy_key[: -len(".energy")] + ".forces"
         if reference_forces_key is not None:
             keys["reference_forces"] = reference_forces_key
     if len(set(keys.values())) != len(keys):
         raise ValueError(f"write_augmented: file keys must be distinct, got {keys}")
-    return dataset.save(path, keys, units)
+    return keys
+
+
+def write_augmented_xyz(dataset: Dataset, path: str | os.PathLike) -> Path:
+    """A labelled dataset as extended XYZ for other trainers (atomically; read back and compared
+    before it replaces ``path``: :func:`ekd.data.ase_files.write_extxyz`).
+
+    One frame per configuration, molecules in the dataset's order. Keys (:data:`XYZ_KEYS`):
+    info ``ekd_energy`` (the reference energy, eV); arrays ``ekd_forces`` (the ensemble-mean forces,
+    eV/Angstrom), ``ekd_forces_std`` (their population standard deviation over members, per atom and
+    Cartesian component, eV/Angstrom) and, when the dataset has them, ``ekd_reference_forces`` (the
+    data's own forces, NaN where unknown); info ``molecule`` and ``conformer`` (the configuration's
+    identity) and ``energy_unit="eV"``, ``length_unit="Angstrom"`` (what ekd reads back). No cell,
+    ``pbc="F F F"``.
+    """
+    from ..data.ase_files import write_extxyz
+
+    _check_labelled(dataset, "write_augmented_xyz")
+    keys = {name: key for name, key in XYZ_KEYS.items() if name in dataset.properties}
+    return write_extxyz(path, dataset.to_groups(keys, Units("ev", "angstrom")), XYZ_UNITS)

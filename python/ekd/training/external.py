@@ -1,6 +1,8 @@
-"""Teacher ensembles that ekd does not train: TorchANI's ANI models (the paper's SI 2).
+"""Models that ekd does not train, as teachers and for ``ekd score``: TorchANI's ANI models (the
+paper's SI 2) and any ASE calculator.
 
-``load_external_teacher("torchani:ANI1ccx", data_dir)`` returns the members of the ensemble as
+``load_external_teacher("torchani:ANI1ccx", data_dir)`` (or a list of ``"MODULE:FACTORY[:ARG]"``
+calculator specs, one member each: :func:`load_calculator`) returns the members of the ensemble as
 objects with ``predict(dataset, forces)`` -- the interface of :class:`ekd.training.train.Member` that
 :func:`ekd.training.distill.ensemble_predict` uses -- so that an external ensemble labels a training set
 exactly as trained teachers do.
@@ -31,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..store import bytes_digest
-from ..units import HARTREE_TO_KCALMOL
+from ..units import EV_TO_KCALMOL, HARTREE_TO_KCALMOL
 
 #: external teachers ekd knows: name -> (torchani info file)
 TORCHANI_MODELS = {"ANI1ccx": "ani-1ccx_8x.info", "ANI1x": "ani-1x_8x.info", "ANI2x": "ani-2x_8x.info"}
@@ -39,6 +41,10 @@ TORCHANI_MODELS = {"ANI1ccx": "ani-1ccx_8x.info", "ANI1x": "ani-1x_8x.info", "AN
 
 class ExternalModelUnavailable(RuntimeError):
     """An external teacher's package or weight files are not on this machine."""
+
+
+class ExternalModelError(RuntimeError):
+    """An outside model failed or returned nonsense (non-finite, wrong shape) for a configuration."""
 
 
 def _import_torchani():
@@ -160,13 +166,131 @@ class TorchANIEnsemble:
         return energies, out_forces
 
 
-def load_external_teacher(spec: str, data_dir: str | None = None) -> tuple[list, dict]:
-    """``spec`` "torchani:<model>" -> (members with ``predict``, identity dict for digests)."""
-    kind, _, name = spec.partition(":")
-    if kind != "torchani":
-        raise ValueError(f"external_teacher: unknown kind {kind!r} in {spec!r}; expected 'torchani:<model>'")
-    ensemble = TorchANIEnsemble(name, data_dir)
-    return ensemble.members(), ensemble.identity
+# ------------------------------------------------------------------------------------------
+# any ASE calculator
 
 
-__all__ = ["ExternalModelUnavailable", "TorchANIEnsemble", "load_external_teacher", "torchani_resources"]
+class CalculatorMember:
+    """One ASE calculator as a member (``predict(dataset, forces)``, as :class:`ekd.training.member.Member`).
+
+    Every configuration is handed to the calculator as an isolated ``ase.Atoms`` (no cell, pbc
+    False); the calculator's energy (eV) and forces (eV/Angstrom), ASE's units, are converted to
+    kcal/mol and kcal/mol/Angstrom with :data:`ekd.units.EV_TO_KCALMOL`. One configuration per call:
+    ASE calculators take one structure at a time."""
+
+    def __init__(self, spec: str, calc, identity: dict):
+        self.spec, self.calc, self.identity = spec, calc, identity
+
+    def predict(self, dataset, forces: bool = True, advance=None):
+        from ase import Atoms
+
+        n, n_atoms = dataset.species.shape
+        energies = np.empty(n)
+        out = np.zeros((n, n_atoms, 3)) if forces else None
+        for i in range(n):
+            real = dataset.species[i] > 0
+            atoms = Atoms(numbers=dataset.species[i][real], positions=dataset.coordinates[i][real], pbc=False)
+            atoms.calc = self.calc
+            where = (
+                f"calculator {self.spec!r} on configuration {i} (molecule "
+                f"{dataset.molecule_names[dataset.molecule[i]]!r}, conformer {int(dataset.conformer[i])}) of "
+                f"{dataset.source or 'the dataset'}"
+            )
+            try:
+                e = np.asarray(atoms.get_potential_energy(), dtype=np.float64)
+                f = np.asarray(atoms.get_forces(), dtype=np.float64) if forces else None
+            except Exception as err:  # whatever the calculator raises, name the configuration
+                raise ExternalModelError(f"{where}: {type(err).__name__}: {err}") from err
+            if e.size != 1 or not np.isfinite(e).all():
+                raise ExternalModelError(f"{where}: the energy is {e!r}, expected one finite number (eV)")
+            energies[i] = float(e.reshape(())) * EV_TO_KCALMOL
+            if forces:
+                if f.shape != (int(real.sum()), 3) or not np.isfinite(f).all():
+                    raise ExternalModelError(
+                        f"{where}: the forces have shape {f.shape} or non-finite values; expected finite "
+                        f"({int(real.sum())}, 3) (eV/Angstrom)"
+                    )
+                out[i, real] = f * EV_TO_KCALMOL
+            if advance is not None:
+                advance(1)
+        return energies, out
+
+
+def parse_calculator_spec(spec: str) -> tuple[str, str, str | None]:
+    """``"MODULE:FACTORY[:ARG]"`` -> (module, factory, arg or None); FACTORY may be dotted
+    (``Class.from_file``), ARG is everything after the second colon (a path may hold colons)."""
+    parts = str(spec).split(":", 2)
+    ok = len(parts) >= 2 and all(p and all(s.isidentifier() for s in p.split(".")) for p in parts[:2])
+    if not ok:
+        raise ValueError(
+            f"calculator {spec!r}: expected MODULE:FACTORY[:ARG] (a Python module, a callable in it that returns "
+            "an ASE calculator, and an optional argument), e.g. 'ekd.deploy.calculator:EKDCalculator:model.pt'"
+        )
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else None
+
+
+def load_calculator(spec: str) -> CalculatorMember:
+    """The ASE calculator that ``spec`` (:func:`parse_calculator_spec`) makes, as a member.
+
+    Importing MODULE runs its code: name only modules you trust (as for any Python import). The
+    identity (for digests) is the spec, the module's ``__version__`` and, when ARG is a file, its bytes."""
+    import importlib
+
+    from ..store import file_digest
+
+    module_name, factory_name, arg = parse_calculator_spec(spec)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ExternalModelUnavailable(f"calculator {spec!r}: cannot import module {module_name!r} ({e})") from e
+    factory = module
+    for part in factory_name.split("."):
+        factory = getattr(factory, part, None)
+        if factory is None:
+            raise ExternalModelUnavailable(f"calculator {spec!r}: module {module_name!r} has no {factory_name!r}")
+    if not callable(factory):
+        raise ValueError(f"calculator {spec!r}: {module_name}.{factory_name} is not callable")
+    try:
+        calc = factory() if arg is None else factory(arg)
+    except Exception as e:  # the calculator's own error (missing file, bad argument): name the spec
+        called = f"{module_name}.{factory_name}({'' if arg is None else repr(arg)})"
+        raise ExternalModelError(f"calculator {spec!r}: {called} failed: {type(e).__name__}: {e}") from e
+    if not callable(getattr(calc, "get_potential_energy", None)) and not callable(getattr(calc, "calculate", None)):
+        raise ValueError(
+            f"calculator {spec!r}: {factory_name}(...) returned {type(calc).__name__}, not an ASE calculator"
+        )
+    top = importlib.import_module(module_name.split(".")[0])
+    identity = {
+        "kind": "ase",
+        "spec": spec,
+        "version": str(getattr(top, "__version__", "")),
+        "arg_file": file_digest(arg) if arg is not None and Path(arg).is_file() else None,
+    }
+    return CalculatorMember(spec, calc, identity)
+
+
+def load_external_teacher(spec, data_dir: str | None = None) -> tuple[list, dict]:
+    """``spec`` -> (members with ``predict``, identity dict for digests).
+
+    spec: "torchani:<model>" (a TorchANI ensemble, weights from ``data_dir``), or ASE calculators,
+    one member each: one "MODULE:FACTORY[:ARG]" string or a list of them (:func:`load_calculator`)."""
+    if isinstance(spec, str) and spec.startswith("torchani:"):
+        ensemble = TorchANIEnsemble(spec.partition(":")[2], data_dir)
+        return ensemble.members(), ensemble.identity
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    if not specs:
+        raise ValueError("external_teacher: an empty list of calculators")
+    members = [load_calculator(s) for s in specs]
+    return members, {"kind": "ase", "members": [m.identity for m in members]}
+
+
+__all__ = [
+    "CalculatorMember",
+    "ExternalModelError",
+    "ExternalModelUnavailable",
+    "TorchANIEnsemble",
+    "load_calculator",
+    "load_external_teacher",
+    "parse_calculator_spec",
+    "torchani_resources",
+]
