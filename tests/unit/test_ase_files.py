@@ -201,3 +201,51 @@ def test_config_and_score_take_unit_names_as_people_write_them():
     assert config.loads("data: {energy_unit: Hartree}").digest() == config.loads("{}").digest()  # same meaning
     with pytest.raises(config.ConfigError, match=r"data\.energy_unit: unknown energy unit 'kJ/mol'"):
         config.loads("data: {energy_unit: kJ/mol}")
+
+
+def test_training_from_the_extxyz_gives_the_same_member(tmp_path, groups):
+    """Same numbers in the same order: the member trained from the extxyz copy of a data file is
+    the member trained from the file (every logged number and every weight equal, not close)."""
+    import dataclasses
+    import json
+
+    import torch
+
+    from ekd.config import ModelConfig, default_config
+    from ekd.data import random_split
+    from ekd.training.train import MemberSpec, train_member
+
+    h5 = write_ani(tmp_path / "t.h5", groups, HARTREE)
+    xyz = write_extxyz(tmp_path / "t.xyz", read_ani(h5), {"energy_unit": "Hartree", "length_unit": "Angstrom"})
+    base = default_config()
+    cfg = dataclasses.replace(
+        base,
+        model=ModelConfig(l_max=1, n_interactions=1, n_atom_layers=1, width=8, n_sensitivities=4),
+        train=dataclasses.replace(
+            base.train, lr=5e-3, batch_size=4, max_epochs=3, force_schedule=((1, 10.0),), kernels="pytorch"
+        ),  # fmt: skip
+    )
+    out = {}
+    for name, path in (("h5", h5), ("xyz", xyz)):
+        data = load_dataset(path, KEYS).require("energy", "reference_forces")  # the baseline's targets
+        rest, test = random_split(np.arange(len(data)), 0.2, seed=0)
+        train, valid = random_split(rest, 0.25, seed=1)
+        spec = MemberSpec("baseline", 0, 0, seed=3, forces="reference_forces")
+        train_member(spec, cfg, data, {"train": train, "valid": valid, "test": test}, tmp_path / name)
+        log = [json.loads(line) for line in (tmp_path / name / "train_log.jsonl").read_text().splitlines()]
+        out[name] = ([{k: v for k, v in e.items() if k != "seconds"} for e in log], tmp_path / name / "model.pt")
+    assert len(out["h5"][0]) == 3 and out["h5"][0] == out["xyz"][0]
+    a, b = (torch.load(p, weights_only=True, map_location="cpu") for p in (out["h5"][1], out["xyz"][1]))
+    flat_a, flat_b = _tensors(a), _tensors(b)
+    assert flat_a.keys() == flat_b.keys() and len(flat_a) > 4
+    assert all(torch.equal(flat_a[k], flat_b[k]) for k in flat_a)
+
+
+def _tensors(obj, prefix=""):
+    """{path: tensor} of every tensor in a nested checkpoint."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return {prefix: obj}
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list | tuple) else ()
+    return {k: v for key, value in items for k, v in _tensors(value, f"{prefix}/{key}").items()}
