@@ -123,3 +123,42 @@ def test_status_of_a_local_run(tmp_path):
         text=True,
     )
     assert out.returncode == 2 and "is not a run directory" in out.stderr
+
+
+def test_a_member_task_waits_while_another_process_trains_that_member(tmp_path):
+    """The guard against training a member twice at once: a task (what a Slurm array task runs)
+    whose member is locked by another process waits, saying for whom, and trains (or reuses)
+    the member once the lock is free."""
+    from ekd import store
+    from ekd.data import write_ani
+    from ekd.workflow import Run
+
+    from ..conftest import tiny_run_config, xtb_groups
+
+    train = write_ani(tmp_path / "train.h5", xtb_groups(("H2O", "CH4", "NH3"), n_conf=12))
+    text = tiny_run_config(train, "null", max_epochs=1, ensemble="{n_teachers: 1, n_students: 1, generations: 1}")
+    cfg = config.loads(text)
+    run_dir = tmp_path / "run"
+    run = Run(cfg, run_dir, progress=False)
+    member = run.member_dir(run.group("teacher"), 0)
+    call = (
+        "import sys; from ekd.workflow.slurm import train_member_task; "
+        "train_member_task(sys.argv[1], open(sys.argv[2]).read(), 'teacher', 0)"
+    )
+    (tmp_path / "cfg.yaml").write_text(run.cfg.to_yaml())
+    with store.lock_dir(member, "teacher member 0"):
+        task = subprocess.Popen(
+            [sys.executable, "-c", call, str(run_dir), str(tmp_path / "cfg.yaml")],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        said = ""
+        while "ekd: waiting" not in said:
+            line = task.stderr.readline()
+            assert line, f"the task ended instead of waiting: {said}"
+            said += line
+        assert "teacher member 0" in said and "is in use by" in said
+        assert not (member / "done.json").exists()
+    said += task.communicate(timeout=300)[1]
+    assert task.returncode == 0, said
+    assert json.loads((member / "done.json").read_text())["epochs"] == 1

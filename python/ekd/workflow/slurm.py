@@ -202,8 +202,19 @@ class SlurmExecutor:
         whether the job did its work (its member's done.json)."""
         seen: dict = {}
         failures = []
+        refused = 0
         while watch:
-            live = queue()
+            try:
+                live = queue()
+                refused = 0
+            except SchedulerError as e:
+                # a busy controller times out now and then: only a lasting silence stops the driver
+                refused += 1
+                if refused >= 10:
+                    raise
+                log(f"{e}; asking again in {self.s.poll_seconds:g} s")
+                time.sleep(self.s.poll_seconds)
+                continue
             for key, job in list(watch.items()):
                 state = live.get(job)
                 if state is not None:
