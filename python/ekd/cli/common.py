@@ -32,6 +32,13 @@ def config_for(args, existing_run: bool = False):
         cfg = replace(cfg, run_dir=run_dir)
     if getattr(args, "workers", None) is not None:
         cfg = replace(cfg, workers=args.workers)
+    if getattr(args, "device", None) is not None:
+        cfg = replace(cfg, train=replace(cfg.train, device=args.device))
+    if hasattr(args, "device"):
+        # here, not in a worker after minutes of data preparation: `cuda` without a GPU is one line
+        from ..ops.devices import resolve_device
+
+        resolve_device(cfg.train.device, "--device" if args.device else "train.device")
     if existing_run and not Path(cfg.run_dir).is_dir():
         how = "--run-dir" if run_dir else f"run_dir of {args.config or 'the default configuration'}"
         raise UsageError(f"run directory {cfg.run_dir} does not exist ({how}); check it, or make it with `ekd run`")
@@ -86,8 +93,23 @@ def add_debug(sp) -> None:
     sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
 
 
-def add_common(sp, run_dir: bool = True) -> None:
-    """--config, (--run-dir, --workers), --quiet, --debug."""
+DEVICE_HELP = (
+    "where members are trained and labels, metrics and scores computed: auto (a GPU if there is one), "
+    "cpu, cuda or cuda:N (default: train.device of the configuration)"
+)
+
+
+def device_name(text: str) -> str:
+    """An argparse type: auto, cpu, cuda or cuda:N."""
+    import re
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def add_common(sp, run_dir: bool = True, device: bool = False) -> None:
+    """--config, (--run-dir, --workers), (--device), --quiet, --debug."""
     sp.add_argument(
         "--config",
         help="YAML configuration (default: the run directory's config.yaml if it exists, else the built-in)",
@@ -95,5 +117,7 @@ def add_common(sp, run_dir: bool = True) -> None:
     if run_dir:
         sp.add_argument("--run-dir", help="run directory (default: run_dir of the configuration)")
         sp.add_argument("--workers", type=positive, help="parallel member jobs (>= 1)")
+    if device:
+        sp.add_argument("--device", type=device_name, help=DEVICE_HELP)
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
     add_debug(sp)

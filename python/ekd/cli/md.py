@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +33,13 @@ def md_stability(args) -> int:
     run_dir = Path(args.run_dir or cfg.run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"run directory {run_dir} does not exist; check --run-dir, or make it with `ekd run`")
+    if args.device is not None:
+        # the ASE engine's MD workers read it (not a field of md: it must not enter the runs' digests)
+        from ..ops.devices import MD_DEVICE_ENV
+
+        if args.engine == "lammps" or (args.engine is None and cfg.md.engine == "lammps"):
+            raise UsageError("--device: the lammps engine runs pair_style ekd on the CPU; use --engine ase")
+        os.environ[MD_DEVICE_ENV] = args.device
     # --roles names exactly the groups wanted: every one must exist
     strict = bool(args.roles)
     with lock_dir(run_dir):
@@ -47,7 +55,7 @@ def md_stability(args) -> int:
 
 def add_parsers(sub) -> None:
     sp = sub.add_parser("md-stability", help="MD stability vs time step per role (CH3ONO box; the paper's Fig. 3)")
-    add_common(sp)
+    add_common(sp, device=True)
     sp.add_argument("--engine", choices=["ase", "lammps"], help="MD engine (default: md.engine)")
     sp.add_argument("--roles", help="comma-separated groups, e.g. teacher,student_gen2 (default: md.roles)")
     sp.add_argument("--dt", help="comma-separated time steps in fs (default: md.timesteps_fs)")

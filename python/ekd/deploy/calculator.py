@@ -24,6 +24,7 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from ..ops import library as _ops
 from ..ops import threads as _threads
+from ..ops.devices import resolve_device
 from ..units import EV_TO_KCALMOL
 from . import aoti
 from .model_file import load_model
@@ -35,7 +36,9 @@ class EKDCalculator(Calculator):
     model_path: a file or a list of files written by :func:`ekd.deploy.model_file.save_model` (TorchScript)
     or :func:`ekd.deploy.aoti.export_module` (AOTInductor ``.pt2``, told apart by content); the
     members may differ in cutoff and depth but must cover the elements of the structures they see.
-    device: torch device string. trust_code: load files whose code is not the code this ekd writes
+    device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (:func:`ekd.ops.devices.resolve_device`: a GPU
+    that ekd cannot use is a one-line error); every kind of model file runs on it, except AOTInductor
+    packages (compiled for the CPU). trust_code: load files whose code is not the code this ekd writes
     (ekd-model-1 files, custom modules) -- only for files you trust, since loading runs their code
     (see :mod:`ekd.deploy.model_file`, "Model files and trust").
     """
@@ -48,7 +51,7 @@ class EKDCalculator(Calculator):
     def __init__(
         self,
         model_path: str | Path | Sequence[str | Path],
-        device: str = "cpu",
+        device: str | torch.device = "cpu",
         trust_code: bool = False,
         **kwargs,
     ):
@@ -56,7 +59,7 @@ class EKDCalculator(Calculator):
         paths = [model_path] if isinstance(model_path, str | Path) else list(model_path)
         if not paths:
             raise ValueError("EKDCalculator: give at least one model file")
-        self.device = torch.device(device)
+        self.device = resolve_device(device, "EKDCalculator(device=...)")
         _threads.check_wait_policy(torch.get_num_threads(), "EKDCalculator")
         self.models = []
         self.metadata = []
@@ -69,7 +72,7 @@ class EKDCalculator(Calculator):
                     )
                 module, meta = aoti.load_package(p, trust_code=trust_code)
             else:
-                module, meta = load_model(p, device=device, trust_code=trust_code)
+                module, meta = load_model(p, device=self.device, trust_code=trust_code)
             self.models.append(module)
             self.metadata.append(meta)
         self.cutoff = max(m.cutoff for m in self.metadata)

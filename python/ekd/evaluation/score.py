@@ -1,6 +1,5 @@
-"""Score models on any benchmark file (``ekd score``): exported model files, the members of a
-run, or any ASE calculator, on an ANI-layout HDF5 file or an ASE-readable file (extxyz, ASE
-database) with its own keys and units.
+"""Score models on any benchmark file (``ekd score``): exported model files, or the members of a
+run, on an ANI-layout HDF5 file with its own keys and units.
 
 * The file is read by :func:`ekd.evaluation.benchmark.load_test` (its keys, units and conformer marks are
   described there).
@@ -9,8 +8,7 @@ database) with its own keys and units.
   RMSE/MAE per component. When the file has a per-configuration ``kind`` dataset (strings), only
   configurations with ``kind == "conformer"`` form ΔE pairs; the energy and force errors use every
   configuration.
-* Groups: the model files given form one group ("models", one member per file), ASE calculators
-  another ("calculators", one member per ``MODULE:FACTORY[:ARG]``, :func:`calculator_group`); a run directory
+* Groups: the model files given form one group ("models", one member per file); a run directory
   gives its groups (teacher, student_gen1, ..., or those asked for; see :mod:`ekd.groups`). Each
   group: its members' scores, their mean ± std, and the score of the ensembled (mean) prediction.
 * A model that lacks an element of the file is an error naming the molecule and element, unless
@@ -41,7 +39,6 @@ from .tables import COLUMNS, fmt, text_table
 SCHEMA = "ekd.evaluation.score/1"
 DEFAULT_WINDOW = 100.0
 MODELS_GROUP = "models"
-CALCULATORS_GROUP = "calculators"
 
 # ------------------------------------------------------------------------------------------
 # models
@@ -71,11 +68,14 @@ class ModelGroup:
         self.predictors.append(predictor)
 
 
-def predict_model_file(module, cutoff: float, dtype: str, data: Dataset, advance=None, batch_size: int = 64):
+def predict_model_file(
+    module, cutoff: float, dtype: str, data: Dataset, advance=None, batch_size: int = 64, device="cpu"
+):
     """Energies (n,) kcal/mol and forces (n, A, 3) kcal/mol/Angstrom (0 in padding) of an exported
     model on isolated configurations, ``batch_size`` configurations per model call: the op
     library's batched neighbor list (no periodic images), one forward and one backward pass. Forces
-    from the gradient with respect to the pair vectors, as in :class:`ekd.deploy.calculator.EKDCalculator`."""
+    from the gradient with respect to the pair vectors, as in :class:`ekd.deploy.calculator.EKDCalculator`.
+    device: the torch device the module is on (the inputs are moved there, the results come back)."""
     import torch
 
     from ..ops import library as _ops
@@ -89,11 +89,11 @@ def predict_model_file(module, cutoff: float, dtype: str, data: Dataset, advance
         real = data.species[sl] > 0
         b = real.shape[0]
         counts = torch.as_tensor(real.sum(axis=1))
-        batch = torch.repeat_interleave(torch.arange(b), counts)
-        species = torch.as_tensor(data.species[sl][real], dtype=torch.long)
-        positions = torch.as_tensor(data.coordinates[sl][real], dtype=torch.float64)
-        cell = torch.zeros(b, 3, 3, dtype=torch.float64)
-        pbc = torch.zeros(b, 3, dtype=torch.bool)
+        batch = torch.repeat_interleave(torch.arange(b), counts).to(device)
+        species = torch.as_tensor(data.species[sl][real], dtype=torch.long, device=device)
+        positions = torch.as_tensor(data.coordinates[sl][real], dtype=torch.float64, device=device)
+        cell = torch.zeros(b, 3, 3, dtype=torch.float64, device=device)
+        pbc = torch.zeros(b, 3, dtype=torch.bool, device=device)
         first, second, _ = _ops.neighbor_list(positions, cutoff, cell, pbc, batch=batch)
         r = (positions[second] - positions[first]).to(dt)
         if isinstance(module, AOTIModel):
@@ -103,54 +103,46 @@ def predict_model_file(module, cutoff: float, dtype: str, data: Dataset, advance
             e_atoms = module(species, first, second, r)
             (g,) = torch.autograd.grad(e_atoms.sum(), r)
         g = g.to(torch.float64)
-        f = torch.zeros(positions.shape[0], 3, dtype=torch.float64)
+        f = torch.zeros(positions.shape[0], 3, dtype=torch.float64, device=device)
         f.index_add_(0, first, g).index_add_(0, second, -g)
-        e = torch.zeros(b, dtype=torch.float64).index_add_(0, batch, e_atoms.detach().to(torch.float64))
-        energies[sl] = e.numpy()
+        e = torch.zeros(b, dtype=torch.float64, device=device)
+        e.index_add_(0, batch, e_atoms.detach().to(torch.float64))
+        energies[sl] = e.cpu().numpy()
         block = np.zeros((b, a, 3))
-        block[real] = f.numpy()
+        block[real] = f.cpu().numpy()
         forces[sl] = block
         if advance is not None:
             advance(b)
     return energies, forces
 
 
-def model_files(paths: Sequence[str | os.PathLike], trust_code: bool = False, batch_size: int = 64) -> ModelGroup:
-    """Exported model files (``ekd export``) as one group, one member per file."""
+def model_files(
+    paths: Sequence[str | os.PathLike], trust_code: bool = False, batch_size: int = 64, device: str = "cpu"
+) -> ModelGroup:
+    """Exported model files (``ekd export``) as one group, one member per file, evaluated on
+    ``device`` (auto, cpu, cuda, cuda:N; AOTInductor packages: the CPU only)."""
     from ..deploy.aoti import is_package, load_package  # noqa: I001
     from ..deploy.model_file import load_model
+    from ..ops.devices import resolve_device
+
+    dev = resolve_device(device, "--device")
 
     if not paths:
         raise ScoreError("give at least one model file (or --run-dir)")
     group = ModelGroup(MODELS_GROUP, "model")
     for p in paths:
         # TorchScript file or AOTInductor package, told apart by content as in EKDCalculator
-        loader = load_package if is_package(p) else load_model
-        module, meta = loader(p, trust_code=trust_code)
+        if is_package(p):
+            if dev.type != "cpu":
+                raise ScoreError(f"{p} is an AOTInductor package compiled for the CPU: score it with --device cpu")
+            module, meta = load_package(p, trust_code=trust_code)
+        else:
+            module, meta = load_model(p, device=dev, trust_code=trust_code)
 
         def predict(data, advance, module=module, meta=meta):
-            return predict_model_file(module, meta.cutoff, meta.dtype, data, advance, batch_size)
+            return predict_model_file(module, meta.cutoff, meta.dtype, data, advance, batch_size, dev)
 
         group.add(str(p), meta.atomic_numbers, predict)
-    return group
-
-
-def calculator_group(specs: Sequence[str]) -> ModelGroup:
-    """ASE calculators as one group, one member per spec ``MODULE:FACTORY[:ARG]`` (e.g.
-    ``mace.calculators:MACECalculator:model.model``; see :func:`ekd.training.external.load_calculator`),
-    each configuration handed over as an isolated ``ase.Atoms`` (eV, eV/Angstrom back). A calculator
-    does not declare its elements, so none is left out for it (``--skip-unknown-elements``): one it
-    cannot predict is its own error, reported with the configuration."""
-    from ..training.external import load_calculator
-
-    group = ModelGroup(CALCULATORS_GROUP, "calculator")
-    for spec in specs:
-        member = load_calculator(spec)
-
-        def predict(data, advance, member=member):
-            return member.predict(data, forces=True, advance=advance)
-
-        group.add(spec, range(1, 119), predict)
     return group
 
 
@@ -451,7 +443,6 @@ __all__ = [
     "format_result",
     "load_test",
     "model_files",
-    "calculator_group",
     "plot",
     "predict_model_file",
     "score_models",

@@ -53,7 +53,9 @@ def run_ase(atoms, model_paths, dt_fs, n_equil, n_nve, temperature, seed, min_di
     from ..ops import library as _ops
 
     atoms = atoms.copy()
-    atoms.calc = EKDCalculator([str(p) for p in model_paths])
+    from ..ops.devices import MD_DEVICE_ENV
+
+    atoms.calc = EKDCalculator([str(p) for p in model_paths], device=os.environ.get(MD_DEVICE_ENV, "cpu"))
     cell, pbc = np.asarray(atoms.cell), atoms.pbc
     t0 = time.perf_counter()
     dt = dt_fs * units.fs

@@ -22,6 +22,9 @@ from ..jobs import WORKER_ENV
 from .library import BUILD_INFO
 
 NAME = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+#: the device of the ASE engine's MD runs (``ekd md-stability --device``; unset: the CPU), read in
+#: each MD worker so that it takes its own GPU
+MD_DEVICE_ENV = "EKD_MD_DEVICE"
 
 _REBUILD = (
     "rebuild ekd with the CUDA toolkit on PATH (nvcc) against this CUDA torch: "

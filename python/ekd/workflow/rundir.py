@@ -8,14 +8,13 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .. import store
 from ..config import Config
-from ..config.schema import SlurmConfig
 from ..data import Dataset, Units, load_dataset
 from ..jobs import run_parallel
 from . import results
@@ -33,13 +32,12 @@ from .inputs import (
 )
 from .plan import EXTERNAL, Group, UnknownGroupError, describe, member_seed, plan
 
-#: Config fields that say how a run is executed, at their defaults
-EXECUTION_DEFAULTS_OF_CONFIG = {"executor": "local", "slurm": SlurmConfig()}
-
 
 def _same_config(stamp: Path, cfg: Config) -> bool:
     """Whether ``stamp`` (a run's config.yaml) holds ``cfg``, up to where the run directory is and
     how many processes (or which executor, on which device) work in it."""
+    from dataclasses import replace
+
     from ..config import ConfigError, load
 
     try:
@@ -89,9 +87,6 @@ class Run:
     progress: bool = True
 
     def __post_init__(self):
-        # what the run computes, not how it is executed (ekd run --executor): its records (config.yaml,
-        # metrics.json, the members' jobs) are the same whichever executor makes them
-        self.cfg = replace(self.cfg, **EXECUTION_DEFAULTS_OF_CONFIG)
         self.run_dir = Path(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # the record of what the run was created with, written once: a later run with another
@@ -157,11 +152,7 @@ class Run:
     # --- labels
     def labels_path(self, group: Group) -> Path:
         if group.labels_from == EXTERNAL:
-            teacher = self.cfg.ensemble.external_teacher
-            if isinstance(teacher, str) and teacher.startswith("torchani:"):
-                name = teacher.replace(":", "_")
-            else:  # calculator specs hold paths and colons: their digest names them
-                name = f"calculators_{run_digest(teacher)[:12]}"
+            name = self.cfg.ensemble.external_teacher.replace(":", "_")
             return self.run_dir / "labels" / f"external_{name}.h5"
         if group.teacher_members is not None:
             return self.run_dir / "labels" / f"gen{group.generation}_k{group.teacher_members}.h5"
@@ -188,8 +179,7 @@ class Run:
         return members, digest, f"{n} {teacher.label} members"
 
     def make_labels(self, group: Group) -> Path:
-        """Ensemble forces of the teaching ensemble, written as an augmented ANI-layout file and
-        as extxyz beside it (``gen1.h5``, ``gen1.xyz``) for other trainers."""
+        """Ensemble forces of the teaching ensemble, written as an augmented ANI-layout file."""
         from ..training.distill import label_dataset, write_augmented
 
         path = self.labels_path(group)
@@ -201,8 +191,6 @@ class Run:
 
             check_labels_file(path, len(self.train_data))
             if self._labels_hold_the_pool(path):
-                if not path.with_suffix(".xyz").exists():  # interrupted, or made before ekd wrote it
-                    self._labels_xyz(path)
                 return path
             log(f"{path} was written before files recorded configuration identities; remaking it")
         log(f"labelling {len(self.train_data)} configurations with the ensemble of {what} -> {path}")
@@ -214,20 +202,8 @@ class Run:
             self._file_units(),
             reference_forces_key=self.cfg.data.reference_forces_key,
         )
-        # before the record: an interruption between the two remakes both
-        self._labels_xyz(path)
         store.atomic_json(done, {"digest": digest, "teachers": group.labels_from, "n_members": len(members)})
         return path
-
-    def _labels_xyz(self, path: Path) -> Path:
-        """The extxyz copy of labels file ``path``, made from that file (not from the labelling in
-        memory), so that a resumed run writes the same bytes as an uninterrupted one."""
-        from ..training.distill import labels_file_keys, write_augmented_xyz
-
-        d = self.cfg.data
-        keys = labels_file_keys(d.energy_key, d.reference_forces_key, d.reference_forces_key is not None)
-        labels = load_dataset(path, keys, self._file_units(), check_plausible=False)
-        return write_augmented_xyz(labels, path.with_suffix(".xyz"))
 
     def _labels_hold_the_pool(self, path: Path) -> bool:
         """Whether a labels file holds exactly the training pool's configurations by identity.
