@@ -244,6 +244,18 @@ def test_good_files_with_soft_links_still_read(tmp_path):
     assert [g.name for g in groups] == ["ok", "w"]
 
 
+def test_descriptive_datasets_still_read(tmp_path):
+    """Empty dataspaces, scalar and variable-length strings hold no configurations: nothing to check."""
+
+    def build(f):
+        f["ok/smiles"] = h5py.Empty("f8")
+        f.create_dataset("ok/name", data="water")
+        f.create_dataset("ok/tags", data=["a", "bb"], dtype=h5py.string_dtype())
+
+    path = _file(tmp_path / "a.h5", build)
+    assert read_ani(path)[0].properties.keys() == {"x.energy"}
+
+
 # ------------------------------------------------------------------------------------------
 # item 11: YAML keys given twice
 

@@ -147,6 +147,8 @@ def check_dataset(dset: h5py.Dataset, file: str, path: str, _depth: int = 0) -> 
     """``dset`` if its declared data is all stored in ``file`` (see the module docstring), else
     a :class:`DataFileError` naming the file and HDF5 path; reads nothing of the data."""
     where = f"{file}: {path!r}"
+    if dset.shape is None:  # an empty dataspace (h5py.Empty): no data to be missing
+        return dset
     declared = int(dset.size) * dset.dtype.itemsize
     shape = " x ".join(str(n) for n in dset.shape) or "scalar"
     what = f"declares {shape} {dset.dtype} ({_size(declared)})"
