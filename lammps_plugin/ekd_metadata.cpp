@@ -1,7 +1,6 @@
 #include "ekd_metadata.h"
 
 #include "ekd_model.h"
-#include "ekd_model_aoti.h"  // is_aoti_package
 
 #include "json.h"  // LAMMPS's copy of nlohmann::json
 
@@ -70,8 +69,9 @@ int atomic_number(const std::string &symbol) {
     return 0;
 }
 
-ModelInfo parse_metadata(const std::string &text, const std::string &path, const std::string &ekd_version,
-                         const std::string &torch_version) {
+ModelInfo parse_metadata(const ModelFile &file, const std::string &ekd_version, const std::string &torch_version) {
+    const std::string &text = file.metadata_json;
+    const std::string &path = file.path;
     const std::string where = "model " + path + ": ";
     const std::string reexport = "; re-export the model with this ekd (`ekd export`)";
     json j;
@@ -89,7 +89,7 @@ ModelInfo parse_metadata(const std::string &text, const std::string &path, const
                          reexport);
     // the format must match the file: an AOTInductor package names MODEL_FORMAT_AOTI, a TorchScript
     // archive one of the others (a renamed format would pick the wrong loader's checks)
-    if ((format == MODEL_FORMAT_AOTI) != is_aoti_package(path))
+    if ((format == MODEL_FORMAT_AOTI) != file.aoti)
         throw ModelError(where + "metadata.json names format '" + format + "' but the file is " +
                          (format == MODEL_FORMAT_AOTI ? "not an AOTInductor package" : "an AOTInductor package") +
                          reexport);

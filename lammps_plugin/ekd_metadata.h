@@ -41,10 +41,11 @@ struct ModelInfo {
     double receptive_field() const { return (n_interactions > 0 ? n_interactions : 1) * cutoff; }
 };
 
-// Parses and checks `json` read from `path` against this plugin's ekd and torch versions.
-// Throws ekd_lammps::ModelError.
-ModelInfo parse_metadata(const std::string &json, const std::string &path, const std::string &ekd_version,
-                         const std::string &torch_version);
+struct ModelFile;  // ekd_model.h
+
+// Parses and checks the metadata.json of `file` (read once by read_model_file) against this
+// plugin's ekd and torch versions. Throws ekd_lammps::ModelError.
+ModelInfo parse_metadata(const ModelFile &file, const std::string &ekd_version, const std::string &torch_version);
 
 // The model kind named by metadata.json `json` of `path`: "" for ekd-model-1 files (no kind),
 // else the kind field (one of KINDS or CUSTOM_KIND). Throws ModelError if unreadable.

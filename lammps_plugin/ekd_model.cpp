@@ -1,6 +1,8 @@
 // The torch side of the plugin: reading model files and running them. No LAMMPS headers here
 // (see ekd_model.h for why).
 #include "ekd_model.h"
+#include "ekd_archive.h"
+#include "ekd_model_format.h"  // METADATA_FILE
 #include "ekd_model_aoti.h"
 #include "ekd_trust.h"
 
@@ -25,7 +27,18 @@ namespace ekd_lammps {
 
 namespace {
 
-std::string first_line(const std::string &s) { return s.substr(0, s.find('\n')); }
+// The first non-empty line of `s` (torch's messages may begin with a newline).
+std::string first_line(const std::string &s) {
+    size_t start = s.find_first_not_of("\n\r ");
+    if (start == std::string::npos) return "";
+    return s.substr(start, s.find('\n', start) - start);
+}
+
+// A c10::Error's message without torch's C++ backtrace, else what().
+std::string what_of(const std::exception &e) {
+    if (const auto *c = dynamic_cast<const c10::Error *>(&e)) return c->what_without_backtrace();
+    return e.what();
+}
 
 // Directory this plugin was loaded from: the op library is installed next to it (site-packages/ekd).
 std::string plugin_dir() {
@@ -57,21 +70,24 @@ void load_ops_library(const std::string &name, const std::string &model_path) {
 
 }  // namespace
 
-std::string read_metadata_json(const std::string &path) {
-    if (is_aoti_package(path)) return aoti_metadata_json(path);  // format ekd-aoti-1 (.pt2)
-    try {
-        caffe2::serialize::PyTorchStreamReader reader(path);
-        const std::string record = "extra/metadata.json";
-        if (!reader.hasRecord(record))
-            throw ModelError("model file " + path +
-                             " has no metadata.json: it was not written by ekd.deploy.export.save_model; "
-                             "export it with `ekd export`");
-        auto [data, size] = reader.getRecord(record);
-        return std::string(static_cast<const char *>(data.get()), size);
-    } catch (const c10::Error &e) {
-        throw ModelError("cannot read model file " + path + " (" + first_line(e.what_without_backtrace()) +
-                         "): not a TorchScript archive, or corrupt; re-export it with `ekd export`");
+ModelFile read_model_file(const std::string &path) {
+    ModelFile file;
+    file.path = path;
+    file.archive = read_archive(path);  // the only read of the file
+    file.aoti = is_aoti_package(*file.archive);
+    if (file.aoti) {
+        file.metadata_json = aoti_metadata_json(*file.archive);  // format ekd-aoti-1 (.pt2)
+        return file;
     }
+    const ArchiveEntry *entry = file.archive->find_below_top(std::string("extra/") + METADATA_FILE);
+    if (entry == nullptr)
+        throw ModelError("model file " + path + " has no " + METADATA_FILE +
+                         ": it was not written by ekd.deploy.export.save_model; export it with `ekd export`");
+    if (entry->method != 0)
+        throw ModelError("model " + path + ": refused: its " + METADATA_FILE +
+                         " is compressed (ekd stores it); re-export it with `ekd export`");
+    file.metadata_json = file.archive->stored(*entry);
+    return file;
 }
 
 struct Model::Impl {
@@ -109,26 +125,30 @@ torch::Tensor own_double(const torch::Tensor &t) {
 
 }  // namespace
 
-Model::Model(const std::string &path, const std::string &ops_library, bool float32, bool trust_code)
+Model::Model(const ModelFile &file, const std::string &ops_library, bool float32, bool trust_code)
     : impl_(std::make_unique<Impl>()) {
+    const std::string &path = file.path;
     impl_->path = path;
     impl_->dtype = float32 ? torch::kFloat32 : torch::kFloat64;
     if (!ops_library.empty()) load_ops_library(ops_library, path);
-    if (is_aoti_package(path)) {  // chosen by content, not by the file name
-        impl_->aoti = std::make_unique<AotiModel>(path, float32, trust_code);
+    if (file.aoti) {  // chosen by content, not by the file name
+        impl_->aoti = std::make_unique<AotiModel>(file, float32, trust_code);
         return;
     }
     // The pair count changes every step: the profiling executor would re-specialise the graph
     // on new shapes; the plain interpreter has a steady cost per call.
     torch::jit::setGraphExecutorOptimize(false);
-    check_model_file(path, trust_code);  // nothing of the file runs before this
+    check_model_file(*file.archive, trust_code);  // nothing of the file runs before this
     try {
-        impl_->module = torch::jit::load(path, torch::kCPU);
-    } catch (const c10::Error &e) {
-        throw ModelError("cannot load the TorchScript code of " + path + " (" + first_line(e.what_without_backtrace()) +
-                         "); re-export the model with this ekd and torch");
+        // the bytes just checked, not the path: a file swapped since is not what runs
+        impl_->module = torch::jit::load(archive_adapter(*file.archive), torch::kCPU);
+    } catch (const std::exception &e) {
+        // c10::Error, or torch::jit::ErrorReport (not a c10::Error) for a pickle naming a global
+        // TorchScript does not know, e.g. os.system
+        throw ModelError("model " + path + ": refused: TorchScript cannot load it (" + first_line(what_of(e)) +
+                         "); it is corrupt or was not written by ekd: re-export the model with this ekd and torch");
     }
-    check_binding(impl_->module, path);
+    check_binding(impl_->module, file.metadata_json, path);
     impl_->module.eval();
     // format ekd-model-2: per-stage methods, for the per-layer halo exchange
     auto &m = impl_->module;

@@ -17,9 +17,21 @@ struct ModelError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
-// The raw metadata.json of a model file (checked by ekd_metadata.cpp before the TorchScript
-// code is loaded, because the op library a model names must be loaded first).
-std::string read_metadata_json(const std::string &path);
+class Archive;  // ekd_archive.h
+
+// A model file as the plugin reads it: ONCE, into memory, checked against the strict archive rule
+// (ekd_archive.h). Every later step (metadata, trust check, loading) works on these bytes and
+// never opens the path again, so a file swapped after the check cannot be loaded (issue 24).
+struct ModelFile {
+    std::string path;
+    std::shared_ptr<const Archive> archive;
+    bool aoti = false;          // an AOTInductor package (by content: <top>/archive_format is "pt2")
+    std::string metadata_json;  // its extra/metadata.json (checked by ekd_metadata.cpp before the
+                                // code is loaded, because the op library a model names must be loaded first)
+};
+
+// Reads and checks `path`; throws ModelError naming the file and the reason.
+ModelFile read_model_file(const std::string &path);
 
 // Model inputs in ekd's units (Angstrom): atomic numbers of local + ghost atoms, a full pair
 // list, and pair vectors r_p = x[second[p]] - x[first[p]] (3 doubles per pair).
@@ -46,10 +58,10 @@ public:
 
 class Model {
 public:
-    // Loads the TorchScript code of `path`; `ops_library` (may be empty) is the file name of the
+    // Loads the TorchScript code of `file` (its bytes, not the path); `ops_library` (may be empty) is the file name of the
     // op library the code calls, looked up next to this plugin and loaded first. Before loading,
     // the file must pass the trust check of ekd_trust.h unless `trust_code` (the user's opt-in).
-    Model(const std::string &path, const std::string &ops_library, bool float32, bool trust_code = false);
+    Model(const ModelFile &file, const std::string &ops_library, bool float32, bool trust_code = false);
     ~Model();
     Model(const Model &) = delete;
     Model &operator=(const Model &) = delete;

@@ -1,13 +1,19 @@
 // See ekd_model_aoti.h.
 #include "ekd_model_aoti.h"
 
-#include <caffe2/serialize/inline_container.h>
+#include "ekd_archive.h"
+
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/torch.h>
 
+#include <unistd.h>  // rmdir
+
 #include <array>
+#include <cerrno>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <regex>
 #include <set>
@@ -28,8 +34,8 @@ std::string first_line(const std::string &s) { return s.substr(0, s.find('\n'));
 
 const char *const OPT_IN = "add trust_code yes to the pair_style line (pair_style ekd ... trust_code yes)";
 
-// SHA-256 (FIPS 180-4) of a file, lower-case hex.
-std::string sha256_file(const std::string &path) {
+// SHA-256 (FIPS 180-4) of a buffer, lower-case hex.
+std::string sha256(const std::string &data) {
     static const uint32_t K[64] = {
         0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
         0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
@@ -59,21 +65,13 @@ std::string sha256_file(const std::string &path) {
         }
         h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e, h[5] += f, h[6] += g, h[7] += k;
     };
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw ModelError("cannot read model file " + path);
     std::array<unsigned char, 64> buf{};
-    uint64_t bits = 0;
     size_t fill = 0;
-    std::vector<char> chunk(1 << 16);
-    while (in) {
-        in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
-        const auto got = static_cast<size_t>(in.gcount());
-        for (size_t i = 0; i < got; ++i) {
-            buf[fill++] = static_cast<unsigned char>(chunk[i]);
-            if (fill == 64) block(buf.data()), fill = 0;
-        }
-        bits += 8 * static_cast<uint64_t>(got);
+    for (char ch : data) {
+        buf[fill++] = static_cast<unsigned char>(ch);
+        if (fill == 64) block(buf.data()), fill = 0;
     }
+    const uint64_t bits = 8 * static_cast<uint64_t>(data.size());
     buf[fill++] = 0x80;
     if (fill > 56) {
         while (fill < 64) buf[fill++] = 0;
@@ -114,49 +112,48 @@ bool is_registered(const std::string &digest) {
     return false;
 }
 
-std::string record(caffe2::serialize::PyTorchStreamReader &reader, const std::string &name) {
-    auto [data, size] = reader.getRecord(name);
-    return std::string(static_cast<const char *>(data.get()), size);
-}
-
-// The entries check (and the metadata text) of a package; nothing is loaded.
-std::string check_package(const std::string &path, bool trust_code) {
+// The entries check (and the metadata text) of a package; nothing is loaded. The archive rule
+// (ekd_archive.h) already holds: one directory, every entry stored and within the file.
+std::string check_package(const Archive &archive, bool trust_code) {
+    const std::string &path = archive.path();
     const std::string where = "model " + path + ": ";
-    std::string text;
-    try {
-        caffe2::serialize::PyTorchStreamReader reader(path);
-        const auto names = reader.getAllRecords();
-        std::set<std::string> unique(names.begin(), names.end());
-        if (unique.size() != names.size())
-            throw ModelError(where + "the archive names an entry twice; not a package written by ekd");
-        if (!unique.count(EXTRA))
-            throw ModelError(where + "an AOTInductor package without extra/metadata.json: not written by "
-                                     "`ekd export --format aoti`; export the model with ekd");
-        static const std::set<std::string> plain = {"archive_format", "archive_version",        "byteorder", "version",
-                                                    ".data/version",  ".data/serialization_id", EXTRA};
-        static const std::regex model(
-            "data/aotinductor/model/[a-z0-9]+\\.(wrapper\\.cpp|kernel\\.cpp|wrapper\\.json|wrapper_metadata\\.json|"
-            "kernel_metadata\\.json|wrapper\\.so)");
-        int libraries = 0;
-        std::string odd;
-        for (const auto &n : names) {
-            if (n.size() > 11 && n.compare(n.size() - 11, 11, ".wrapper.so") == 0) ++libraries;
-            if (!plain.count(n) && !std::regex_match(n, model) && odd.empty()) odd = n;
-        }
-        if (!trust_code && (!odd.empty() || libraries != 1))
-            throw ModelError(where +
-                             (odd.empty() ? std::to_string(libraries) + " compiled libraries (ekd writes 1)"
-                                          : "unexpected entry '" + odd + "'") +
-                             "; not a package as `ekd export --format aoti` writes it. If you trust this file "
-                             "(loading it runs its compiled code), " +
-                             OPT_IN);
-        text = record(reader, EXTRA);
-    } catch (const c10::Error &e) {
-        throw ModelError("cannot read model file " + path + " (" + first_line(e.what_without_backtrace()) +
-                         "): truncated or corrupt; copy it again or re-export it with `ekd export --format aoti`");
+    std::set<std::string> names;
+    for (const auto &e : archive.entries()) names.insert(e.name.substr(e.name.find('/') + 1));
+    std::set<std::string> tops;
+    bool flat = false;  // an entry outside any folder
+    for (const auto &e : archive.entries()) {
+        tops.insert(e.name.substr(0, e.name.find('/')));
+        flat = flat || e.name.find('/') == std::string::npos;
     }
+    if (tops.size() != 1 || flat)
+        throw ModelError(where + "entries are not in one top folder; not a package written by ekd");
+    const ArchiveEntry *extra = archive.find_below_top(EXTRA);
+    if (extra == nullptr)
+        throw ModelError(where + "an AOTInductor package without extra/metadata.json: not written by "
+                                 "`ekd export --format aoti`; export the model with ekd");
+    static const std::set<std::string> plain = {"archive_format", "archive_version",        "byteorder", "version",
+                                                ".data/version",  ".data/serialization_id", EXTRA};
+    static const std::regex model(
+        "data/aotinductor/model/[a-z0-9]+\\.(wrapper\\.cpp|kernel\\.cpp|wrapper\\.json|wrapper_metadata\\.json|"
+        "kernel_metadata\\.json|wrapper\\.so)");
+    int libraries = 0;
+    std::string odd;
+    for (const auto &n : names) {
+        if (n.size() > 11 && n.compare(n.size() - 11, 11, ".wrapper.so") == 0) ++libraries;
+        if (!plain.count(n) && !std::regex_match(n, model) && (n.empty() || n.back() != '/') && odd.empty()) odd = n;
+    }
+    if (!trust_code && (!odd.empty() || libraries != 1))
+        throw ModelError(where +
+                         (odd.empty() ? std::to_string(libraries) + " compiled libraries (ekd writes 1)"
+                                      : "unexpected entry '" + odd + "'") +
+                         "; not a package as `ekd export --format aoti` writes it. If you trust this file "
+                         "(loading it runs its compiled code), " +
+                         OPT_IN);
+    if (extra->method != 0)
+        throw ModelError(where + "refused: its metadata.json is compressed (ekd stores it); re-export it");
+    const std::string text = archive.stored(*extra);
     if (!trust_code) {
-        const auto digest = sha256_file(path);
+        const auto digest = sha256(*archive.bytes());
         if (!is_registered(digest))
             throw ModelError(where + "this AOTInductor package (sha256 " + digest.substr(0, 16) +
                              "...) was not compiled by ekd on this machine (it is not in " +
@@ -168,23 +165,52 @@ std::string check_package(const std::string &path, bool trust_code) {
     return text;
 }
 
+// A private copy of a package's checked bytes, for torch's loader (which takes a path): a fresh
+// directory only this user can enter, removed with the copy when this goes out of scope.
+class PrivateCopy {
+public:
+    PrivateCopy(const Archive &archive) {
+        const char *tmp = std::getenv("TMPDIR");
+        std::string pattern = std::string(tmp && *tmp ? tmp : "/tmp") + "/ekd-package-XXXXXX";
+        std::vector<char> dir(pattern.begin(), pattern.end());
+        dir.push_back('\0');
+        if (mkdtemp(dir.data()) == nullptr)  // mode 0700
+            throw ModelError("model " + archive.path() + ": cannot make a private directory for loading it (" +
+                             pattern + ": " + std::strerror(errno) + "); set TMPDIR to a writable directory");
+        dir_ = dir.data();
+        file_ = dir_ + "/model.pt2";
+        std::ofstream out(file_, std::ios::binary);
+        out.write(archive.bytes()->data(), static_cast<std::streamsize>(archive.bytes()->size()));
+        out.close();
+        if (!out)
+            throw ModelError("model " + archive.path() + ": cannot write its private copy " + file_ +
+                             "; free space in TMPDIR (" + dir_ + ")");
+    }
+    ~PrivateCopy() {
+        if (!file_.empty()) std::remove(file_.c_str());
+        if (!dir_.empty()) rmdir(dir_.c_str());
+    }
+    PrivateCopy(const PrivateCopy &) = delete;
+    PrivateCopy &operator=(const PrivateCopy &) = delete;
+    const std::string &path() const { return file_; }
+
+private:
+    std::string dir_, file_;
+};
+
 }  // namespace
 
-bool is_aoti_package(const std::string &path) {
-    try {
-        caffe2::serialize::PyTorchStreamReader reader(path);
-        if (!reader.hasRecord("archive_format")) return false;
-        auto s = record(reader, "archive_format");
-        while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
-        return s == "pt2";
-    } catch (const c10::Error &) {
-        return false;
-    }
+bool is_aoti_package(const Archive &archive) {
+    const ArchiveEntry *e = archive.find_below_top("archive_format");
+    if (e == nullptr || e->method != 0) return false;
+    auto s = archive.stored(*e);
+    while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+    return s == "pt2";
 }
 
-std::string aoti_metadata_json(const std::string &path) {
+std::string aoti_metadata_json(const Archive &archive) {
     // parse_metadata checks that the text names MODEL_FORMAT_AOTI (ekd-aoti-1) for a package
-    return check_package(path, /*trust_code=*/true);
+    return check_package(archive, /*trust_code=*/true);
 }
 
 struct AotiModel::Impl {
@@ -193,12 +219,17 @@ struct AotiModel::Impl {
     std::string path;
 };
 
-AotiModel::AotiModel(const std::string &path, bool float32, bool trust_code) : impl_(std::make_unique<Impl>()) {
+AotiModel::AotiModel(const ModelFile &file, bool float32, bool trust_code) : impl_(std::make_unique<Impl>()) {
+    const std::string &path = file.path;
     impl_->path = path;
     impl_->dtype = float32 ? torch::kFloat32 : torch::kFloat64;
-    const auto text = check_package(path, trust_code);  // nothing of the file runs before this
+    const auto text = check_package(*file.archive, trust_code);  // nothing of the file runs before this
     try {
-        impl_->loader = std::make_unique<torch::inductor::AOTIModelPackageLoader>(path, "model");
+        // the loader unpacks the package into a directory of its own: the copy is not needed after
+        PrivateCopy copy(*file.archive);
+        impl_->loader = std::make_unique<torch::inductor::AOTIModelPackageLoader>(copy.path(), "model");
+    } catch (const ModelError &) {
+        throw;
     } catch (const std::exception &e) {
         throw ModelError("cannot load the AOTInductor package " + path + " (" + first_line(e.what()) +
                          "); it is corrupt or compiled for another torch or CPU: re-export it here with "

@@ -18,18 +18,23 @@
 
 namespace ekd_lammps {
 
-// Whether `path` is a torch .pt2 archive (by content: <top>/archive_format reads "pt2").
-bool is_aoti_package(const std::string &path);
+class Archive;  // ekd_archive.h
+
+// Whether a checked archive is a torch .pt2 package (by content: <top>/archive_format reads "pt2").
+bool is_aoti_package(const Archive &archive);
 
 // metadata.json of a package, for parse_metadata (which requires its format to be ekd-aoti-1, with
 // the fields and checks of ekd-model-2); nothing of the package is loaded. Throws ModelError.
-std::string aoti_metadata_json(const std::string &path);
+std::string aoti_metadata_json(const Archive &archive);
 
 class AotiModel {
 public:
     // Checks the package (entries, registry or trust_code), loads it, checks the metadata binding.
-    // The op library the package calls must be loaded before (Model does that).
-    AotiModel(const std::string &path, bool float32, bool trust_code);
+    // The op library the package calls must be loaded before (Model does that). torch loads a
+    // package from a path only: the checked bytes are written to a private copy (a fresh 0700
+    // directory), whose SHA-256 is the one checked against the registry, and that copy is loaded
+    // and removed; the user's path is never opened again.
+    AotiModel(const ModelFile &file, bool float32, bool trust_code);
     ~AotiModel();
     AotiModel(const AotiModel &) = delete;
     AotiModel &operator=(const AotiModel &) = delete;

@@ -7,6 +7,7 @@
 #include <caffe2/serialize/inline_container.h>
 
 #include <algorithm>
+#include <cstring>
 #include <iterator>
 #include <map>
 #include <set>
@@ -42,12 +43,33 @@ ModelError corrupt(const std::string &path, const std::string &why) {
                       "): truncated or corrupt; copy it again or re-export it with `ekd export`");
 }
 
+// The bytes of an archive as torch's reader sees them (the archive keeps them alive).
+class BufferAdapter : public caffe2::serialize::ReadAdapterInterface {
+public:
+    explicit BufferAdapter(std::shared_ptr<const std::string> bytes) : bytes_(std::move(bytes)) {}
+    size_t size() const override { return bytes_->size(); }
+    size_t read(uint64_t pos, void *buf, size_t n, const char *) const override {
+        if (pos >= bytes_->size()) return 0;
+        n = std::min<size_t>(n, bytes_->size() - pos);
+        std::memcpy(buf, bytes_->data() + pos, n);
+        return n;
+    }
+
+private:
+    std::shared_ptr<const std::string> bytes_;
+};
+
 }  // namespace
 
-void check_model_file(const std::string &path, bool trust_code) {
+std::shared_ptr<caffe2::serialize::ReadAdapterInterface> archive_adapter(const Archive &archive) {
+    return std::make_shared<BufferAdapter>(archive.bytes());
+}
+
+void check_model_file(const Archive &archive, bool trust_code) {
+    const std::string &path = archive.path();
     const std::string where = "model " + path + ": ";
     try {
-        caffe2::serialize::PyTorchStreamReader reader(path);
+        caffe2::serialize::PyTorchStreamReader reader(archive_adapter(archive));
         const auto names = reader.getAllRecords();
         std::set<std::string> unique(names.begin(), names.end());
         if (unique.size() != names.size())
@@ -136,14 +158,8 @@ void check_model_file(const std::string &path, bool trust_code) {
     }
 }
 
-void check_binding(const torch::jit::Module &module, const std::string &path) {
-    std::string text, kind;
-    try {
-        caffe2::serialize::PyTorchStreamReader reader(path);
-        text = record(reader, METADATA_ENTRY);
-    } catch (const c10::Error &e) {
-        throw corrupt(path, first_line(e.what_without_backtrace()));
-    }
+void check_binding(const torch::jit::Module &module, const std::string &text, const std::string &path) {
+    std::string kind;
     kind = metadata_kind(text, path);
     if (kind.empty()) return;  // ekd-model-1: no binding
     if (!module.hasattr("metadata_json")) {

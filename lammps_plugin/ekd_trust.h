@@ -10,7 +10,10 @@
 #include <cstddef>
 #include <string>
 
+#include <caffe2/serialize/read_adapter_interface.h>
 #include <torch/script.h>
+
+#include "ekd_archive.h"
 
 namespace ekd_lammps {
 
@@ -25,12 +28,15 @@ struct CanonicalCode {
 };
 extern const CanonicalCode CANONICAL_CODE[];
 
-// Throws ModelError naming `path`, what is wrong and the opt-in, unless the archive passes the
-// trust check (with trust_code: only that it is a readable archive with metadata.json).
-void check_model_file(const std::string &path, bool trust_code);
+// torch's reader over the bytes of a checked archive (never over the path: see ekd_archive.h).
+std::shared_ptr<caffe2::serialize::ReadAdapterInterface> archive_adapter(const Archive &archive);
 
-// After loading: the module's metadata_json must equal the file's extra/metadata.json
+// Throws ModelError naming the file, what is wrong and the opt-in, unless the archive passes the
+// trust check (with trust_code: only that it has metadata.json; the archive rule holds either way).
+void check_model_file(const Archive &archive, bool trust_code);
+
+// After loading: the module's metadata_json must equal the file's extra/metadata.json `text`
 // (format ekd-model-2; an edited metadata.json is refused, trust_code or not).
-void check_binding(const torch::jit::Module &module, const std::string &path);
+void check_binding(const torch::jit::Module &module, const std::string &text, const std::string &path);
 
 }  // namespace ekd_lammps

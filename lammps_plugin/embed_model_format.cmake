@@ -1,6 +1,6 @@
 # Compiles the model-file schema (python/ekd/deploy/model_format.json, read by ekd.deploy.model_metadata) into
 # the header ekd_model_format.h in the build directory: format names, metadata fields, kinds,
-# dtypes, units, op library, archive entries, the eV -> kcal/mol factor and the element table,
+# dtypes, units, op library, archive entries and size limits, the eV -> kcal/mol factor and the element table,
 # written once for Python and the plugin. Adds the build directory to this directory's include
 # path (ekd_metadata.h includes the header).
 set(_ekd_schema_file "${CMAKE_CURRENT_LIST_DIR}/../python/ekd/deploy/model_format.json")
@@ -36,6 +36,12 @@ _ekd_schema_string(ops_library OPS_LIBRARY _ekd_h)
 _ekd_schema_string(metadata_file METADATA_FILE _ekd_h)
 string(JSON _ekd_ev GET "${_ekd_schema}" ev_to_kcalmol)
 string(APPEND _ekd_h "// 1 eV in kcal/mol\nconstexpr double EV_TO_KCALMOL = ${_ekd_ev};\n")
+# the strict archive rule's size limits by entry role (bytes, uncompressed; lammps_plugin/ekd_archive.h)
+foreach(_ekd_key metadata_bytes pickle_bytes compressed_bytes)
+  string(JSON _ekd_v GET "${_ekd_schema}" archive_limits ${_ekd_key})
+  string(TOUPPER "${_ekd_key}" _ekd_name)
+  string(APPEND _ekd_h "constexpr unsigned long long ARCHIVE_${_ekd_name} = ${_ekd_v}ULL;\n")
+endforeach()
 _ekd_schema_list(fields METADATA_FIELDS _ekd_h)
 _ekd_schema_list(fields_not_in_format_1 FIELDS_NOT_IN_FORMAT_1 _ekd_h)
 _ekd_schema_list(kinds KINDS _ekd_h)

