@@ -352,6 +352,26 @@ def test_run_refuses_reference_forces_naming_an_energy_before_training(tmp_path)
         inputs.load_train(cfg, inputs.DataPaths(path, None))
 
 
+def test_ekd_run_refuses_reference_forces_naming_an_energy_before_any_member(tmp_path, capsys):
+    from ekd.cli import main
+
+    from ..conftest import tiny_run_config
+
+    path = tmp_path / "a.h5"
+    with h5py.File(path, "w") as f:
+        for name in ("w1", "w2", "w3"):
+            _water(f.create_group(name), n=4)
+            f[name]["y.energy"] = np.full(4, -76.3)
+    extra = "  energy_key: x.energy\n  reference_forces_key: y.energy\n"
+    text = tiny_run_config(path, "null").replace("  test: null\n", "  test: null\n" + extra)
+    (tmp_path / "c.yaml").write_text(text)
+    run = tmp_path / "run"
+    assert main(["run", "--config", str(tmp_path / "c.yaml"), "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in err and "data.reference_forces_key 'y.energy' holds one number" in err[-1], err
+    assert not list(run.glob("**/member_*")), "members were started"
+
+
 @pytest.mark.parametrize(
     ("option", "message"),
     [
