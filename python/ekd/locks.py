@@ -93,7 +93,7 @@ def open_in_place(path: str | os.PathLike, flags: int, what: str, fix: str = "",
 def append_line(path: str | os.PathLike, line: str, what: str = "log") -> None:
     """Append ``line`` (and a newline) to ``path`` (created if missing) through
     :func:`open_in_place`: a log that is a link is refused, not written through."""
-    fix = f'replace it with a copy of its own (`cp --remove-destination "$(readlink -f {path})" {path}`) or remove it'
+    fix = f"replace it with a copy of its own (`cp {path} {path}.copy && mv {path}.copy {path}`) or remove it"
     fd = open_in_place(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, what, fix)
     try:
         os.write(fd, (line.rstrip("\n") + "\n").encode())
