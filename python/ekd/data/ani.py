@@ -192,7 +192,8 @@ def check_dataset(dset: h5py.Dataset, file: str, path: str, _depth: int = 0) -> 
         if dset.id.get_create_plist().get_nfilters() and declared > MAX_COMPRESSION * max(stored, 1):
             raise DataFileError(
                 f"{where} {what} compressed to {_size(stored)}: it would expand more than {MAX_COMPRESSION:g}x "
-                "(a decompression bomb, not data ekd reads)"
+                "(gzip never does: a decompression bomb, or real data of a few repeated values, e.g. all NaN: "
+                "rewrite that dataset uncompressed or with gzip)"
             )
     memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if declared > memory // 2:
