@@ -361,3 +361,37 @@ def test_score_reads_packages_like_torchscript_files(files):
     np.testing.assert_allclose(e_pt2, e_pt, rtol=E_RTOL, atol=0)
     np.testing.assert_allclose(f_pt2, f_pt, rtol=0, atol=F_ATOL * max(1.0, np.abs(f_pt).max()))
     assert np.abs(f_pt).max() > 0  # real forces, padding rows zero in both
+
+
+def test_a_package_swapped_after_the_check_is_not_what_loads(files, tmp_path, monkeypatch):
+    """Issue 24, item 2: the check passes, then the file is replaced before torch would open it;
+    the package loaded is the one checked (a private copy of the bytes read, removed after)."""
+    import tempfile
+
+    from ekd.deploy.aoti import package
+
+    path = tmp_path / "model.pt2"
+    shutil.copyfile(files["pt2"], path)
+    check = package.check_package
+
+    def check_then_swap(*args, **kwargs):
+        text = check(*args, **kwargs)
+        path.write_bytes(b"not the package that was checked")
+        return text
+
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    monkeypatch.setattr(package, "check_package", check_then_swap)
+    model, _ = aoti.load_package(path)
+    assert path.read_bytes() == b"not the package that was checked"
+    assert list(private.iterdir()) == []  # the private copy is gone
+    reference, _ = aoti.load_package(files["pt2"])
+    species, first, second = torch.tensor([1, 6]), torch.tensor([0, 1]), torch.tensor([1, 0])
+    r = torch.tensor([[1.1, 0.0, 0.0], [-1.1, 0.0, 0.0]], dtype=torch.float64)
+    for have, want in zip(
+        model.energy_and_gradient(species, first, second, r),
+        reference.energy_and_gradient(species, first, second, r),
+        strict=True,
+    ):
+        assert torch.equal(have, want)

@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
-import zipfile
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 from ...store import file_sha256, open_in_place
+from ..archive import Archive, read_archive
 from ..model_file import (
     FORMAT,
     KINDS,
@@ -100,56 +102,53 @@ def is_registered(digest: str) -> bool:
 
 def is_package(path: str | Path) -> bool:
     """Whether ``path`` is a torch ``.pt2`` archive (by content: an ``archive_format`` entry
-    reading ``pt2``), whatever its name."""
+    reading ``pt2``), whatever its name. A file that breaks the archive rule is not (the TorchScript
+    loader then refuses it with the reason); the loader chosen reads and checks the file again."""
     try:
-        with zipfile.ZipFile(path) as z:
-            for name in z.namelist():
-                if name.count("/") == 1 and name.endswith("/archive_format"):
-                    return z.read(name).strip() == b"pt2"
-    except (zipfile.BadZipFile, OSError, EOFError):
+        z = read_archive(path)
+    except (ModelFileError, OSError):
         return False
-    return False
+    entry = z.find_below_top("archive_format")
+    return entry is not None and z.read(entry.name).strip() == b"pt2"
 
 
-def _entries(z: zipfile.ZipFile, source: str) -> dict[str, str]:
-    names = z.namelist()
-    if len(set(names)) != len(names):
-        raise UntrustedModelError(f"{source}: the archive names an entry twice; not a package written by ekd")
+def _entries(z: Archive, source: str) -> dict[str, str]:
+    names = z.names()  # unique, even ignoring case (the archive rule)
     tops = {n.split("/", 1)[0] for n in names}
     if len(tops) != 1 or any("/" not in n for n in names):
         raise UntrustedModelError(f"{source}: entries are not in one top folder; not a package written by ekd")
     return {n.split("/", 1)[1]: n for n in names}
 
 
-def check_package(path: str | Path, trust_code: bool = False) -> str:
-    """The trust check of a ``.pt2`` (module docstring); nothing of it is loaded. Returns the
-    text of its metadata.json. Raises :class:`UntrustedModelError` / :class:`ModelFileError`."""
-    source = str(path)
-    try:
-        with zipfile.ZipFile(path) as z:
-            entries = _entries(z, source)
-            if _EXTRA not in entries:
-                raise ModelFileError(
-                    f"{source}: an AOTInductor package without {_EXTRA}: not written by `ekd export --format aoti`; "
-                    "export the model with ekd"
-                )
-            odd = [
-                entries[n]
-                for n in sorted(entries)
-                if n not in _PLAIN and n != _EXTRA and not _MODEL_ENTRY.fullmatch(n) and not n.endswith("/")
-            ]
-            libraries = [n for n in entries if n.endswith(".wrapper.so")]
-            if not trust_code and (odd or len(libraries) != 1):
-                what = f"unexpected entry {odd[0]!r}" if odd else f"{len(libraries)} compiled libraries (ekd writes 1)"
-                raise UntrustedModelError(
-                    f"{source}: {what}; not a package as `ekd export --format aoti` writes it. "
-                    f"If you trust this file (loading it runs its compiled code), load it with {OPT_IN}"
-                )
-            text = z.read(entries[_EXTRA])
-    except (zipfile.BadZipFile, EOFError) as e:
-        raise ModelFileError(f"{source}: not a readable .pt2 archive ({e}); copy it again or re-export it") from e
+def check_package(path: str | Path | Archive, trust_code: bool = False) -> str:
+    """The trust check of a ``.pt2`` (module docstring): a path (read and checked against the
+    strict archive rule here) or an :class:`~ekd.deploy.archive.Archive` already read; nothing of
+    it is loaded. Returns the text of its metadata.json. Raises :class:`UntrustedModelError` /
+    :class:`ModelFileError`."""
+    z = path if isinstance(path, Archive) else read_archive(path)
+    source = z.source
+    entries = _entries(z, source)
+    if _EXTRA not in entries:
+        raise ModelFileError(
+            f"{source}: an AOTInductor package without {_EXTRA}: not written by `ekd export --format aoti`; "
+            "export the model with ekd"
+        )
+    odd = [
+        entries[n]
+        for n in sorted(entries)
+        if n not in _PLAIN and n != _EXTRA and not _MODEL_ENTRY.fullmatch(n) and not n.endswith("/")
+    ]
+    libraries = [n for n in entries if n.endswith(".wrapper.so")]
+    if not trust_code and (odd or len(libraries) != 1):
+        what = f"unexpected entry {odd[0]!r}" if odd else f"{len(libraries)} compiled libraries (ekd writes 1)"
+        raise UntrustedModelError(
+            f"{source}: {what}; not a package as `ekd export --format aoti` writes it. "
+            f"If you trust this file (loading it runs its compiled code), load it with {OPT_IN}"
+        )
+    text = z.read(entries[_EXTRA])
     if not trust_code:
-        digest = sha256(path)
+        # the hash of the bytes read, which are the bytes load_package's private copy holds
+        digest = hashlib.sha256(z.data).hexdigest()
         if not is_registered(digest):
             raise UntrustedModelError(
                 f"{source}: this AOTInductor package (sha256 {digest[:16]}...) was not compiled by ekd on this "
@@ -231,24 +230,36 @@ class AOTIModel:
 def load_package(path: str | Path, trust_code: bool = False) -> tuple[AOTIModel, ModelMetadata]:
     """Load a ``.pt2`` written by :func:`export_module`: ``(AOTIModel, metadata)``. Runs nothing
     of the file before the trust check; refuses a package whose metadata.json differs from the
-    copy compiled into it."""
+    copy compiled into it.
+
+    The file is read once. torch loads packages from a path only, so the checked bytes (whose
+    hash is the one checked against the registry) go to a private copy, in a fresh directory
+    only this user can enter, which is loaded and then removed: a file replaced after the check
+    is not what runs."""
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} not found; export one with `ekd export --format aoti`")
-    text = check_package(path, trust_code=trust_code)
+    checked = read_archive(path)
+    text = check_package(checked, trust_code=trust_code)
     meta = parse_metadata(text, str(path))
     if meta.ops_library is not None:
         from ...ops import library as _ops  # noqa: F401  (the compiled code calls torch.ops.ekd through the dispatcher)
-    try:
-        runner = torch._inductor.aoti_load_package(str(path))
-    except Exception as e:  # torch raises RuntimeError / AssertionError / KeyError here
-        raise ModelFileError(
-            f"{path}: AOTInductor cannot load it ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
-            "the file is truncated, corrupt or compiled for another torch or CPU: re-export it here "
-            "(ekd export --format aoti)"
-        ) from e
+    with tempfile.TemporaryDirectory(prefix="ekd-package-") as private:  # mode 0700
+        copy = Path(private) / "model.pt2"
+        fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(checked.data)
+        try:
+            # the loader unpacks the package into a directory of its own: the copy is not needed after
+            runner = torch._inductor.aoti_load_package(str(copy))
+        except Exception as e:  # torch raises RuntimeError / AssertionError / KeyError here
+            reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise ModelFileError(
+                f"{path}: AOTInductor cannot load it ({reason}); the file is truncated, corrupt or compiled for "
+                "another torch or CPU: re-export it here (ekd export --format aoti)"
+            ) from e
     compiled = runner.loader.get_metadata().get(SO_METADATA_KEY)
     if compiled != text:
         raise ModelFileError(
