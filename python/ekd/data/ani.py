@@ -209,6 +209,30 @@ def read_dataset(dset: h5py.Dataset, file: str, path: str):
     return check_dataset(dset, file, path)[()]
 
 
+def check_key_kind(name: str, key: str, arr: np.ndarray, n_atoms: int, label: str, where: str) -> None:
+    """Property ``name`` (``energy``, ``reference_forces``, ``x.energy``, ...) read from file key
+    ``key`` as ``arr``: an energy is one number per configuration, forces a vector per atom; a key
+    of the other kind (or the coordinates) is a mistake in the configuration or command line.
+    label: how the message names the option that chose the key; where: file and group."""
+    if name == "energy" or name.endswith((".energy", "_energy")):
+        ok, expected = arr.ndim == 1, "one number per configuration, shape (n_conf,)"
+    elif name.endswith("forces"):
+        ok, expected = arr.shape[1:] == (n_atoms, 3), "a vector per atom, shape (n_conf, n_atoms, 3)"
+    else:
+        return
+    if ok:
+        return
+    if key == COORDINATE_KEY:
+        found = f"the atoms' coordinates (shape {arr.shape})"
+    elif arr.ndim == 1:
+        found = f"one number per configuration (shape {arr.shape}), like an energy"
+    elif arr.shape[1:] == (n_atoms, 3):
+        found = f"a vector per atom (shape {arr.shape}), like forces"
+    else:
+        found = f"an array of shape {arr.shape}"
+    raise DataFileError(f"{where}: {label} {key!r} holds {found}; expected {expected}")
+
+
 def iter_groups(
     h5: h5py.Group, file: str, wanted: Sequence[str] = (), prefix: str = "", _seen: dict | None = None
 ) -> Iterator[tuple[str, h5py.Group]]:

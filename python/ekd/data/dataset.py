@@ -21,7 +21,7 @@ import numpy as np
 from ase.data import chemical_symbols, covalent_radii
 
 from ..units import HARTREE_TO_KCALMOL, energy_factor, energy_unit, length_factor, length_unit
-from .ani import COORDINATE_KEY, DataFileError, MoleculeGroup, write_ani
+from .ani import DataFileError, MoleculeGroup, check_key_kind, write_ani
 from .ase_files import read_attrs, read_groups
 
 
@@ -278,28 +278,6 @@ class Dataset:
         return "\n".join(lines)
 
 
-def _check_kind(name: str, key: str, arr: np.ndarray, n_atoms: int, label: str, where: str) -> None:
-    """An energy is one number per configuration, forces a vector per atom: a key of the other
-    kind (or the coordinates) is a mistake in the configuration or command line."""
-    if name == "energy" or name.endswith((".energy", "_energy")):
-        ok, expected = arr.ndim == 1, "one number per configuration, shape (n_conf,)"
-    elif name.endswith("forces"):
-        ok, expected = arr.shape[1:] == (n_atoms, 3), "a vector per atom, shape (n_conf, n_atoms, 3)"
-    else:
-        return
-    if ok:
-        return
-    if key == COORDINATE_KEY:
-        found = f"the atoms' coordinates (shape {arr.shape})"
-    elif arr.ndim == 1:
-        found = f"one number per configuration (shape {arr.shape}), like an energy"
-    elif arr.shape[1:] == (n_atoms, 3):
-        found = f"a vector per atom (shape {arr.shape}), like forces"
-    else:
-        found = f"an array of shape {arr.shape}"
-    raise DataFileError(f"{where}: {label} {key!r} holds {found}; expected {expected}")
-
-
 def from_groups(
     groups: Sequence[MoleculeGroup],
     keys: Mapping[str, str],
@@ -333,7 +311,7 @@ def from_groups(
             if arr is None:
                 continue
             label = (key_names or {}).get(name) or f"the {name.replace('_', ' ')} key"
-            _check_kind(name, key, arr, k, label, f"{source}: group {g.name!r}")
+            check_key_kind(name, key, arr, k, label, f"{source}: group {g.name!r}")
             kind = 1 if arr.ndim == 1 else 3
             if kinds.setdefault(name, kind) != kind:
                 raise DataFileError(
