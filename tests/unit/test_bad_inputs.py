@@ -66,6 +66,12 @@ def test_a_lock_file_that_is_a_hard_link_or_a_directory_is_refused(tmp_path):
     with pytest.raises(store.UnsafeFileError, match="not a regular file"):
         with store.lock_dir(other):
             pass
+    fifo = tmp_path / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / store.LOCK_NAME)
+    with pytest.raises(store.UnsafeFileError, match=r"not a regular file \(mode p"):
+        with store.lock_dir(fifo):
+            pass
 
 
 def test_a_log_appended_in_place_is_not_followed(tmp_path):
