@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ekd import config
@@ -200,3 +201,48 @@ def test_no_sbatch_is_one_line(files, tmp_path):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ekd: error: --executor slurm: no sbatch"), out.stderr
     assert not (tmp_path / "r" / "gen0").exists()
+
+
+GENERATE = (
+    "{seed: 3, n_train_molecules: 2, n_test_molecules: 1, train_max_heavy_atoms: 4, test_min_heavy_atoms: 5, "
+    "test_max_heavy_atoms: 6, train_conformers: 1, samples_per_conformer: 2, test_conformers: 1, "
+    "test_distorted: 1, cluster_sizes: [], workers: 1}"
+)
+
+
+def test_generated_data_sharded_over_array_tasks_equal_ekd_data_generate(cluster, tmp_path, monkeypatch):
+    """data.train: generate with --executor slurm: the molecules are computed by array tasks (2
+    here, molecule k by task k mod 2), the driver assembles them: the files equal those that the
+    generator makes in one process."""
+    import h5py
+
+    from ekd.config.schema import SlurmConfig
+    from ekd.data.generate import generate
+    from ekd.workflow import Run
+    from ekd.workflow.slurm import SlurmExecutor
+
+    monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
+    text = f"name: gen\nseed: 3\ndata: {{train: generate, test: generate, generate: {GENERATE}}}\n"
+    cfg = config.loads(text)
+    run = Run(cfg, tmp_path / "run", progress=False)
+    executor = SlurmExecutor(run, SlurmConfig(max_running=2, poll_seconds=0.5), progress=False)
+    with executor.hold():  # the driver's first step: the data, by array tasks
+        pass
+    jobs = json.loads((tmp_path / "run" / "slurm" / "jobs.json").read_text())["jobs"]
+    assert sorted(jobs) == ["data/0-of-2", "data/1-of-2"]
+    for key, (entry,) in jobs.items():
+        err = (tmp_path / "run" / "slurm" / "logs" / f"{entry['job']}_0_log.err").read_text()
+        assert f"ekd: data shard {key[5]} of 2: " in err
+    assert {entry[0]["job"] for entry in jobs.values()} <= cluster.job_ids()
+    paths = run.paths  # assembles the parts the tasks made
+    local = generate(cfg.data.generate_options(cfg.seed), tmp_path / "local", progress=False)
+
+    def arrays(path):
+        with h5py.File(path, "r") as h5:
+            return {f"{g}/{k}": h5[g][k][()] for g in h5 for k in h5[g]}
+
+    for mine, theirs in zip((paths.train, paths.test), local, strict=True):
+        a, b = arrays(mine), arrays(theirs)
+        assert a.keys() == b.keys() and len(a) > 0
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)

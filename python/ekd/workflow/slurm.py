@@ -11,7 +11,9 @@ What runs where:
 * each group's **members** go to Slurm as one job array, one task per member, submitted with
   submitit: a task is ``ekd train --member M`` (:func:`train_member_task`);
 * the **MD stability sweep** (``md.enabled``), hours at the paper's scale, is one job of its own
-  with ``md.workers`` CPUs.
+  with ``md.workers`` CPUs;
+* generated reference data (``data.train: generate``) are computed by a job array, the molecules
+  dealt out to its tasks (:mod:`.slurm_data`), and assembled by the driver.
 
 The driver records every job id it submits in ``slurm/jobs.json`` at once (:mod:`.slurm_jobs`).
 Stopped and started again (any moment, any signal), it reattaches to a member's job that is
@@ -150,8 +152,13 @@ class SlurmExecutor:
     @contextlib.contextmanager
     def hold(self):
         """The driver's hold on the run directory: shared (member tasks hold it shared too; a
-        local ``ekd run`` is refused), and the driver lock exclusive (one driver at a time)."""
+        local ``ekd run`` is refused), and the driver lock exclusive (one driver at a time).
+        Holding it, the driver first has generated data computed by array tasks
+        (:mod:`.slurm_data`); the run then assembles them."""
+        from .slurm_data import generate_data
+
         with store.lock_dir(self.run.run_dir, shared=True), store.lock_dir(self.dir, "the Slurm driver of this run"):
+            generate_data(self)
             yield
 
     # --- submission
