@@ -8,13 +8,14 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from .. import store
 from ..config import Config
+from ..config.schema import SlurmConfig
 from ..data import Dataset, Units, load_dataset
 from ..jobs import run_parallel
 from . import results
@@ -32,12 +33,13 @@ from .inputs import (
 )
 from .plan import EXTERNAL, Group, UnknownGroupError, describe, member_seed, plan
 
+#: Config fields that say how a run is executed, at their defaults
+EXECUTION_DEFAULTS_OF_CONFIG = {"executor": "local", "slurm": SlurmConfig()}
+
 
 def _same_config(stamp: Path, cfg: Config) -> bool:
     """Whether ``stamp`` (a run's config.yaml) holds ``cfg``, up to where the run directory is and
     how many processes (or which executor, on which device) work in it."""
-    from dataclasses import replace
-
     from ..config import ConfigError, load
 
     try:
@@ -87,6 +89,9 @@ class Run:
     progress: bool = True
 
     def __post_init__(self):
+        # what the run computes, not how it is executed (ekd run --executor): its records (config.yaml,
+        # metrics.json, the members' jobs) are the same whichever executor makes them
+        self.cfg = replace(self.cfg, **EXECUTION_DEFAULTS_OF_CONFIG)
         self.run_dir = Path(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # the record of what the run was created with, written once: a later run with another
