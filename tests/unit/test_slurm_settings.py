@@ -46,6 +46,18 @@ def test_executor_and_slurm_settings_are_part_of_no_digest():
     assert "slurm:" in cluster.to_yaml() and config.loads(cluster.to_yaml()) == cluster
 
 
+def test_a_run_records_no_executor(tmp_path):
+    """What a run computes does not depend on where it runs: its config.yaml (and so metrics.json
+    and the configuration each member job gets) holds no executor and no slurm settings."""
+    from ekd.workflow import Run
+
+    cluster = config.loads("base: default\n" + SLURM_BLOCK)
+    run = Run(cluster, tmp_path / "run", progress=False)
+    assert run.cfg.executor == "local" and run.cfg.slurm == config.default_config().slurm
+    stamp = (tmp_path / "run" / "config.yaml").read_text()
+    assert "slurm" not in stamp and "executor" not in stamp
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
