@@ -6,7 +6,9 @@ A tiny run (2 teachers, 1 student, 3 epochs) goes through Slurm end to end: its 
 really run as Slurm jobs (every job id ekd records is one Slurm has), its members and metrics
 equal those of the same configuration run locally, and a driver killed (SIGKILL) while its jobs
 run and started again reattaches to them: no member is submitted or trained twice (each member
-has one job and no epoch twice in its train_log.jsonl).
+has one job and no epoch twice in its train_log.jsonl). Failed member jobs are named (member,
+job, log, last error line) and submitted again by the next driver; generated data made by two
+array tasks equal the generator's own files; without sbatch, --executor slurm is one line.
 """
 
 from __future__ import annotations
