@@ -118,10 +118,14 @@ Archive::Archive(std::string path, std::shared_ptr<const std::string> bytes)
     const std::string refused = path_ + ": refused: ";
     auto bad = [&](const std::string &why) { return ModelError(refused + why + "; " + ADVICE); };
     const uint64_t n = b.size();
-    if (n < END_SIZE || b.u32(n - END_SIZE) != END_SIG)
-        throw bad(n == 0 ? std::string("the file is empty")
-                         : "the zip archive's end record is not the file's last 22 bytes (a zip comment, data "
-                           "appended after the archive, or no zip archive at all)");
+    if (n < END_SIZE || b.u32(n - END_SIZE) != END_SIG) {
+        if (n == 0) throw bad("the file is empty");
+        // an end record with a comment of at most 64 KiB would start within the last 65,557 bytes
+        const auto found = b.s.rfind(std::string("PK\x05\x06", 4));
+        if (found == std::string::npos || found + 65557 < n)
+            throw bad("not a TorchScript archive, or corrupt (it has no zip end record)");
+        throw bad("the zip archive's end record is not the file's last 22 bytes (a zip comment, or data appended)");
+    }
     const uint64_t end = n - END_SIZE;
     if (b.u16(end + 20) != 0) throw bad("the zip archive has a comment (ekd and torch write none)");
     if (b.u16(end + 4) != 0 || b.u16(end + 6) != 0 || b.u16(end + 8) != b.u16(end + 10))

@@ -162,12 +162,12 @@ def _check(data: bytes, source: str) -> list[Entry]:  # noqa: C901  (one rule, c
 
     n = len(data)
     if n < _END_SIZE or u32(n - _END_SIZE) != _END:
-        raise bad(
-            "the file is empty"
-            if n == 0
-            else "the zip archive's end record is not the file's last 22 bytes (a zip comment, data appended after "
-            "the archive, or no zip archive at all)"
-        )
+        if n == 0:
+            raise bad("the file is empty")
+        # an end record with a comment of at most 64 KiB would start within the last 65,557 bytes
+        if data.rfind(b"PK\x05\x06", max(0, n - 65557)) < 0:
+            raise bad("not a TorchScript archive, or corrupt (it has no zip end record)")
+        raise bad("the zip archive's end record is not the file's last 22 bytes (a zip comment, or data appended)")
     end = n - _END_SIZE
     if u16(end + 20) != 0:
         raise bad("the zip archive has a comment (ekd and torch write none)")
