@@ -7,10 +7,12 @@
 #include "ekd_trust.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <caffe2/serialize/inline_container.h>
 #include <torch/version.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/jit/python/update_graph_executor_opt.h>
+#include <torch/cuda.h>
 #include <torch/script.h>
 
 #include <dlfcn.h>
@@ -92,6 +94,7 @@ ModelFile read_model_file(const std::string &path) {
 
 struct Model::Impl {
     torch::jit::Module module;
+    torch::Device device = torch::kCPU;  // of evaluate() (set_device)
     std::unique_ptr<AotiModel> aoti;  // set for an AOTInductor package (then `module` is unused)
     torch::ScalarType dtype;
     std::string path;
@@ -340,11 +343,13 @@ void Model::evaluate(const PairInputs &in, int64_t n_local, std::vector<double> 
     }
     const auto lopt = torch::TensorOptions().dtype(torch::kLong);
     // from_blob does not copy; the model only reads its inputs
-    auto species = torch::from_blob(const_cast<int64_t *>(in.species), {in.n_atoms}, lopt);
-    auto first = torch::from_blob(const_cast<int64_t *>(in.first), {in.n_pairs}, lopt);
-    auto second = torch::from_blob(const_cast<int64_t *>(in.second), {in.n_pairs}, lopt);
+    // on the CPU .to() returns the blob itself; on a GPU it copies this step's inputs there
+    const torch::Device dev = impl_->device;
+    auto species = torch::from_blob(const_cast<int64_t *>(in.species), {in.n_atoms}, lopt).to(dev);
+    auto first = torch::from_blob(const_cast<int64_t *>(in.first), {in.n_pairs}, lopt).to(dev);
+    auto second = torch::from_blob(const_cast<int64_t *>(in.second), {in.n_pairs}, lopt).to(dev);
     auto r = torch::from_blob(const_cast<double *>(in.r), {in.n_pairs, 3}, torch::TensorOptions().dtype(torch::kDouble))
-                 .to(impl_->dtype)
+                 .to(dev, impl_->dtype)
                  .detach()
                  .requires_grad_(true);
     torch::Tensor energy;
@@ -366,11 +371,41 @@ void Model::evaluate(const PairInputs &in, int64_t n_local, std::vector<double> 
         g = gs[0];
     }
     if (!g.defined()) g = torch::zeros({in.n_pairs, 3}, torch::kDouble);
-    g = g.to(torch::kDouble).contiguous();
-    auto e = local.detach().to(torch::kDouble).contiguous();
+    g = g.to(torch::kCPU, torch::kDouble).contiguous();  // back from the device (a copy only off the CPU)
+    auto e = local.detach().to(torch::kCPU, torch::kDouble).contiguous();
     local_energy.assign(e.data_ptr<double>(), e.data_ptr<double>() + n_local);
     grad.assign(g.data_ptr<double>(), g.data_ptr<double>() + 3 * in.n_pairs);
 }
+
+void Model::set_device(const std::string &name) {
+    torch::Device device = torch::kCPU;
+    try {
+        device = torch::Device(name);
+    } catch (const std::exception &) {
+        throw ModelError("device must be cpu, cuda or cuda:N, got " + name);
+    }
+    if (device.is_cuda()) {
+        if (impl_->aoti)
+            throw ModelError("model " + impl_->path + ": device " + name +
+                             ": an AOTInductor package is compiled for the CPU; use device cpu or a TorchScript export");
+        if (!torch::cuda::is_available())
+            throw ModelError("device " + name + ": the torch this plugin runs (" + torch_version() +
+                             ") sees no CUDA device (a CPU-only build of torch, or no GPU visible); use device cpu");
+        const auto count = static_cast<int64_t>(torch::cuda::device_count());
+        if (device.has_index() && device.index() >= count)
+            throw ModelError("device " + name + ": " + std::to_string(count) + " GPU(s) are visible");
+        // ekd's ops have CUDA kernels only in a library built with nvcc
+        auto op = c10::Dispatcher::singleton().findSchema({"ekd::envsum", ""});
+        if (op.has_value() && !op->hasKernelForDispatchKey(c10::DispatchKey::CUDA))
+            throw ModelError("device " + name + ": ekd's op library was built without its CUDA kernels; rebuild ekd "
+                             "with the CUDA toolkit (nvcc) found by CMake against a CUDA torch");
+        if (!device.has_index()) device = torch::Device(torch::kCUDA, 0);
+    }
+    if (!impl_->aoti) impl_->module.to(device);
+    impl_->device = device;
+}
+
+bool Model::on_gpu() const { return impl_->device.is_cuda(); }
 
 void set_torch_threads(int n) {
     at::set_num_threads(n);

@@ -71,6 +71,13 @@ public:
     void evaluate(const PairInputs &in, int64_t n_local, std::vector<double> &local_energy,
                   std::vector<double> &grad);
 
+    // Where evaluate() runs: "cpu" (default), "cuda" or "cuda:N" (pair_style ekd ... device cuda).
+    // Inputs are copied to the device and results back every call. Throws ModelError when the
+    // device cannot be had (a torch without CUDA or a GPU, an op library without its CUDA kernels,
+    // an AOTInductor package, which is compiled for the CPU). UNVERIFIED: never run on a GPU yet.
+    void set_device(const std::string &name);
+    bool on_gpu() const;
+
     // Whether the file has the per-stage methods of format ekd-model-2 (embed, interaction,
     // n_interactions, feature_widths); format ekd-model-1 files have `forward` only.
     bool has_stages() const;

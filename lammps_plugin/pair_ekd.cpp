@@ -90,13 +90,20 @@ void PairEKD::settings(int narg, char **arg) {
             else if (m == "images") mode = IMAGES;
             else error->all(FLERR, "pair_style ekd: mode must be auto, halo, ghosts or images, got " + m);
             iarg += 2;
+        } else if (strcmp(arg[iarg], "device") == 0) {
+            if (iarg + 2 > narg) utils::missing_cmd_args(FLERR, "pair_style ekd device", error);
+            device = arg[iarg + 1];
+            if (device != "cpu" && device.rfind("cuda", 0) != 0)
+                error->all(FLERR, "pair_style ekd: device must be cpu, cuda or cuda:N, got " + device);
+            iarg += 2;
         } else if (strcmp(arg[iarg], "trust_code") == 0) {
             if (iarg + 2 > narg) utils::missing_cmd_args(FLERR, "pair_style ekd trust_code", error);
             trust_code = utils::logical(FLERR, arg[iarg + 1], false, lmp) == 1;
             iarg += 2;
         } else {
             error->all(FLERR, std::string("pair_style ekd: unknown keyword ") + arg[iarg] +
-                                  "; usage: pair_style ekd [threads N] [mode auto|halo|ghosts|images] [trust_code no|yes]");
+                                  "; usage: pair_style ekd [threads N] [mode auto|halo|ghosts|images] [device cpu|cuda|cuda:N] "
+                                  "[trust_code no|yes]");
         }
     }
     ekd_lammps::set_torch_threads(nthreads);
@@ -132,6 +139,7 @@ void PairEKD::coeff(int narg, char **arg) {
             const auto file = ekd_lammps::read_model_file(path);
             auto info = ekd_lammps::parse_metadata(file, ekd_lammps::ekd_version(), ekd_lammps::torch_version());
             models.push_back(std::make_unique<ekd_lammps::Model>(file, info.ops_library, info.dtype == "float32", trust_code));
+            if (device != "cpu") models.back()->set_device(device);  // inputs copied there every step
             infos.push_back(info);
         } catch (const ModelError &e) {
             error->all(FLERR, std::string("pair_coeff ekd: ") + e.what());
@@ -210,16 +218,22 @@ void PairEKD::init_style() {
     std::string why;
     if (mode == IMAGES || (mode == AUTO && comm->nprocs == 1 && atom->tag_enable)) {
         ghost_mode = GhostMode::IMAGES;
-    } else if (mode == HALO || (mode == AUTO && no_stages.empty())) {
+    } else if (mode == HALO || (mode == AUTO && no_stages.empty() && device == "cpu")) {
         ghost_mode = GhostMode::HALO;
     } else {
         ghost_mode = GhostMode::GHOSTS;
-        if (mode == AUTO)
+        if (mode == AUTO && device != "cpu")
+            why = " (auto: device " + device + " runs the whole model per step; mode halo exchanges on the CPU)";
+        else if (mode == AUTO)
             why = comm->nprocs == 1 ? " (auto: no atom IDs for mode images, and " + no_stages +
                                           " has no per-layer methods, which mode halo needs)"
                                     : " (auto: " + no_stages + " has no per-layer methods, which mode halo needs; "
                                       "re-export it with this ekd as TorchScript for the faster mode halo)";
     }
+    // the per-layer exchange of mode halo runs on the CPU; on a GPU the whole model runs per step
+    if (device != "cpu" && ghost_mode == GhostMode::HALO)
+        error->all(FLERR, "pair_style ekd device " + device + " runs the whole model once per step (modes images and "
+                          "ghosts); mode halo exchanges features between layers on the CPU: use mode ghosts or auto");
 
     comm_forward = 0;
     comm_reverse = models.size() > 1 ? 3 * static_cast<int>(models.size()) : 0;

@@ -58,6 +58,7 @@ protected:
     double ghost_depth;  // largest n_interactions * cutoff (Angstrom)
     int nthreads;
     bool trust_code = false;  // load model files whose code is not ekd's own (ekd_trust.h)
+    std::string device = "cpu";  // where the models run: cpu, cuda, cuda:N (`device`; unverified on a GPU)
     // see ekd_system.h; auto = images on one rank, else halo (or ghosts for format-1 models)
     enum { AUTO, HALO, GHOSTS, IMAGES } mode;
     ekd_lammps::GhostMode ghost_mode;  // the mode in use (decided in init_style)
