@@ -49,7 +49,8 @@ class Member:
         self.dtype = torch.float64
         self.device = torch.device(device)
         self._net = model.modules().to(self.dtype).to(self.device).eval()
-        self._energy_module = model.graph_module(forces=False).eval()
+        # the graph's own modules (species encoder, pair indexer) hold buffers too
+        self._energy_module = model.graph_module(forces=False).to(self.device).eval()
 
     @property
     def species(self) -> tuple[int, ...]:

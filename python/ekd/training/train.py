@@ -130,8 +130,9 @@ def _train(spec, cfg: Config, dataset: Dataset, splits, out_dir: Path, progress:
     model = build_model(arch, dataset.elements, dataset, train_idx, energy=spec.energy)
     # built on the CPU (the same initial weights on every device), then moved
     net = model.modules().to(dtype).to(device)
-    step_module = model.graph_module(forces=spec.forces is not None, training=True)
-    energy_module = model.graph_module(forces=False)
+    # the graph's own modules (species encoder, pair indexer) hold buffers too: on the device as well
+    step_module = model.graph_module(forces=spec.forces is not None, training=True).to(device)
+    energy_module = model.graph_module(forces=False).to(device)
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=tc.lr)
 
