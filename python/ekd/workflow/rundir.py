@@ -97,7 +97,8 @@ class Run:
         # the record of what the run was created with, written once: a later run with another
         # configuration (refused per stage where its inputs differ) must not rewrite it
         stamp = self.run_dir / "config.yaml"
-        text = self.cfg.to_yaml()
+        # without the device (auto): a run made on a GPU node resumes on a CPU one, and vice versa
+        text = replace(self.cfg, train=replace(self.cfg.train, device="auto")).to_yaml()
         if not store.create_once(stamp, text) and self.progress and not _same_config(stamp, self.cfg):
             log(f"note: {stamp} records the configuration this run directory was created with, not this one")
         self._paths: DataPaths | None = None
