@@ -216,6 +216,9 @@ class EnsembleConfig:
     external_teacher: str | tuple[str, ...] | None = None
     external_teacher_dir: str | None = None
     study_members: int | None = None  # members of each study group (None: n_students)
+    # students of every generation also predict their teachers' per-atom force spread
+    # (ekd.training.models.SigmaHead, trained on the labels' spread; energy and forces unchanged)
+    student_uncertainty: bool = False
 
     def __post_init__(self):
         check(self.n_teachers >= 1, "n_teachers", "must be >= 1", self.n_teachers)
@@ -358,6 +361,8 @@ class SlurmConfig:
 #: Config fields that say how a run is executed, with their defaults: part of no digest, and
 #: written into a configuration's records only when set
 EXECUTION_DEFAULTS = {"executor": "local", "slurm": to_plain(SlurmConfig())}
+# ensemble fields added after runs were stored: left out of config.yaml and digests at their defaults
+ENSEMBLE_ADDED = {"student_uncertainty": False}
 
 
 @dataclass(frozen=True)
@@ -394,6 +399,7 @@ class Config:
         # (config.yaml, metrics.json) stay as they were
         d = store.without_added_defaults(to_plain(self), EXECUTION_DEFAULTS)
         d["train"] = store.without_added_defaults(d["train"], TRAIN_EXECUTION_DEFAULTS)
+        d["ensemble"] = store.without_added_defaults(d["ensemble"], ENSEMBLE_ADDED)
         return d
 
     def to_yaml(self) -> str:

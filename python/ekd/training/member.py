@@ -18,7 +18,10 @@ import torch
 from ..config import ModelConfig
 from ..data import Dataset
 from ..store import load_torch
-from .models import Model, build_model, check_padding
+from .models import Model, add_sigma_head, build_model, check_padding
+
+#: what ``model.pt`` names as the uncertainty head of a member that has one (absent: none)
+SIGMA_HEAD = "SigmaHead/1"
 
 MODEL_FORMAT = "ekd-member/1"
 
@@ -35,6 +38,7 @@ def member_payload(model: Model, arch: ModelConfig, spec, tc) -> dict:
         "units": {"energy": "kcal/mol", "length": "angstrom", "forces": "kcal/mol/angstrom"},
         "spec": asdict(spec),
         "train_dtype": tc.dtype,
+        **({"uncertainty_head": SIGMA_HEAD} if model.uncertainty is not None else {}),
     }
 
 
@@ -51,6 +55,41 @@ class Member:
         self._net = model.modules().to(self.dtype).to(self.device).eval()
         # the graph's own modules (species encoder, pair indexer) hold buffers too
         self._energy_module = model.graph_module(forces=False).to(self.device).eval()
+        self._feature_module = model.graph_module(forces=False, features=True).to(self.device).eval()
+
+    @property
+    def has_uncertainty(self) -> bool:
+        """Whether the member predicts its teachers' per-atom force spread (:meth:`predict_sigma`)."""
+        return self.model.uncertainty is not None
+
+    def predict_sigma(self, dataset: Dataset, batch_size: int = 256) -> np.ndarray:
+        """The head's predicted teachers' force spread sigma_i (n, A) kcal/mol/Angstrom, float64 (0 in
+        padding); see :class:`ekd.training.models.SigmaHead`. ValueError for a member without a head."""
+        if not self.has_uncertainty:
+            raise ValueError(f"{self.directory}: this member has no uncertainty head (trained without one)")
+        self._check(dataset)
+        out = np.zeros(dataset.species.shape)
+        species_all = torch.as_tensor(dataset.species, dtype=torch.int64)
+        coords_all = torch.as_tensor(dataset.coordinates, dtype=self.dtype)
+        for start in range(0, len(dataset), batch_size):
+            sl = slice(start, start + batch_size)
+            species = species_all[sl].to(self.device)
+            with torch.no_grad():
+                feats = self._feature_module(species, coords_all[sl].to(self.device))[-1]
+                sigma = torch.exp(self.model.uncertainty(feats))
+            block = torch.zeros(species.shape, dtype=self.dtype, device=self.device)
+            block[species > 0] = sigma
+            out[sl] = block.cpu().numpy()
+        return out
+
+    def _check(self, dataset: Dataset) -> None:
+        check_padding(dataset.species, f"{dataset.source or 'dataset'}: species")
+        unknown = sorted(set(dataset.elements) - set(self.species))
+        if unknown:
+            raise ValueError(
+                f"{dataset.source or 'dataset'} has elements {unknown} that the model in {self.directory} "
+                f"was not built for (it knows {list(self.species)})"
+            )
 
     @property
     def species(self) -> tuple[int, ...]:
@@ -66,13 +105,7 @@ class Member:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Energies (n,) kcal/mol and, if ``forces``, forces -dE/dR (n, A, 3) kcal/mol/Angstrom
         (0 in padding) by autograd; float64 numpy arrays."""
-        check_padding(dataset.species, f"{dataset.source or 'dataset'}: species")
-        unknown = sorted(set(dataset.elements) - set(self.species))
-        if unknown:
-            raise ValueError(
-                f"{dataset.source or 'dataset'} has elements {unknown} that the model in {self.directory} "
-                f"was not built for (it knows {list(self.species)})"
-            )
+        self._check(dataset)
         n = len(dataset)
         energies = np.empty(n)
         out_forces = np.zeros(dataset.coordinates.shape) if forces else None
@@ -109,8 +142,13 @@ def load_member(out_dir: Path, device: torch.device | str = "cpu") -> Member:
         raise ValueError(f"{path}: expected a model of format {MODEL_FORMAT!r}, got {payload.get('format')!r}")
     arch = ModelConfig(**payload["model_config"])
     model = build_model(arch, payload["species"])
+    head = payload.get("uncertainty_head")
+    if head is not None:
+        if head != SIGMA_HEAD:
+            raise ValueError(f"{path}: unknown uncertainty head {head!r} (this ekd knows {SIGMA_HEAD!r}); upgrade ekd")
+        add_sigma_head(model, seed=0)  # weights replaced by the state dict below
     model.modules().load_state_dict(payload["state_dict"])
     return Member(model, out_dir, payload, device)
 
 
-__all__ = ["MODEL_FORMAT", "Member", "load_member", "member_payload"]
+__all__ = ["SIGMA_HEAD", "MODEL_FORMAT", "Member", "load_member", "member_payload"]

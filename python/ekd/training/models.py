@@ -112,22 +112,33 @@ class Model:
     forces: object
     hierarchicality: object
     l2: object
+    #: the per-atom head predicting the teachers' force spread (:class:`SigmaHead`), or None
+    uncertainty: torch.nn.Module | None = None
 
     def modules(self) -> torch.nn.ModuleDict:
         """Every trainable torch module; its state dict is what :func:`ekd.training.train.load_member` needs."""
-        return torch.nn.ModuleDict({"network": self.network.torch_module, "energy": self.henergy.torch_module})
+        mods = {"network": self.network.torch_module, "energy": self.henergy.torch_module}
+        if self.uncertainty is not None:
+            mods["uncertainty"] = self.uncertainty
+        return torch.nn.ModuleDict(mods)
 
-    def graph_module(self, forces: bool = True, training: bool = False):
-        """A hippynn GraphModule: (species, positions) -> (energy, [forces], [hierarchicality, l2]).
+    def graph_module(self, forces: bool = True, training: bool = False, features: bool = False):
+        """A hippynn GraphModule: (species, positions) -> (energy, [forces], [hierarchicality, l2],
+        [last features]).
 
         forces: include F = -dE/dR (double backward when trained on).
         training: also return the hierarchicality (n, 1) and the L2 term (scalar).
+        features: also return the network's last atom features (n_real_atoms, F), real atoms in
+            row-major order of the padded batch (the order of ``x[species > 0]``): what
+            :class:`SigmaHead` reads.
         """
         from hippynn.graphs import GraphModule
 
         outputs = [self.energy] + ([self.forces] if forces else [])
         if training:
             outputs += [self.hierarchicality, self.l2]
+        if features:
+            outputs.append(self.network.feature_nodes[-1])
         return GraphModule([self.species_node, self.positions], outputs)
 
     @property
@@ -135,6 +146,81 @@ class Model:
         """Per-element energy offsets (kcal/mol) of the energy head's non-interacting layer."""
         w = self.henergy.torch_module.layers[0].weight.detach().reshape(-1)
         return {z: float(v) for z, v in zip(self.species, w.tolist(), strict=True)}
+
+
+#: the smallest teachers' spread (kcal/mol/Angstrom) the head is trained towards: a spread of 0
+#: (one teacher, or members that agree to rounding) has no logarithm; 1e-3 is far below any spread
+#: of trained members seen here (~0.1-10) and far below force errors that matter in MD
+SIGMA_FLOOR = 1e-3
+#: the head's learning rate over the member's (train.lr): a small regression on features that the
+#: energy loss moves, it has no balance with the energy to keep; at the member's rate it moved its
+#: log sigma by ~0.2 in 50 Adam steps (measured on the tests' xtb set), far less than the ~1-3 that
+#: the spread spans between atoms
+SIGMA_LR_FACTOR = 10.0
+
+
+class SigmaHead(torch.nn.Module):
+    """Per-atom log of the teachers' force spread from a member's last atom features.
+
+    ``forward(features (n_atoms, F)) -> log sigma (n_atoms,)``, sigma in kcal/mol/Angstrom, where
+    the teachers' spread is sigma_i = sqrt(mean_m |F_m,i - <F>_i|^2) (the ``forces_std`` of
+    :class:`ekd.deploy.calculator.EKDCalculator` and LAMMPS; from the labels' per-component spread
+    by :func:`atom_sigma`). One softplus hidden layer of the features' width, then a linear read-out:
+    the features are trained for the energy, not for the spread, so a linear map of them alone
+    would be a weaker predictor than the energy head's read-out is of the energy.
+
+    Trained by :mod:`ekd.training.train` on DETACHED features (the network never sees its loss), so
+    the energy and forces of a member with the head are those of the member without it, bit for
+    bit with the same seed: the head's weights are drawn from their own generator (the global
+    random state the rest of training draws from is untouched), its loss adds no gradient to any
+    other parameter and Adam scales each parameter's step by that parameter's own moments. The
+    loss is the mean squared error of log sigma (over real atoms): the target is a measured number
+    per atom, not a noisy sample of an error, so a regression fits it directly (a Gaussian NLL
+    would fit the spread of a residual, which the labels do not hold), and the logarithm because
+    the spread is positive and spans orders of magnitude between relaxed and distorted atoms.
+    """
+
+    def __init__(self, width: int, seed: int, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.hidden = torch.nn.Linear(width, width)
+            self.out = torch.nn.Linear(width, 1)
+        self.to(dtype)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.softplus(self.hidden(features))
+        return self.out(h).squeeze(-1)
+
+
+def atom_sigma(forces_std: np.ndarray | torch.Tensor):
+    """Per-component spread (..., 3) -> per-atom sigma (...) = sqrt(sum_c std_c^2) = the spread of
+    the force vectors, sqrt(mean_m |F_m - <F>|^2) (same units)."""
+    if isinstance(forces_std, torch.Tensor):
+        return torch.sqrt((forces_std * forces_std).sum(-1))
+    return np.sqrt((np.asarray(forces_std) ** 2).sum(-1))
+
+
+def add_sigma_head(model: Model, seed: int, log_sigma_mean: float = 0.0) -> Model:
+    """Give ``model`` a :class:`SigmaHead` (weights from ``seed``), its read-out bias set to
+    ``log_sigma_mean`` (the training data's mean log sigma: the head starts at the typical spread);
+    returns the same model."""
+    width = model.network.torch_module.feature_sizes[-1]
+    model.uncertainty = SigmaHead(int(width), seed)
+    with torch.no_grad():
+        model.uncertainty.out.bias.fill_(float(log_sigma_mean))
+    return model
+
+
+def param_groups(model: Model, lr: float) -> list[dict]:
+    """The optimizer's parameter groups: every trainable parameter at ``lr``, the uncertainty
+    head's (if any) in a group of its own at SIGMA_LR_FACTOR x ``lr`` (decayed with the rest).
+    The network's group comes first (the training log reports its rate)."""
+    head = set(model.uncertainty.parameters()) if model.uncertainty is not None else set()
+    groups = [{"params": [p for p in model.modules().parameters() if p.requires_grad and p not in head]}]
+    if head:
+        groups.append({"params": list(model.uncertainty.parameters()), "lr": lr * SIGMA_LR_FACTOR})
+    return groups
 
 
 class _WeightsL2(torch.nn.Module):

@@ -7,6 +7,7 @@ the previous generation's ensemble forces; baselines: the dataset's reference fo
 Loss per batch (energies in kcal/mol, forces in kcal/mol/Angstrom, over real atoms only)::
 
     w_E (RMSE + MAE)(E) + w_F(epoch) (RMSE + MAE)(F) + w_L2 L2(weights) + w_R mean(hierarchicality)
+    [+ the uncertainty head's loss (logged apart, sigma_loss): see ekd.training.models.SigmaHead]
 
 Early stopping, the learning-rate schedule and "best" all use the validation ENERGY RMSE: the
 total loss jumps whenever the force-weight schedule steps, so it cannot tell a better model from
@@ -48,7 +49,7 @@ from ..ops.devices import resolve_device, to_cpu
 from ..ops.threads import check_wait_policy
 from ..store import append_line, atomic_text, atomic_write, bytes_digest, canonical_json, load_torch
 from .member import MODEL_FORMAT, Member, load_member, member_payload
-from .models import build_model, check_padding, use_kernels
+from .models import SIGMA_FLOOR, add_sigma_head, atom_sigma, build_model, check_padding, param_groups, use_kernels
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ class MemberSpec:
     energy: str = "energy"
     forces: str | None = None
     variant: str | None = None  # student architecture: an ensemble.student_variants entry (None: student_model)
+    # dataset property of the teachers' per-component force spread (n, A, 3), e.g.
+    # "ensemble_forces_std": the member gets a SigmaHead trained on it (None: no head)
+    uncertainty: str | None = None
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -122,19 +126,21 @@ def _train(spec, cfg: Config, dataset: Dataset, splits, out_dir: Path, progress:
     kernels = use_kernels(tc.kernels)
     train_idx, valid_idx = _check_splits(splits, len(dataset))
     check_padding(dataset.species, f"{dataset.source or 'dataset'}: species")
-    targets = [spec.energy] + ([spec.forces] if spec.forces else [])
+    targets = [spec.energy] + ([spec.forces] if spec.forces else []) + ([spec.uncertainty] if spec.uncertainty else [])
     train = _Batches(database_arrays(dataset.subset(train_idx), targets, dtype), spec, device)
     valid = _Batches(database_arrays(dataset.subset(valid_idx), targets, dtype), spec, device)
 
     _seed_everything(spec.seed)
     model = build_model(arch, dataset.elements, dataset, train_idx, energy=spec.energy)
+    head = spec.uncertainty is not None
+    if head:  # after the network: its weights come from their own generator (see SigmaHead)
+        add_sigma_head(model, spec.seed, float(train.log_sigma[train.species > 0].mean()))
     # built on the CPU (the same initial weights on every device), then moved
     net = model.modules().to(dtype).to(device)
     # the graph's own modules (species encoder, pair indexer) hold buffers too: on the device as well
-    step_module = model.graph_module(forces=spec.forces is not None, training=True).to(device)
-    energy_module = model.graph_module(forces=False).to(device)
-    params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=tc.lr)
+    step_module = model.graph_module(forces=spec.forces is not None, training=True, features=head).to(device)
+    energy_module = model.graph_module(forces=False, features=head).to(device)
+    optimizer = torch.optim.Adam(param_groups(model, tc.lr), lr=tc.lr)
 
     fingerprint = _fingerprint(spec, arch, tc, train_idx, valid_idx, dataset)
     policy = StoppingPolicy.of(tc, forces=spec.forces is not None)
@@ -166,9 +172,12 @@ def _train(spec, cfg: Config, dataset: Dataset, splits, out_dir: Path, progress:
         t0 = time.perf_counter()
         w_f = tc.force_weight(epoch) if spec.forces else None
         lr = optimizer.param_groups[0]["lr"]
-        loss = _train_epoch(step_module, optimizer, train, tc, w_f, _epoch_generator(spec.seed, epoch))
+        loss, sigma_loss = _train_epoch(
+            step_module, optimizer, train, tc, w_f, _epoch_generator(spec.seed, epoch), model.uncertainty
+        )
         train_metrics = _evaluate(energy_module, train, forces=False)
-        valid_metrics = _evaluate(energy_module, valid, forces=spec.forces is not None)
+        extra = {"head": model.uncertainty} if head else {}
+        valid_metrics = _evaluate(energy_module, valid, forces=spec.forces is not None, **extra)
         if not np.isfinite(loss) or not np.isfinite(valid_metrics["energy_rmse"]):
             raise FloatingPointError(
                 f"{spec.role} member {spec.member} (generation {spec.generation}): non-finite loss at epoch "
@@ -193,6 +202,7 @@ def _train(spec, cfg: Config, dataset: Dataset, splits, out_dir: Path, progress:
             "valid_energy_rmse": rmse,
             "valid_energy_mae": valid_metrics["energy_mae"],
             **({"valid_force_rmse": valid_metrics["force_rmse"]} if spec.forces else {}),
+            **({"sigma_loss": sigma_loss, "valid_log_sigma_rmse": valid_metrics["log_sigma_rmse"]} if head else {}),
             "best": better,
             "seconds": round(seconds, 3),
         }
@@ -313,6 +323,11 @@ class _Batches:
         self.coordinates = arrays["coordinates"].to(device)
         self.energy = arrays[spec.energy].to(device)
         self.forces = arrays[spec.forces].to(device) if spec.forces else None
+        # the teachers' per-atom spread as its log (floored: SIGMA_FLOOR), (n, A); 0 in padding
+        self.log_sigma = None
+        if spec.uncertainty:
+            sigma = atom_sigma(arrays[spec.uncertainty].to(torch.float64)).clamp(min=SIGMA_FLOOR)
+            self.log_sigma = (torch.log(sigma) * (self.species.cpu() > 0)).to(arrays["coordinates"].dtype).to(device)
 
     def __len__(self) -> int:
         return int(self.species.shape[0])
@@ -329,55 +344,73 @@ class _Batches:
                 self.coordinates[i],
                 self.energy[i],
                 None if self.forces is None else self.forces[i],
+                None if self.log_sigma is None else self.log_sigma[i],
             )
 
 
-def _train_epoch(step_module, optimizer, data: _Batches, tc, w_f: float | None, generator) -> float:
-    """One pass over the training batches; returns the mean total loss."""
+def _train_epoch(step_module, optimizer, data: _Batches, tc, w_f: float | None, generator, head=None):
+    """One pass over the training batches; returns (the mean energy/force loss, the mean
+    uncertainty-head loss or None without a head)."""
     step_module.train()
-    total, count = 0.0, 0
-    for species, coords, e_true, f_true in data.batches(tc.batch_size, generator):
+    total, sigma_total, count = 0.0, 0.0, 0
+    for species, coords, e_true, f_true, s_true in data.batches(tc.batch_size, generator):
         outputs = step_module(species, coords.clone())
         e_pred = outputs[0]
         loss = tc.w_energy * _rmse_mae(e_pred - e_true)
+        real = species > 0
         if f_true is not None:
-            real = species > 0
             loss = loss + w_f * _rmse_mae((outputs[1] - f_true)[real])
-        hier, l2 = outputs[-2], outputs[-1]
+        hier, l2 = outputs[-3:-1] if head is not None else outputs[-2:]
         loss = loss + tc.w_l2 * l2 + tc.w_hierarchicality * hier.mean()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if head is not None:
+            # detached: no gradient of this term reaches the network (see SigmaHead)
+            sigma_loss = torch.mean((head(outputs[-1].detach()) - s_true[real]) ** 2)
+            (loss + sigma_loss).backward()
+            sigma_total += float(sigma_loss.detach()) * len(species)
+        else:
+            loss.backward()
         optimizer.step()
         total += float(loss.detach()) * len(species)
         count += len(species)
-    return total / count
+    return total / count, (sigma_total / count if head is not None else None)
 
 
 def _rmse_mae(err: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(torch.mean(err * err)) + torch.mean(torch.abs(err))
 
 
-def _evaluate(energy_module, data: _Batches, forces: bool, batch_size: int = 256) -> dict[str, float]:
-    """Energy RMSE/MAE (kcal/mol) and, if ``forces``, force RMSE over real atoms (kcal/mol/Angstrom)."""
+def _evaluate(energy_module, data: _Batches, forces: bool, batch_size: int = 256, head=None) -> dict[str, float]:
+    """Energy RMSE/MAE (kcal/mol), if ``forces`` the force RMSE over real atoms (kcal/mol/Angstrom)
+    and, with a ``head``, the RMSE of its log sigma over real atoms."""
     energy_module.eval()
-    e_err, f_sq, f_n = [], 0.0, 0
-    for species, coords, e_true, f_true in data.batches(batch_size):
+    e_err, f_sq, f_n, s_sq, s_n = [], 0.0, 0, 0.0, 0
+    for species, coords, e_true, f_true, s_true in data.batches(batch_size):
+        real = species > 0
         if forces:
             coords = coords.clone().requires_grad_(True)
-            e_pred = energy_module(species, coords)[0]
+            outputs = energy_module(species, coords)
+            e_pred = outputs[0]
             f_pred = -torch.autograd.grad(e_pred.sum(), coords)[0]
-            real = species > 0
             d = (f_pred - f_true)[real].detach().double()
             f_sq += float((d * d).sum())
             f_n += d.numel()
         else:
             with torch.no_grad():
-                e_pred = energy_module(species, coords)[0]
+                outputs = energy_module(species, coords)
+                e_pred = outputs[0]
+        if head is not None:
+            with torch.no_grad():
+                ds = (head(outputs[-1].detach()) - s_true[real]).double()
+            s_sq += float((ds * ds).sum())
+            s_n += ds.numel()
         e_err.append((e_pred.detach() - e_true).double().reshape(-1))
     e = torch.cat(e_err)
     out = {"energy_rmse": float(torch.sqrt(torch.mean(e * e))), "energy_mae": float(torch.mean(e.abs()))}
     if forces:
         out["force_rmse"] = (f_sq / max(f_n, 1)) ** 0.5
+    if head is not None:
+        out["log_sigma_rmse"] = (s_sq / max(s_n, 1)) ** 0.5
     return out
 
 
@@ -416,8 +449,10 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 def _fingerprint(spec, arch: ModelConfig, tc, train_idx, valid_idx, dataset: Dataset) -> str:
     arrays = (train_idx, valid_idx, dataset.species, dataset.coordinates)
+    # without a head, the spec as it was before heads existed (checkpoints of earlier runs resume)
+    spec_fields = {k: v for k, v in asdict(spec).items() if k != "uncertainty" or v is not None}
     return bytes_digest(
-        canonical_json([asdict(spec), asdict(arch), tc.identity()]),
+        canonical_json([spec_fields, asdict(arch), tc.identity()]),
         *(np.ascontiguousarray(arr).tobytes() for arr in arrays),
     )
 

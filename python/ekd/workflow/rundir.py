@@ -249,8 +249,15 @@ class Run:
                     if group.labels_from
                     else None
                 ),
+                # only when on: members trained before the head existed keep their digests
+                **({"uncertainty": True} if self.has_sigma_head(group) else {}),
             }
         )
+
+    def has_sigma_head(self, group: Group) -> bool:
+        """Whether ``group``'s members get the uncertainty head (ensemble.student_uncertainty:
+        students of every generation, trained on their labels' spread)."""
+        return bool(self.cfg.ensemble.student_uncertainty and group.role == "student" and group.labels_from)
 
     def training_inputs(self, group: Group) -> tuple[Path, dict[str, str]]:
         """(data file, {dataset property: file key}) that ``group``'s members train on; a student
@@ -258,7 +265,10 @@ class Run:
         :func:`load_member_data`, which also carry its units and the member's split."""
         keys = {"energy": self.cfg.data.energy_key}
         if group.labels_from:
-            return self.make_labels(group), {**keys, "ensemble_forces": "ekd_ensemble.forces"}
+            keys["ensemble_forces"] = "ekd_ensemble.forces"
+            if self.has_sigma_head(group):
+                keys["ensemble_forces_std"] = "ekd_ensemble.forces_std"
+            return self.make_labels(group), keys
         if group.forces == "reference_forces":
             keys["reference_forces"] = self.cfg.data.reference_forces_key
         return self.paths.train, keys
@@ -289,6 +299,7 @@ class Run:
             "energy": "energy",
             "forces": group.forces,
             **({"variant": group.variant} if group.variant else {}),
+            **({"uncertainty": "ensemble_forces_std"} if self.has_sigma_head(group) else {}),
         }
 
     def train_group(self, group: Group, members: Sequence[int] | None = None) -> list[dict]:
