@@ -26,7 +26,7 @@ def _native_dir() -> Path:
     if spec is None or spec.origin is None:
         raise ImportError(
             "ekd's native extension (ekd._C) is not installed; build the package with "
-            "`pip install .` (needs g++, cmake and torch==2.13.0)"
+            "`pip install .` (needs g++, cmake and a torch from 2.11 to 2.13)"
         )
     return Path(spec.origin).parent
 
