@@ -191,11 +191,13 @@ class SlurmExecutor:
         return ex
 
     def _submit(self, name: str, cpus: int, task: _Task, args: list) -> list[str]:
+        from submitit.core.utils import FailedJobError, FailedSubmissionError
+
         ex = self._executor(name, cpus, len(args))
         try:
             jobs = ex.map_array(task, args)
-        except Exception as e:  # submitit: FailedJobError / FailedSubmissionError; sbatch's words inside
-            text = " ".join(str(e).split())
+        except (FailedJobError, FailedSubmissionError, OSError) as e:  # sbatch's own words inside
+            text = "; ".join(dict.fromkeys(line.strip() for line in str(e).splitlines() if line.strip()))
             raise SchedulerError(f"sbatch refused {name}: {text[:400]}") from None
         return [str(j.job_id) for j in jobs]
 
