@@ -248,7 +248,7 @@ def build_module(member_or_dir, dtype: torch.dtype = torch.float64, envsum: str 
     network = model.network.torch_module
     henergy = model.henergy.torch_module
     cls = ScriptedHipnnTorch if envsum == "torch" else ScriptedHipnn
-    return cls(network, henergy, model.species, model.config.l_max, envsum, dtype).eval()
+    return cls(network, henergy, model.species, model.config.l_max, envsum, dtype, head=model.uncertainty).eval()
 
 
 def script_member(member_or_dir, dtype: torch.dtype = torch.float64, envsum: str = "auto") -> torch.jit.ScriptModule:
@@ -297,6 +297,7 @@ def metadata(member_or_dir, module: nn.Module | None = None) -> dict:
         "description": (
             f"ekd HIPNN ({('Hipnn', 'HipnnVec', 'HipnnQuad')[cfg.l_max]}, l_max={cfg.l_max}, width={cfg.width}, "
             f"n_sensitivities={cfg.n_sensitivities}, n_atom_layers={cfg.n_atom_layers}), envsum={impl}"
+            + (", uncertainty head (sigma)" if model.uncertainty is not None else "")
         ),
         "energy_unit": "kcal/mol",
         "length_unit": "angstrom",

@@ -130,9 +130,19 @@ class ScriptedHipnn(nn.Module):
     atom_res_b: list[Tensor]
     readout_w: list[Tensor]
     readout_b: list[Tensor]
+    has_sigma: bool
+    sigma_w: list[Tensor]
+    sigma_b: list[Tensor]
 
     def __init__(
-        self, network, henergy, species: tuple[int, ...], l_max: int, envsum: str, dtype: torch.dtype = torch.float64
+        self,
+        network,
+        henergy,
+        species: tuple[int, ...],
+        l_max: int,
+        envsum: str,
+        dtype: torch.dtype = torch.float64,
+        head=None,
     ):
         super().__init__()
         _check_supported(network, henergy, species)
@@ -195,6 +205,10 @@ class ScriptedHipnn(nn.Module):
             add_linear("readout_", henergy.layers[k + 1])
         for name, values in lists.items():
             setattr(self, name, values)
+        # the uncertainty head (ekd.training.models.SigmaHead: hidden, out), or empty lists
+        self.has_sigma = head is not None
+        self.sigma_w = [] if head is None else [_copy(head.hidden.weight, dtype), _copy(head.out.weight, dtype)]
+        self.sigma_b = [] if head is None else [_copy(head.hidden.bias, dtype), _copy(head.out.bias, dtype)]
         widths.append(int(lists["readout_w"][-1].shape[1]))
         self.feature_widths = widths
         self.cutoff = self.layer_cutoff[0]
@@ -335,8 +349,24 @@ class ScriptedHipnn(nn.Module):
         d, angular = geometry[0].to(dtype), geometry[1].to(dtype)
         return self._interaction(k, z.to(dtype), pair_first, pair_second, d, angular, n_out)
 
-    def forward(self, species: Tensor, pair_first: Tensor, pair_second: Tensor, r_ij: Tensor) -> Tensor:
-        """species [N] int64, pair_first/pair_second [P] int64, r_ij [P, 3] Angstrom -> energies [N] kcal/mol."""
+    @torch.jit.export
+    def atom_sigma(self, z: Tensor) -> Tensor:
+        """The last block's output features z [M, F_last] -> the predicted teachers' force spread
+        sigma [M] kcal/mol/Angstrom, sqrt(mean_m |F_m - <F>|^2) (ekd.training.models.SigmaHead);
+        zeros for a model without the head (``has_sigma`` False). No gradient is meant through it."""
+        if z.dim() != 2 or z.shape[1] != self.feature_widths[-1]:
+            raise ValueError(
+                "atom_sigma: expected the last features [M, " + str(self.feature_widths[-1]) + "], got " + str(z.shape)
+            )
+        if not self.has_sigma:
+            return torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
+        x = z.to(self.offsets.dtype)
+        hidden = nn.functional.softplus(_linear(x, self.sigma_w[0], self.sigma_b[0]), 1.0, 20.0)
+        return torch.exp(_linear(hidden, self.sigma_w[1], self.sigma_b[1]).squeeze(1)).to(z.dtype)
+
+    def _energy_features(
+        self, species: Tensor, pair_first: Tensor, pair_second: Tensor, r_ij: Tensor
+    ) -> tuple[Tensor, Tensor]:
         if species.dim() != 1:
             raise ValueError("species: expected a 1-d tensor of atomic numbers [N], got shape " + str(species.shape))
         _check_pairs(species.shape[0], pair_first, pair_second, r_ij)
@@ -345,7 +375,20 @@ class ScriptedHipnn(nn.Module):
         for k in range(self.n_interactions):
             z, e = self._interaction(k, z, pair_first, pair_second, d, angular, -1)
             energy = energy + e
-        return energy.to(r_ij.dtype)
+        return energy.to(r_ij.dtype), z
+
+    @torch.jit.export
+    def energy_and_sigma(
+        self, species: Tensor, pair_first: Tensor, pair_second: Tensor, r_ij: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`forward`'s energies [N] kcal/mol and :meth:`atom_sigma` of every atom [N] kcal/mol/Angstrom
+        (in r_ij's dtype) from one evaluation; sigma is computed from detached features."""
+        energy, z = self._energy_features(species, pair_first, pair_second, r_ij)
+        return energy, self.atom_sigma(z.detach()).to(r_ij.dtype)
+
+    def forward(self, species: Tensor, pair_first: Tensor, pair_second: Tensor, r_ij: Tensor) -> Tensor:
+        """species [N] int64, pair_first/pair_second [P] int64, r_ij [P, 3] Angstrom -> energies [N] kcal/mol."""
+        return self._energy_features(species, pair_first, pair_second, r_ij)[0]
 
 
 class ScriptedHipnnTorch(ScriptedHipnn):

@@ -6,7 +6,10 @@ energy, forces and stress, plus the spread). Results are in ASE units: eV, eV/An
 * ``energy``/``free_energy`` (eV), ``energies`` (per atom, eV), ``forces`` [N, 3] (eV/A),
   ``stress`` (Voigt, eV/A^3; periodic cells only) — ensemble means;
 * ``forces_std`` [N]: per-atom spread of the members' forces, sqrt(mean_m |F_m - <F>|^2) (eV/A),
-  the quantity LAMMPS exposes as the per-atom ``force_std`` of ``pair_style ekd``;
+  the quantity LAMMPS exposes as the per-atom ``force_std`` of ``pair_style ekd``; for ONE model
+  with an uncertainty head (a student trained with ``ensemble.student_uncertainty``: the module's
+  ``has_sigma``), that model's prediction of its teachers' spread, from the same evaluation; 0 for
+  one model without a head;
 * ``energy_std``: standard deviation (population) of the members' energies, eV.
 
 Forces and stress come from the gradient of the energy with respect to the pair vectors
@@ -103,12 +106,18 @@ class EKDCalculator(Calculator):
         n = len(atoms)
 
         energies, forces, virials = [], [], []
+        # one model that predicts its teachers' spread reports that prediction as forces_std
+        head = len(self.models) == 1 and bool(getattr(self.models[0], "has_sigma", False))
+        sigma = None
         for module, meta in zip(self.models, self.metadata, strict=True):
             if isinstance(module, aoti.AOTIModel):
                 e_atoms, g = module.energy_and_gradient(species, first, second, r_ij)
             else:
                 r = r_ij.detach().to(getattr(torch, meta.dtype)).requires_grad_(True)
-                e_atoms = module(species, first, second, r)
+                if head:
+                    e_atoms, sigma = module.energy_and_sigma(species, first, second, r)
+                else:
+                    e_atoms = module(species, first, second, r)
                 (g,) = torch.autograd.grad(e_atoms.sum(), r)
             g = g.to(torch.float64)
             f = torch.zeros(n, 3, dtype=torch.float64, device=dev)
@@ -125,7 +134,10 @@ class EKDCalculator(Calculator):
         self.results["energy"] = self.results["free_energy"] = float(e.sum(1).mean() * to_ev)
         self.results["energy_std"] = float(e.sum(1).std(unbiased=False) * to_ev)
         self.results["forces"] = (f_mean * to_ev).cpu().numpy()
-        self.results["forces_std"] = (((f - f_mean) ** 2).sum(2).mean(0).sqrt() * to_ev).cpu().numpy()
+        if sigma is not None:
+            self.results["forces_std"] = (sigma.detach().to(torch.float64) * to_ev).cpu().numpy()
+        else:
+            self.results["forces_std"] = (((f - f_mean) ** 2).sum(2).mean(0).sqrt() * to_ev).cpu().numpy()
         if atoms.pbc.all():
             # ASE's stress is dE/d(strain) / V = -W / V
             sigma = -0.5 * (w + w.T) * to_ev / atoms.get_volume()

@@ -174,8 +174,10 @@ def canonical_code(kind: str) -> dict[str, bytes]:
 def earlier_code(kind: str) -> list[dict[str, bytes]]:
     """The code this ekd's earlier releases wrote for ``kind`` and that it still accepts, as
     :func:`canonical_code`: ``ekd/deploy/model_code/<kind>@<tag>/`` (kept when the classes change, e.g.
-    ``@before-geometry``, whose files run without the newer stage methods, and ``hipnn@before-radial``,
-    whose files compute the sensitivities with ATen ops instead of ``ekd::radial_sensitivity``)."""
+    ``@before-geometry``, whose files run without the newer stage methods, ``hipnn@before-radial``,
+    whose files compute the sensitivities with ATen ops instead of ``ekd::radial_sensitivity``, and
+    ``@before-sigma``, whose HIPNN classes have no uncertainty head: no ``has_sigma``,
+    ``atom_sigma``, ``energy_and_sigma``)."""
     if kind not in KINDS:
         return []
     out = []
