@@ -12,8 +12,9 @@ command -v cmake >/dev/null || missing+=(cmake)
 command -v python3 >/dev/null || missing+=(python3 python3-dev)
 python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
 # a single-node Slurm for the cluster executor's tests (tests/integration/slurm_cluster.py starts it)
-command -v slurmctld >/dev/null || missing+=(slurm-wlm)
-command -v munged >/dev/null || missing+=(munge)
+# (the daemons live in /usr/sbin, which a non-root PATH may lack)
+command -v slurmctld >/dev/null || [ -x /usr/sbin/slurmctld ] || missing+=(slurm-wlm)
+command -v munged >/dev/null || [ -x /usr/sbin/munged ] || missing+=(munge)
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]} with apt-get"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
