@@ -3,7 +3,7 @@ MACE control trained on the energies alone (issue 27, item 4).
 
     ekd train --config configs/md_stability.yaml --run-dir runs/md_stability --role teacher
     ekd distill --config configs/md_stability.yaml --run-dir runs/md_stability --generation 1
-    python bench/mace_student.py --run-dir runs/md_stability [--members 2] [--epochs 20]
+    python bench/mace_student.py --run-dir runs/md_stability [--members 2] [--epochs 20] [--jobs 2]
 
 What it does, with the run's own data, splits and seeds:
 
@@ -34,6 +34,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -144,17 +145,20 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--forces-weight", type=float, default=10.0, help="the students' (the controls': 0)")
     p.add_argument("--seed", type=int, default=1, help="member m uses seed + m, student and control alike")
+    p.add_argument("--jobs", type=int, default=1, help="trainings run side by side (one thread each)")
     args = p.parse_args(argv)
     out = args.out or args.run_dir / "mace"
     files, test, keys = split_files(args.run_dir, out, args.members)
     walls: dict[str, list[float]] = {"student": [], "control": []}
     models: dict[str, list[Path]] = {"student": [], "control": []}
-    for m, (train_xyz, valid_xyz) in enumerate(files):
-        for role in ("student", "control"):
-            model, seconds = train(role, m, train_xyz, valid_xyz, out, args)
-            models[role].append(model)
-            walls[role].append(seconds)
-            print(f"{role} {m}: {model} ({seconds:.0f} s)", flush=True)
+    tasks = [(role, m, *pair) for m, pair in enumerate(files) for role in ("student", "control")]
+    # --jobs trainings side by side, one thread each (they share nothing but the input files)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        done = list(pool.map(lambda t: train(*t, out, args), tasks))
+    for (role, m, *_), (model, seconds) in zip(tasks, done, strict=True):
+        models[role].append(model)
+        walls[role].append(seconds)
+        print(f"{role} {m}: {model} ({seconds:.0f} s)", flush=True)
     test_args = ["--test", str(test), "--energy-key", keys["energy"]]
     if keys["forces"]:
         test_args += ["--forces-key", keys["forces"]]
