@@ -108,6 +108,9 @@ struct Model::Impl {
     bool geometry = false;
     int n_interactions = 0;
     std::vector<int64_t> widths;
+    // the uncertainty head (has_sigma() of the file) and its last prediction, owned atoms
+    bool sigma = false;
+    std::vector<double> sigma_values;
 
     ModelError failed(const std::exception &e) const {
         return ModelError("model " + path + " failed: " + first_line(e.what()));
@@ -177,7 +180,24 @@ Model::Model(const ModelFile &file, const std::string &ops_library, bool float32
             if (a.name() == "n_out") impl_->rows_arg = true;
         impl_->geometry = impl_->rows_arg && m.find_method("geometry") && m.find_method("interaction_geo");
     }
+    // files of the code before the head have no has_sigma; files with it say whether it holds weights
+    if (m.hasattr("has_sigma") && m.find_method("atom_sigma") && m.find_method("energy_and_sigma")) {
+        const auto flag = m.attr("has_sigma");
+        impl_->sigma = flag.isBool() && flag.toBool();
+    }
 }
+
+bool Model::has_sigma() const { return impl_->sigma; }
+
+const std::vector<double> &Model::sigma() const { return impl_->sigma_values; }
+
+namespace {
+// The first n rows of a per-atom prediction [>= n] as doubles on the CPU.
+void take_rows(const torch::Tensor &t, int64_t n, std::vector<double> &out) {
+    auto d = t.detach().narrow(0, 0, n).to(torch::kCPU, torch::kDouble).contiguous();
+    out.assign(d.data_ptr<double>(), d.data_ptr<double>() + n);
+}
+}  // namespace
 
 bool Model::has_stages() const { return impl_->staged; }
 
@@ -249,6 +269,13 @@ void Model::evaluate_halo(const PairInputs &in, int64_t n_local, HaloExchange &e
                 throw impl_->bad_shape("interaction " + std::to_string(k) + "'s energies", e_out[k],
                                        "[" + std::to_string(M) + "]");
             energy += e_out[k].narrow(0, 0, n_local).detach().to(torch::kDouble);
+            if (k + 1 == K && impl_->sigma) {
+                // the head reads the last features of the owned rows (exact there), no gradient
+                auto s = impl_->module.get_method("atom_sigma")({z_out[k].detach().narrow(0, 0, n_local)}).toTensor();
+                if (s.dim() != 1 || s.size(0) != n_local)
+                    throw impl_->bad_shape("atom_sigma's result", s, "[" + std::to_string(n_local) + "]");
+                take_rows(s, n_local, impl_->sigma_values);
+            }
             if (k + 1 < K) {
                 // the other rows (not computed, or wrong: those atoms have no pairs here) <- owners' values
                 auto zd = torch::zeros({N, F[k + 1]}, dopt);
@@ -352,9 +379,16 @@ void Model::evaluate(const PairInputs &in, int64_t n_local, std::vector<double> 
                  .to(dev, impl_->dtype)
                  .detach()
                  .requires_grad_(true);
-    torch::Tensor energy;
+    torch::Tensor energy, sigma;
     try {
-        energy = impl_->module.forward({species, first, second, r}).toTensor();
+        if (impl_->sigma) {
+            // one evaluation gives both (the head reads the last features)
+            auto out = impl_->module.get_method("energy_and_sigma")({species, first, second, r}).toTuple();
+            energy = out->elements().at(0).toTensor();
+            sigma = out->elements().at(1).toTensor();
+        } else {
+            energy = impl_->module.forward({species, first, second, r}).toTensor();
+        }
     } catch (const std::exception &e) {
         throw ModelError("model " + impl_->path + " failed: " + first_line(e.what()));
     }
@@ -362,6 +396,11 @@ void Model::evaluate(const PairInputs &in, int64_t n_local, std::vector<double> 
         throw ModelError("model " + impl_->path + " returned shape " + c10::str(energy.sizes()) +
                          " but per-atom energies of shape [" + std::to_string(in.n_atoms) +
                          "] are required (format ekd-model-1)");
+    if (sigma.defined()) {
+        if (sigma.dim() != 1 || sigma.size(0) != in.n_atoms)
+            throw impl_->bad_shape("energy_and_sigma's sigma", sigma, "[" + std::to_string(in.n_atoms) + "]");
+        take_rows(sigma, n_local, impl_->sigma_values);
+    }
     auto local = energy.narrow(0, 0, n_local);
     auto total = local.sum();
     torch::Tensor g;

@@ -85,6 +85,11 @@ public:
     // interaction_geo()); files exported before those existed recompute it in every layer.
     bool shares_geometry() const;
     int n_interactions() const;            // valid when has_stages()
+    // Whether the file predicts its teachers' per-atom force spread (a student exported with an
+    // uncertainty head: has_sigma, atom_sigma, energy_and_sigma); then evaluate() and
+    // evaluate_halo() also fill sigma() with that prediction for the owned atoms (kcal/mol/Angstrom).
+    bool has_sigma() const;
+    const std::vector<double> &sigma() const;
     std::vector<int64_t> feature_widths() const;  // n_interactions + 1 widths, when has_stages()
 
     // Same results as evaluate(), layer by layer: `in` holds owned + ghost atoms and the pairs

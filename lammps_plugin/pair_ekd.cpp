@@ -383,7 +383,8 @@ void PairEKD::compute(int eflag, int vflag) {
 }
 
 // sqrt(mean_m |F_m - <F>|^2) of the owned atoms, after the ghosts' per-model forces are summed
-// on their owners (0 for a single model).
+// on their owners; for a single model, its predicted teachers' spread if it has an uncertainty
+// head (a student exported with one), else 0.
 void PairEKD::force_spread() {
     const int nlocal = atom->nlocal;
     if (atom->nmax > nmax_std) {
@@ -393,7 +394,14 @@ void PairEKD::force_spread() {
     }
     const int n_models = static_cast<int>(models.size());
     if (n_models < 2) {
-        for (int i = 0; i < nlocal; ++i) force_std[i] = 0.0;
+        const bool head = n_models == 1 && models[0]->has_sigma();
+        const auto &sigma = head ? models[0]->sigma() : std::vector<double>();
+        if (head && static_cast<int>(sigma.size()) != nlocal)
+            error->one(FLERR, "pair_style ekd: the model's sigma covers " + std::to_string(sigma.size()) +
+                                  " atoms, not the " + std::to_string(nlocal) + " owned ones");
+        // the model's kcal/mol/Angstrom -> LAMMPS force units (lengths are Angstrom in real and metal)
+        const double scale = energy_factor();
+        for (int i = 0; i < nlocal; ++i) force_std[i] = head ? scale * sigma[i] : 0.0;
         return;
     }
     comm_rows = fmodel[0];
