@@ -300,19 +300,23 @@ std::string Archive::stored(const ArchiveEntry &e) const {
     return bytes_->substr(e.data, e.size);
 }
 
-std::shared_ptr<const Archive> read_archive(const std::string &path) {
+std::string read_file(const std::string &path) {
     std::FILE *f = std::fopen(path.c_str(), "rb");
     if (f == nullptr)
         throw ModelError("cannot open model file " + path + " (" + std::strerror(errno) +
                          "); export a model with `ekd export`");
-    auto bytes = std::make_shared<std::string>();
+    std::string bytes;
     std::array<char, 1 << 16> chunk{};
     size_t got = 0;
-    while ((got = std::fread(chunk.data(), 1, chunk.size(), f)) > 0) bytes->append(chunk.data(), got);
+    while ((got = std::fread(chunk.data(), 1, chunk.size(), f)) > 0) bytes.append(chunk.data(), got);
     const bool failed = std::ferror(f) != 0;
     std::fclose(f);
     if (failed) throw ModelError("cannot read model file " + path + " (read error); copy it again");
-    return std::make_shared<const Archive>(path, std::move(bytes));
+    return bytes;
+}
+
+std::shared_ptr<const Archive> read_archive(const std::string &path) {
+    return std::make_shared<const Archive>(path, std::make_shared<const std::string>(read_file(path)));
 }
 
 }  // namespace ekd_lammps

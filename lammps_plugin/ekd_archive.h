@@ -61,7 +61,10 @@ private:
     std::vector<ArchiveEntry> entries_;
 };
 
-// Reads `path` once (the only time the plugin opens it) and checks it. Throws ModelError.
+// The bytes of `path` (the only time the plugin opens it). Throws ModelError.
+std::string read_file(const std::string &path);
+
+// Reads `path` once and checks it. Throws ModelError.
 std::shared_ptr<const Archive> read_archive(const std::string &path);
 
 }  // namespace ekd_lammps

@@ -72,10 +72,12 @@ void load_ops_library(const std::string &name, const std::string &model_path) {
 
 }  // namespace
 
-ModelFile read_model_file(const std::string &path) {
+ModelFile read_model_file(const std::string &path) { return model_file(path, read_file(path)); }
+
+ModelFile model_file(const std::string &path, std::string bytes) {
     ModelFile file;
     file.path = path;
-    file.archive = read_archive(path);  // the only read of the file
+    file.archive = std::make_shared<const Archive>(path, std::make_shared<const std::string>(std::move(bytes)));
     file.aoti = is_aoti_package(*file.archive);
     if (file.aoti) {
         file.metadata_json = aoti_metadata_json(*file.archive);  // format ekd-aoti-1 (.pt2)

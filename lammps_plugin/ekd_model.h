@@ -32,6 +32,8 @@ struct ModelFile {
 
 // Reads and checks `path`; throws ModelError naming the file and the reason.
 ModelFile read_model_file(const std::string &path);
+// The same for the bytes of `path` read already (ekd_model_file.h: rank 0 reads, all ranks check).
+ModelFile model_file(const std::string &path, std::string bytes);
 
 // Model inputs in ekd's units (Angstrom): atomic numbers of local + ghost atoms, a full pair
 // list, and pair vectors r_p = x[second[p]] - x[first[p]] (3 doubles per pair).

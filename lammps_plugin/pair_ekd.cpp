@@ -5,6 +5,7 @@
 
 #include "ekd_metadata.h"
 #include "ekd_model.h"
+#include "ekd_model_file.h"
 #include "ekd_system.h"
 #include "pair_ekd_comm.h"
 
@@ -135,8 +136,8 @@ void PairEKD::coeff(int narg, char **arg) {
     for (int m = 0; m < n_models; ++m) {
         const std::string path = arg[2 + m];
         try {
-            // read once: the checks and the load see these bytes, never the path again (issue 24)
-            const auto file = ekd_lammps::read_model_file(path);
+            // read once, by rank 0 for all: the checks and the load see these bytes (issue 24)
+            const auto file = ekd_lammps::read_model_file(path, world);
             auto info = ekd_lammps::parse_metadata(file, ekd_lammps::ekd_version(), ekd_lammps::torch_version());
             models.push_back(std::make_unique<ekd_lammps::Model>(file, info.ops_library, info.dtype == "float32", trust_code));
             if (device != "cpu") models.back()->set_device(device);  // inputs copied there every step

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -190,10 +191,12 @@ def test_a_pickle_naming_os_system_is_refused_naming_the_file_and_pair_coeff(fil
     assert "os.system" in output, output[-2000:]
 
 
-def test_the_plugin_reads_a_model_file_once(files, tmp_path):
+@pytest.mark.parametrize("nprocs", [1, 2])
+def test_the_plugin_reads_a_model_file_once(files, tmp_path, nprocs):
     """Item 2: the model path is a named pipe that serves ekd's toy to the first open and the
     __setstate__ module to every later one; a plugin that checks one reading and loads another
-    would run (or refuse) the second. Reading once, it loads the toy, and the payload never runs."""
+    would run (or refuse) the second. Reading once (rank 0, for every rank), it loads the toy on
+    every rank, and the payload never runs."""
     table, target = files
     target.unlink(missing_ok=True)
     fifo = tmp_path / "model.pt"
@@ -211,11 +214,22 @@ def test_the_plugin_reads_a_model_file_once(files, tmp_path):
             except BrokenPipeError:
                 pass
             k += 1
+            # the next content is for the next open: wait until this reader is gone (opening the
+            # pipe for writing without blocking fails, ENXIO, when no reader holds it)
+            while not done.is_set():
+                try:
+                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                except OSError:
+                    break
+                time.sleep(0.01)
 
     server = threading.Thread(target=serve, daemon=True)
     server.start()
     try:
-        refused, output = lmp_verdict(tmp_path / "run", fifo, trust=False)
+        proc = run_lmp(
+            tmp_path / "run", SCRIPT.format(trust="no", model=fifo), "-log", "none", nprocs=nprocs, timeout=300
+        )
+        refused, output = proc.returncode != 0, proc.stdout + proc.stderr
     finally:
         done.set()
         while server.is_alive():  # release a writer blocked in open()
