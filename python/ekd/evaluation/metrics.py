@@ -28,7 +28,8 @@ Shapes (n configurations padded to A atoms, k members)::
           "<set>": {                         # evaluate_group(...) of this group on this set
             "members":  [score, ...],        # one score per member, in member order
             "summary":  {"<metric>": {"mean": float|null, "std": float|null, "n": int}},
-            "ensemble": score                # score of the mean prediction of the members
+            "ensemble": score,               # score of the mean prediction of the members
+            "calibration": calibration(...)  # only groups with an uncertainty head (issue 28)
           }
         }
       }
@@ -283,6 +284,103 @@ def evaluate_group(predictions: Mapping, reference: Mapping, window: float = 100
 
 #: the former name of :func:`evaluate_group` (it scores a group, whatever its role)
 evaluate_role = evaluate_group
+
+# ------------------------------------------------------------------------------------------
+# calibration of predicted uncertainty (students with an uncertainty head, issue 28)
+
+#: the calibration numbers of one member, in report order (Spearman rho; "_max": per configuration,
+#: the largest value over its atoms)
+CALIBRATION: tuple[str, ...] = (
+    "rho_teachers",  # predicted sigma_i vs the teachers' sigma_i, over atoms
+    "rho_error",  # predicted sigma_i vs the member's own |F_i - F_ref,i|, over atoms
+    "rho_teachers_max",
+    "rho_error_max",
+)
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Spearman's rank correlation of two 1-d arrays (ties get their mean rank); None for fewer
+    than 3 points or a constant array (no ranking to compare)."""
+    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"spearman: arrays of different sizes {x.shape} and {y.shape}")
+    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    rx, ry = _ranks(x), _ranks(y)
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    order = np.argsort(v, kind="stable")
+    ranks = np.empty(v.size)
+    ranks[order] = np.arange(v.size, dtype=np.float64)
+    # ties: every member of a group of equal values gets the group's mean rank
+    _, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return sums[inverse] / counts[inverse]
+
+
+def calibration(
+    pred_sigma: np.ndarray,
+    member_forces: np.ndarray,
+    teacher_forces: np.ndarray | None,
+    ref_forces: np.ndarray | None,
+    species: np.ndarray,
+) -> dict:
+    """How well a group's predicted per-atom uncertainty ranks atoms and configurations.
+
+    pred_sigma (k, n, A): each member's predicted teachers' force spread (kcal/mol/Å);
+    member_forces (k, n, A, 3): the members' forces; teacher_forces (t, n, A, 3): the teaching
+    ensemble's members' forces on the same configurations (None: not known, e.g. an external
+    teacher), whose spread sigma_i = sqrt(mean_t |F_t,i - <F>_i|^2) is what the head learnt;
+    ref_forces (n, A, 3): the reference forces (NaN unknown; None: none). Atoms: real ones (with
+    a known reference for the error correlations).
+
+    Returns {"members": [{CALIBRATION key: rho or None}, ...], "summary": {key: {mean, std, n}},
+    "teachers": {"rho_error", "rho_error_max"}}: the last is the teacher ensemble's own sigma
+    against the error of its mean, the number a student's "rho_error" is measured against.
+    """
+    sig = _as_array(pred_sigma, "pred_sigma", 3)
+    real = np.asarray(species) > 0
+    t_sigma = None
+    teachers: dict = {"rho_error": None, "rho_error_max": None}
+    if teacher_forces is not None:
+        tf = _as_array(teacher_forces, "teacher_forces", 4)
+        t_mean = tf.mean(axis=0)
+        t_sigma = np.sqrt(((tf - t_mean) ** 2).sum(-1).mean(0))
+    known = real.copy()
+    if ref_forces is not None:
+        ref = _as_array(ref_forces, "ref_forces", 3)
+        known &= np.isfinite(ref).all(-1)
+        if t_sigma is not None:
+            teachers = _rhos(t_sigma, np.linalg.norm(t_mean - ref, axis=-1), known, "rho_error")
+    members = []
+    for i in range(sig.shape[0]):
+        row = dict.fromkeys(CALIBRATION)
+        if t_sigma is not None:
+            row.update(_rhos(sig[i], t_sigma, real, "rho_teachers"))
+        if ref_forces is not None:
+            row.update(_rhos(sig[i], np.linalg.norm(member_forces[i] - ref, axis=-1), known, "rho_error"))
+        members.append(row)
+    summary = {}
+    for key in CALIBRATION:
+        vals = np.array([m[key] for m in members if m[key] is not None], dtype=np.float64)
+        summary[key] = (
+            {"mean": float(vals.mean()), "std": float(vals.std(ddof=0)), "n": int(vals.size)}
+            if vals.size
+            else {"mean": None, "std": None, "n": 0}
+        )
+    return {"members": members, "summary": summary, "teachers": teachers}
+
+
+def _rhos(a: np.ndarray, b: np.ndarray, mask: np.ndarray, key: str) -> dict:
+    """{key: rho over the atoms of ``mask``, key_max: rho over configurations of their largest
+    value over those atoms} (configurations without such an atom left out)."""
+    rows = mask.any(axis=1)
+    a_max = np.where(mask, a, -np.inf).max(axis=1)[rows]
+    b_max = np.where(mask, b, -np.inf).max(axis=1)[rows]
+    return {key: spearman(a[mask], b[mask]), key + "_max": spearman(a_max, b_max)}
+
 
 # ------------------------------------------------------------------------------------------
 # metrics.json

@@ -17,8 +17,10 @@ from ..groups import CONTROL, STUDENT, STUDENT_EXTERNAL, TEACHER, student_group,
 from ..store import atomic_write
 from .figures import energy_figure, forces_figure
 from .tables import (
+    CALIBRATION_HEADER,
     CHANGE_METRICS,
     COLUMNS,
+    calibration_rows,
     change,
     fmt,
     group_title,
@@ -184,6 +186,18 @@ def write_report(metrics: Mapping, out_dir: str | os.PathLike, notes: str = "", 
         counts = _counts_line(metrics, set_name)
         if counts:
             lines += ["", counts]
+        calib = calibration_rows(metrics, set_name)
+        if calib:
+            lines += [
+                "",
+                "Predicted uncertainty (students with an uncertainty head): Spearman ρ of the predicted "
+                "per-atom force spread σ against the teachers' σ and against the member's own force error "
+                "|F − F_ref| per atom, next to the teacher ensemble's σ against the error of its mean; "
+                "*conf.*: over configurations, each by its largest value over atoms; ratio: own-error ρ "
+                "over the ensemble's (target ≥ 0.9).",
+                "",
+                *markdown_table(CALIBRATION_HEADER, calib, "r"),
+            ]
         lines.append("")
 
     lines += studies

@@ -187,11 +187,59 @@ def summary_table(metrics: Mapping, set_name: str) -> str:
         for (key, _), cell in zip(CHANGE_METRICS, c, strict=True):
             row[where[key]] = cell
         body.append(row)
-    return "\n".join([title, *text_table(header, body)])
+    lines = [title, *text_table(header, body)]
+    calib = calibration_rows(metrics, set_name)
+    if calib:
+        lines += ["", f"{set_name}: predicted uncertainty (Spearman rho)", *text_table(CALIBRATION_HEADER, calib)]
+    return "\n".join(lines)
+
+
+#: the calibration table's columns (rho of the members: mean ± std; "/ atom" over atoms, "/ conf."
+#: over configurations, each by its largest value over atoms)
+CALIBRATION_HEADER = [
+    "",
+    "σ vs teachers' σ / atom",
+    "σ vs own error / atom",
+    "teachers' σ vs their error / atom",
+    "ratio",
+    "σ vs teachers' σ / conf.",
+    "σ vs own error / conf.",
+    "teachers' σ vs their error / conf.",
+]
+
+
+def calibration_rows(metrics: Mapping, set_name: str) -> list[list[str]]:
+    """One row per group with calibration numbers on ``set_name`` (groups with an uncertainty
+    head): the columns of :data:`CALIBRATION_HEADER`; ratio = the members' mean rho against their
+    own error over the teacher ensemble's rho against its error (target >= 0.9, issue 28)."""
+    groups = groups_of(metrics)
+    rows = []
+    for name in ordered_groups(metrics):
+        cal = (groups[name].get(set_name) or {}).get("calibration")
+        if not cal:
+            continue
+        member = lambda key, c=cal: fmt(c["summary"][key]["mean"], c["summary"][key]["std"])  # noqa: E731
+        own, teachers = cal["summary"]["rho_error"]["mean"], cal["teachers"]["rho_error"]
+        ratio = f"{own / teachers:.2f}" if own is not None and teachers else "n/a"
+        rows.append(
+            [
+                group_title(name, groups[name]),
+                member("rho_teachers"),
+                member("rho_error"),
+                fmt(teachers),
+                ratio,
+                member("rho_teachers_max"),
+                member("rho_error_max"),
+                fmt(cal["teachers"]["rho_error_max"]),
+            ]
+        )
+    return rows
 
 
 __all__ = [
+    "CALIBRATION_HEADER",
     "CHANGE_METRICS",
+    "calibration_rows",
     "COLUMNS",
     "change",
     "ensemble_value",

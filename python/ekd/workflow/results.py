@@ -48,6 +48,43 @@ def predictions(run, group: Group, m: int, name: str, data: Dataset) -> dict[str
     return {"energy": energy, "forces": forces}
 
 
+def sigma_predictions(run, group: Group, m: int, name: str, data: Dataset) -> np.ndarray:
+    """A member's predicted teachers' force spread (n, A) kcal/mol/A on a test set (its uncertainty
+    head), cached next to the member like :func:`predictions`."""
+    from ..training.train import load_member
+
+    path = run.member_dir(group, m) / f"sigma_{name}.npz"
+    content = store.bytes_digest(data.coordinates.tobytes(), data.species.tobytes())
+    digest = run_digest([run.member_digest(group, m), name, content, "sigma"])
+    if path.exists():
+        with np.load(path) as z:
+            if str(z["digest"]) == digest:
+                return z["sigma"]
+    sigma = load_member(run.member_dir(group, m), run.device).predict_sigma(data)
+    store.atomic_write(path, lambda tmp: np.savez(tmp, sigma=sigma, digest=np.array(digest)))
+    return sigma
+
+
+def _calibration(run, group: Group, name: str, data: Dataset, preds: list[dict]) -> dict:
+    """metrics.calibration of ``group`` (members with an uncertainty head) on one test set, against
+    its teaching ensemble's spread (trained here; None for an external teacher)."""
+    from ..evaluation.metrics import calibration
+
+    sigma = np.stack([sigma_predictions(run, group, m, name, data) for m in range(group.n_members)])
+    teacher_forces = None
+    teaching = next((g for g in run.groups() if g.label == group.labels_from), None)
+    if teaching is not None:
+        n = group.teacher_members or teaching.n_members
+        teacher_forces = np.stack([predictions(run, teaching, m, name, data)["forces"] for m in range(n)])
+    return calibration(
+        sigma,
+        np.stack([p["forces"] for p in preds]),
+        teacher_forces,
+        data.properties.get("reference_forces"),
+        data.species,
+    )
+
+
 def evaluate(run) -> dict:
     from ..evaluation.metrics import evaluate_role, write_metrics
 
@@ -81,6 +118,8 @@ def evaluate(run) -> dict:
                 reference,
                 run.cfg.evaluate.conformer_window,
             )
+            if run.has_sigma_head(group):
+                entry[name]["calibration"] = _calibration(run, group, name, data, preds)
         metrics["roles"][group.label] = entry
     write_metrics(run.run_dir / "metrics.json", metrics)
     return metrics
