@@ -263,7 +263,7 @@ class EnsembleConfig:
         if isinstance(teacher, str) and teacher.startswith("torchani:"):
             check(teacher in torchani, "external_teacher", f"must be one of {list(torchani)}", teacher)
         elif teacher is not None:
-            from ..training.external import parse_calculator_spec
+            from .calculators import parse_calculator_spec
 
             specs = [teacher] if isinstance(teacher, str) else list(teacher)
             check(bool(specs), "external_teacher", "must list at least one calculator", teacher)
@@ -383,6 +383,13 @@ class Config:
 
     def __post_init__(self):
         check(self.workers >= 1, "workers", "must be >= 1", self.workers)
+        check(0 <= self.seed < 2**32, "seed", "must be >= 0 and < 2**32", self.seed)
+        check(
+            bool(self.run_dir.strip()),
+            "run_dir",
+            "must name a directory (empty, the run would be written into the current directory)",
+            self.run_dir,
+        )
 
     @property
     def student_model(self) -> ModelConfig:

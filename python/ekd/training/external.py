@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config.calculators import parse_calculator_spec
 from ..store import bytes_digest
 from ..units import EV_TO_KCALMOL, HARTREE_TO_KCALMOL
 
@@ -214,19 +215,6 @@ class CalculatorMember:
             if advance is not None:
                 advance(1)
         return energies, out
-
-
-def parse_calculator_spec(spec: str) -> tuple[str, str, str | None]:
-    """``"MODULE:FACTORY[:ARG]"`` -> (module, factory, arg or None); FACTORY may be dotted
-    (``Class.from_file``), ARG is everything after the second colon (a path may hold colons)."""
-    parts = str(spec).split(":", 2)
-    ok = len(parts) >= 2 and all(p and all(s.isidentifier() for s in p.split(".")) for p in parts[:2])
-    if not ok:
-        raise ValueError(
-            f"calculator {spec!r}: expected MODULE:FACTORY[:ARG] (a Python module, a callable in it that returns "
-            "an ASE calculator, and an optional argument), e.g. 'ekd.deploy.calculator:EKDCalculator:model.pt'"
-        )
-    return parts[0], parts[1], parts[2] if len(parts) == 3 else None
 
 
 def load_calculator(spec: str) -> CalculatorMember:
