@@ -9,8 +9,10 @@ def score(args) -> int:
     from ..evaluation import score
     from ..workflow.score_groups import run_groups
 
-    if bool(args.models) == bool(args.run_dir):
+    if args.models and args.run_dir:
         raise UsageError("give model files or --run-dir (not both)")
+    if not (args.models or args.run_dir or args.calculator):
+        raise UsageError("give model files or --run-dir (or --calculator)")
     if args.groups and not args.run_dir:
         raise UsageError("--groups selects groups of --run-dir; with model files, list the files")
     test = score.load_test(args.test, args.energy_key, args.forces_key, args.energy_unit, args.length_unit)
@@ -22,7 +24,13 @@ def score(args) -> int:
         if left_out:
             print(f"left out (members not all trained yet): {', '.join(left_out)}")
     else:
-        groups = [score.model_files(args.models, trust_code=args.trust_code, device=args.device or "cpu")]
+        groups = (
+            [score.model_files(args.models, trust_code=args.trust_code, device=args.device or "cpu")]
+            if args.models
+            else []
+        )
+    if args.calculator:
+        groups.append(score.calculator_group(args.calculator))
     test = score.check_elements(test, groups, skip=args.skip_unknown_elements)
     result = score.score_models(
         test, groups, score.DEFAULT_WINDOW if window is None else window, args.per_molecule, not args.quiet
@@ -41,7 +49,14 @@ def add_parsers(sub) -> None:
     sp.add_argument("models", nargs="*", help="exported model files (ekd export), scored as one group")
     sp.add_argument("--run-dir", help="score the members of this run instead (its finished groups)")
     sp.add_argument("--groups", help="with --run-dir: comma-separated groups, e.g. teacher,student_gen1")
-    sp.add_argument("--test", required=True, help="ANI-layout HDF5 file to score on")
+    sp.add_argument(
+        "--calculator",
+        action="append",
+        metavar="MODULE:FACTORY[:ARG]",
+        help="also score the ASE calculator FACTORY(ARG) of MODULE (repeat: one group, one member each), "
+        "e.g. mace.calculators:MACECalculator:model.model",
+    )
+    sp.add_argument("--test", required=True, help="data file to score on: ANI-layout HDF5, extxyz, ASE database")
     sp.add_argument("--energy-key", help="reference energy key (default: the file's only '*.energy' key)")
     sp.add_argument("--forces-key", help="reference forces key (default: '<level>.forces' of the energy key, if any)")
     sp.add_argument("--energy-unit", help="eV, Hartree or kcal/mol (any case; default: the file's attribute)")

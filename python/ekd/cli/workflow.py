@@ -79,7 +79,7 @@ def evaluate(args) -> int:
 
 def add_parsers(sub) -> None:
     sp = sub.add_parser("run", help="the whole workflow: data, teachers, students, controls, evaluation, report")
-    add_common(sp)
+    add_common(sp, device=True)
     sp.add_argument(
         "--executor",
         choices=("local", "slurm"),
@@ -94,7 +94,7 @@ def add_parsers(sub) -> None:
     show.set_defaults(func=config_show)
 
     sp = sub.add_parser("train", help="train the members of one role (or one member: a job-array task)")
-    add_common(sp)
+    add_common(sp, device=True)
     sp.add_argument("--role", required=True, choices=ROLES)
     sp.add_argument("--generation", type=positive, default=1, help="student generation (default 1)")
     sp.add_argument(
@@ -103,10 +103,10 @@ def add_parsers(sub) -> None:
     sp.set_defaults(func=train)
 
     sp = sub.add_parser("distill", help="label the training data with an ensemble's forces")
-    add_common(sp)
+    add_common(sp, device=True)
     sp.add_argument("--generation", type=positive, default=1, help="generation taught by the labels (default 1)")
     sp.set_defaults(func=distill)
 
     sp = sub.add_parser("evaluate", help="score every trained member and write metrics.json + report.md")
-    add_common(sp)
+    add_common(sp, device=True)
     sp.set_defaults(func=evaluate)

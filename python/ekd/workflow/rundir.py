@@ -158,7 +158,11 @@ class Run:
     # --- labels
     def labels_path(self, group: Group) -> Path:
         if group.labels_from == EXTERNAL:
-            name = self.cfg.ensemble.external_teacher.replace(":", "_")
+            teacher = self.cfg.ensemble.external_teacher
+            if isinstance(teacher, str) and teacher.startswith("torchani:"):
+                name = teacher.replace(":", "_")
+            else:  # calculator specs hold paths and colons: their digest names them
+                name = f"calculators_{run_digest(teacher)[:12]}"
             return self.run_dir / "labels" / f"external_{name}.h5"
         if group.teacher_members is not None:
             return self.run_dir / "labels" / f"gen{group.generation}_k{group.teacher_members}.h5"
@@ -185,7 +189,8 @@ class Run:
         return members, digest, f"{n} {teacher.label} members"
 
     def make_labels(self, group: Group) -> Path:
-        """Ensemble forces of the teaching ensemble, written as an augmented ANI-layout file."""
+        """Ensemble forces of the teaching ensemble, written as an augmented ANI-layout file and
+        as extxyz beside it (``gen1.h5``, ``gen1.xyz``) for other trainers."""
         from ..training.distill import label_dataset, write_augmented
 
         path = self.labels_path(group)
@@ -197,6 +202,8 @@ class Run:
 
             check_labels_file(path, len(self.train_data))
             if self._labels_hold_the_pool(path):
+                if not path.with_suffix(".xyz").exists():  # interrupted, or made before ekd wrote it
+                    self._labels_xyz(path)
                 return path
             log(f"{path} was written before files recorded configuration identities; remaking it")
         log(f"labelling {len(self.train_data)} configurations with the ensemble of {what} -> {path}")
@@ -208,8 +215,20 @@ class Run:
             self._file_units(),
             reference_forces_key=self.cfg.data.reference_forces_key,
         )
+        # before the record: an interruption between the two remakes both
+        self._labels_xyz(path)
         store.atomic_json(done, {"digest": digest, "teachers": group.labels_from, "n_members": len(members)})
         return path
+
+    def _labels_xyz(self, path: Path) -> Path:
+        """The extxyz copy of labels file ``path``, made from that file (not from the labelling in
+        memory), so that a resumed run writes the same bytes as an uninterrupted one."""
+        from ..training.distill import labels_file_keys, write_augmented_xyz
+
+        d = self.cfg.data
+        keys = labels_file_keys(d.energy_key, d.reference_forces_key, d.reference_forces_key is not None)
+        labels = load_dataset(path, keys, self._file_units(), check_plausible=False)
+        return write_augmented_xyz(labels, path.with_suffix(".xyz"))
 
     def _labels_hold_the_pool(self, path: Path) -> bool:
         """Whether a labels file holds exactly the training pool's configurations by identity.
