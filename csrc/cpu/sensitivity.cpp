@@ -252,6 +252,42 @@ EKD_INLINE void combine_rows(const T* c, const T* rows, int64_t N, int64_t F, T*
     }
 }
 
+// combine_rows over the listed rows only: y[0:F] = sum_m c[n_m] * rows[n_m*F + 0:F] (n_m = nz[m],
+// m < k), in list order, with the same blocking.
+template <typename T>
+EKD_INLINE void combine_listed_rows(const T* c, const T* rows, const int64_t* nz, int64_t k, int64_t F, T* y) {
+    constexpr int L = kL<T>;
+    int64_t f = 0;
+    for (; f + 8 * L <= F; f += 8 * L) {
+        Vec<T> acc[8] = {};
+        for (int64_t m = 0; m < k; ++m) {
+            const Vec<T> cv = vsplat(c[nz[m]]);
+            const T* r = rows + nz[m] * F + f;
+            for (int u = 0; u < 8; ++u) acc[u] += cv * vload(r + u * L);
+        }
+        for (int u = 0; u < 8; ++u) vstore(y + f + u * L, acc[u]);
+    }
+    for (; f + 4 * L <= F; f += 4 * L) {
+        Vec<T> acc[4] = {};
+        for (int64_t m = 0; m < k; ++m) {
+            const Vec<T> cv = vsplat(c[nz[m]]);
+            const T* r = rows + nz[m] * F + f;
+            for (int u = 0; u < 4; ++u) acc[u] += cv * vload(r + u * L);
+        }
+        for (int u = 0; u < 4; ++u) vstore(y + f + u * L, acc[u]);
+    }
+    for (; f + L <= F; f += L) {
+        Vec<T> acc{};
+        for (int64_t m = 0; m < k; ++m) acc += vsplat(c[nz[m]]) * vload(rows + nz[m] * F + f);
+        vstore(y + f, acc);
+    }
+    for (; f < F; ++f) {
+        T acc = 0;
+        for (int64_t m = 0; m < k; ++m) acc += c[nz[m]] * rows[nz[m] * F + f];
+        y[f] = acc;
+    }
+}
+
 // y[0:F] += c * x[0:F]
 template <typename T>
 EKD_INLINE void axpy(T c, const T* x, int64_t F, T* y) {
@@ -265,6 +301,28 @@ EKD_INLINE void axpy(T c, const T* x, int64_t F, T* y) {
 // ------------------------------------------------------------------------------------------------
 // Per-atom / per-pair bodies, instantiated for float and double with CPU-specific clones.
 
+// hippynn's sensitivities may be mostly exact zeros (its kernel harness: ~3 of n_nu per pair; a
+// sensitivity with a hard cutoff per shell). Where they are, the envsum and featsum bodies add up
+// only the non-zero terms. They add the same terms in the same order as the dense loops (a zero
+// term adds nothing), so which path runs never changes a result. (Like hippynn's numba kernels,
+// a skipped zero then also skips 0 * inf = NaN from a non-finite feature.)
+
+// Number of non-zero sensitivities among the listed pairs (rows of N).
+template <typename T>
+EKD_INLINE int64_t count_nonzero(const T* s, int64_t N, const int64_t* pairs, int64_t np) {
+    int64_t nnz = 0;
+    for (int64_t q = 0; q < np; ++q) {
+        const T* sr = s + pairs[q] * N;
+        for (int64_t n = 0; n < N; ++n) nnz += sr[n] != T(0);
+    }
+    return nnz;
+}
+
+// Per destination atom: out[a] (N x F) = sum over its pairs p of s[p, :] (x) z[second[p], :].
+// Dense: R = 4 output rows x 2 vectors of accumulators in registers over the pair loop. Sparse
+// (fewer than about half the terms non-zero, where one read-modify-write of a cached output row
+// per non-zero term costs less than the dense loop's 2 FMAs per term): the atom's block is zeroed
+// and each non-zero term added to its row.
 template <typename T>
 EKD_INLINE void envsum_body(const T* sens, const T* feat, const int64_t* second, const Groups* g, int64_t N,
                             int64_t F, T* out, int64_t a0, int64_t a1) {
@@ -272,6 +330,18 @@ EKD_INLINE void envsum_body(const T* sens, const T* feat, const int64_t* second,
         const int64_t* pairs = g->order.data() + g->ptr[a];
         const int64_t np = g->ptr[a + 1] - g->ptr[a];
         T* o = out + a * N * F;
+        if (2 * (count_nonzero<T>(sens, N, pairs, np) + N) < np * N) {
+            std::fill(o, o + N * F, T(0));
+            for (int64_t q = 0; q < np; ++q) {
+                const int64_t p = pairs[q];
+                const T* sr = sens + p * N;
+                const T* zr = feat + second[p] * F;
+                for (int64_t n = 0; n < N; ++n) {
+                    if (sr[n] != T(0)) axpy<T>(sr[n], zr, F, o + n * F);
+                }
+            }
+            continue;
+        }
         int64_t n = 0;
         for (; n + 4 <= N; n += 4) outer_rows<T, 4>(sens + n, N, feat, F, second, pairs, np, o + n * F);
         for (; n < N; ++n) outer_rows<T, 1>(sens + n, N, feat, F, second, pairs, np, o + n * F);
@@ -279,16 +349,26 @@ EKD_INLINE void envsum_body(const T* sens, const T* feat, const int64_t* second,
 }
 
 // For the pairs of source atoms a0..a1 (grouped by pair_first, so env[i] stays in cache):
-// out[second[p], :] += sense[p, :] @ env[i]   (out: this chunk's private [A, F] buffer)
+// out[second[p] - lo, :] += sense[p, :] @ env[i]   (out: this chunk's rows lo.. of the output).
+// Only the rows of env[i] with a non-zero sensitivity are read (`nz`: scratch of N indices).
 template <typename T>
 EKD_INLINE void featsum_body(const T* env, const T* sense, const int64_t* second, const Groups* g, int64_t N,
-                             int64_t F, T* out, T* tmp, int64_t a0, int64_t a1) {
+                             int64_t F, T* out, int64_t lo, T* tmp, int64_t* nz, int64_t a0, int64_t a1) {
     for (int64_t a = a0; a < a1; ++a) {
         const T* e = env + a * N * F;
         for (int64_t q = g->ptr[a]; q < g->ptr[a + 1]; ++q) {
             const int64_t p = g->order[q];
-            combine_rows<T>(sense + p * N, e, N, F, tmp);
-            axpy<T>(T(1), tmp, F, out + second[p] * F);
+            const T* sr = sense + p * N;
+            int64_t k = 0;
+            for (int64_t n = 0; n < N; ++n) {  // branch-free: the zeros fall anywhere
+                nz[k] = n;
+                k += sr[n] != T(0);
+            }
+            if (k == 0) continue;
+            // one routine for any k (the index costs one load per row, next to F / 8 FMAs): a
+            // second, dense one was compiled with a different rounding in its tail columns
+            combine_listed_rows<T>(sr, e, nz, k, F, tmp);
+            axpy<T>(T(1), tmp, F, out + (second[p] - lo) * F);
         }
     }
 }
@@ -399,8 +479,8 @@ EKD_INLINE void tensor_envsum_grad_ab_body(const T* av, const T* bv, const T* x,
         envsum_body<T>(s, z, sec, g, N, F, out, a0, a1);                                                          \
     }                                                                                                             \
     EKD_CLONES void featsum_run(const T* e, const T* s, const int64_t* sec, const Groups* g, int64_t N,           \
-                                int64_t F, T* out, T* tmp, int64_t a0, int64_t a1) {                              \
-        featsum_body<T>(e, s, sec, g, N, F, out, tmp, a0, a1);                                                    \
+                                int64_t F, T* out, int64_t lo, T* tmp, int64_t* nz, int64_t a0, int64_t a1) {     \
+        featsum_body<T>(e, s, sec, g, N, F, out, lo, tmp, nz, a0, a1);                                            \
     }                                                                                                             \
     EKD_CLONES void sensesum_run(const T* e, const T* z, const int64_t* sec, const Groups* g, int64_t N,          \
                                  int64_t F, T* out, int64_t a0, int64_t a1) {                                     \
@@ -437,7 +517,7 @@ at::IntArrayRef concrete(const std::vector<c10::SymInt>& s, std::vector<int64_t>
 at::Tensor envsum_cpu(const at::Tensor& sens_, const at::Tensor& feat_, const at::Tensor& first_,
                       const at::Tensor& second_) {
     std::vector<int64_t> shape;
-    auto out = at::empty(concrete(envsum_shape(sens_, feat_, first_, second_), shape), sens_.options());
+    auto out = empty_output(concrete(envsum_shape(sens_, feat_, first_, second_), shape), sens_.options());
     auto sens = sens_.contiguous(), feat = feat_.contiguous();
     auto first = first_.contiguous(), second = second_.contiguous();
     const int64_t P = sens.size(0), N = sens.size(1), A = feat.size(0), F = feat.size(1);
@@ -457,16 +537,18 @@ at::Tensor envsum_cpu(const at::Tensor& sens_, const at::Tensor& feat_, const at
 at::Tensor featsum_cpu(const at::Tensor& env_, const at::Tensor& sense_, const at::Tensor& first_,
                        const at::Tensor& second_) {
     std::vector<int64_t> shape;
-    auto out = at::empty(concrete(featsum_shape(env_, sense_, first_, second_), shape), env_.options());
+    auto out = empty_output(concrete(featsum_shape(env_, sense_, first_, second_), shape), env_.options());
     auto env = env_.contiguous(), sense = sense_.contiguous();
     auto first = first_.contiguous(), second = second_.contiguous();
     const int64_t A = env.size(0), N = env.size(1), F = env.size(2), P = sense.size(0);
     check_index_range("ekd::featsum", "pair_second", second.data_ptr<int64_t>(), P, A);
     const Groups g = group_pairs("ekd::featsum", "pair_first", first.data_ptr<int64_t>(), P, A);
     // Scatter onto pair_second without races: K pair chunks (K from the problem size, never from
-    // the thread count, so results do not depend on it) each sum into a private [A, F] buffer,
-    // reduced in chunk order. Reading env[i] once per source atom instead of once per pair is what
-    // makes this fast: env is N times larger than the output.
+    // the thread count, so results do not depend on it) each sum into a private buffer, reduced in
+    // chunk order. Reading env[i] once per source atom instead of once per pair is what makes this
+    // fast: env is N times larger than the output. A chunk's buffer spans only the destination
+    // atoms its pairs reach (for a batch of molecules, a few rows beyond its own source atoms;
+    // for a box, up to all of them): the rows left out would only have added zeros.
     const int64_t work = P * N * F;
     const int64_t K = chunks_for(work, A, 8);
     const int64_t threads = parallel_plan(work, A).threads;
@@ -477,12 +559,27 @@ at::Tensor featsum_cpu(const at::Tensor& env_, const at::Tensor& sense_, const a
         const T* s = sense.data_ptr<T>();
         const int64_t* sec = second.data_ptr<int64_t>();
         T* o = out.data_ptr<T>();
-        std::vector<T> bufs(static_cast<size_t>((K - 1) * A * F));
+        std::vector<std::vector<T>> bufs(K);  // chunk 0 sums straight into the output
+        std::vector<int64_t> lo(K, 0), hi(K, 0);  // destination rows [lo, hi) of each chunk
         run_chunks(K, threads, [&](int64_t k) {
             std::vector<T> tmp(F);
-            T* dst = k == 0 ? o : bufs.data() + (k - 1) * A * F;
-            std::fill(dst, dst + A * F, T(0));
-            featsum_run(e, s, sec, &g, N, F, dst, tmp.data(), bounds[k], bounds[k + 1]);
+            std::vector<int64_t> nz(N);
+            T* dst = o;
+            if (k == 0) {
+                std::fill(o, o + A * F, T(0));
+            } else {
+                int64_t l = A, h = 0;
+                for (int64_t q = g.ptr[bounds[k]]; q < g.ptr[bounds[k + 1]]; ++q) {
+                    const int64_t j = sec[g.order[q]];
+                    l = std::min(l, j);
+                    h = std::max(h, j + 1);
+                }
+                lo[k] = std::min(l, h);
+                hi[k] = h;
+                bufs[k].assign(static_cast<size_t>((h - lo[k]) * F), T(0));
+                dst = bufs[k].data();
+            }
+            featsum_run(e, s, sec, &g, N, F, dst, lo[k], tmp.data(), nz.data(), bounds[k], bounds[k + 1]);
         });
         if (K > 1) {
             const int64_t n = A * F;
@@ -490,8 +587,10 @@ at::Tensor featsum_cpu(const at::Tensor& env_, const at::Tensor& sense_, const a
             run_chunks(plan.chunks, plan.threads, [&](int64_t c) {
                 const int64_t i0 = n * c / plan.chunks, i1 = n * (c + 1) / plan.chunks;
                 for (int64_t k = 1; k < K; ++k) {
-                    const T* src = bufs.data() + (k - 1) * A * F;
-                    for (int64_t i = i0; i < i1; ++i) o[i] += src[i];
+                    const int64_t b0 = std::max(i0, lo[k] * F), b1 = std::min(i1, hi[k] * F);
+                    const T* src = bufs[k].data();
+                    const int64_t off = lo[k] * F;
+                    for (int64_t i = b0; i < b1; ++i) o[i] += src[i - off];
                 }
             });
         }
@@ -502,7 +601,7 @@ at::Tensor featsum_cpu(const at::Tensor& env_, const at::Tensor& sense_, const a
 at::Tensor sensesum_cpu(const at::Tensor& env_, const at::Tensor& feat_, const at::Tensor& first_,
                         const at::Tensor& second_) {
     std::vector<int64_t> shape;
-    auto out = at::empty(concrete(sensesum_shape(env_, feat_, first_, second_), shape), env_.options());
+    auto out = empty_output(concrete(sensesum_shape(env_, feat_, first_, second_), shape), env_.options());
     auto env = env_.contiguous(), feat = feat_.contiguous();
     auto first = first_.contiguous(), second = second_.contiguous();
     const int64_t A = env.size(0), N = env.size(1), F = env.size(2), P = first.size(0);
@@ -522,7 +621,7 @@ at::Tensor sensesum_cpu(const at::Tensor& env_, const at::Tensor& feat_, const a
 at::Tensor tensor_envsum_cpu(const at::Tensor& a_, const at::Tensor& b_, const at::Tensor& x_,
                              const at::Tensor& first_, const at::Tensor& second_) {
     std::vector<int64_t> shape;
-    auto out = at::empty(concrete(tensor_envsum_shape(a_, b_, x_, first_, second_), shape), a_.options());
+    auto out = empty_output(concrete(tensor_envsum_shape(a_, b_, x_, first_, second_), shape), a_.options());
     auto a = a_.contiguous(), b = b_.contiguous(), x = x_.contiguous();
     auto first = first_.contiguous(), second = second_.contiguous();
     const int64_t P = a.size(0), C = a.size(1), N = b.size(1), A = x.size(0), O = x.size(2);
@@ -546,7 +645,7 @@ at::Tensor tensor_envsum_cpu(const at::Tensor& a_, const at::Tensor& b_, const a
 at::Tensor tensor_sensesum_cpu(const at::Tensor& a_, const at::Tensor& y_, const at::Tensor& x_,
                                const at::Tensor& first_, const at::Tensor& second_) {
     std::vector<int64_t> shape;
-    auto out = at::empty(concrete(tensor_sensesum_shape(a_, y_, x_, first_, second_), shape), a_.options());
+    auto out = empty_output(concrete(tensor_sensesum_shape(a_, y_, x_, first_, second_), shape), a_.options());
     auto a = a_.contiguous(), y = y_.contiguous(), x = x_.contiguous();
     auto first = first_.contiguous(), second = second_.contiguous();
     const int64_t P = a.size(0), C = a.size(1), A = y.size(0), N = x.size(1), O = x.size(2);
@@ -573,8 +672,8 @@ std::tuple<at::Tensor, at::Tensor> tensor_envsum_backward_cpu(const at::Tensor& 
                                                               const at::Tensor& first_, const at::Tensor& second_) {
     const auto shapes = tensor_envsum_backward_shapes(h_, a_, b_, x_, first_, second_);
     std::vector<int64_t> shape;
-    auto ga = at::empty(concrete(shapes[0], shape), a_.options());
-    auto gb = at::empty(concrete(shapes[1], shape), a_.options());
+    auto ga = empty_output(concrete(shapes[0], shape), a_.options());
+    auto gb = empty_output(concrete(shapes[1], shape), a_.options());
     auto a = a_.contiguous(), b = b_.contiguous(), x = x_.contiguous(), h = h_.contiguous();
     auto first = first_.contiguous(), second = second_.contiguous();
     const int64_t P = a.size(0), C = a.size(1), N = b.size(1), A = x.size(0), O = x.size(2);

@@ -28,6 +28,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ..ops import library as _ops
 from ..ops import threads as _threads
 from ..ops.devices import resolve_device
+from ..ops.order import inverse_order, spatial_order
 from ..units import EV_TO_KCALMOL
 from . import aoti
 from .model_file import load_model
@@ -97,12 +98,17 @@ class EKDCalculator(Calculator):
         cell = torch.tensor(np.asarray(atoms.cell), dtype=torch.float64, device=dev)
         _ops.check_cell(cell)  # also when not periodic: the pair vectors use it
         periodic = bool(pbc.any())
+        # evaluated in a spatial order (neighbours near in memory: up to 3x faster on a shuffled
+        # box), every per-atom result handed back in the caller's order via `back`
+        order = spatial_order(positions, cell, pbc)
+        back = inverse_order(order)
+        positions = positions[order]
         first, second, shifts = _ops.neighbor_list(
             positions, self.cutoff, cell if periodic else None, pbc if periodic else False
         )
         r_ij = _ops.pair_vectors(positions, first, second, shifts, cell)
-        self._check_distances(r_ij, first, second, shifts)
-        species = torch.tensor(numbers, dtype=torch.long, device=dev)
+        self._check_distances(r_ij, first, second, shifts, order)
+        species = torch.tensor(numbers, dtype=torch.long, device=dev)[order]
         n = len(atoms)
 
         energies, forces, virials = [], [], []
@@ -125,8 +131,8 @@ class EKDCalculator(Calculator):
             energies.append(e_atoms.detach().to(torch.float64))
             forces.append(f)
             virials.append(-(r_ij.detach().T @ g))  # W = -sum_p r_ij (x) dE/dr_ij, kcal/mol
-        e = torch.stack(energies)  # [M, N] kcal/mol
-        f = torch.stack(forces)  # [M, N, 3] kcal/mol/A
+        e = torch.stack(energies)[:, back]  # [M, N] kcal/mol
+        f = torch.stack(forces)[:, back]  # [M, N, 3] kcal/mol/A
         w = torch.stack(virials).mean(0)
         to_ev = 1.0 / EV_TO_KCALMOL
         f_mean = f.mean(0)
@@ -135,7 +141,7 @@ class EKDCalculator(Calculator):
         self.results["energy_std"] = float(e.sum(1).std(unbiased=False) * to_ev)
         self.results["forces"] = (f_mean * to_ev).cpu().numpy()
         if sigma is not None:
-            self.results["forces_std"] = (sigma.detach().to(torch.float64) * to_ev).cpu().numpy()
+            self.results["forces_std"] = (sigma.detach().to(torch.float64)[back] * to_ev).cpu().numpy()
         else:
             self.results["forces_std"] = (((f - f_mean) ** 2).sum(2).mean(0).sqrt() * to_ev).cpu().numpy()
         if atoms.pbc.all():
@@ -146,14 +152,15 @@ class EKDCalculator(Calculator):
         # the virial is useful for comparisons with LAMMPS also without a periodic cell (eV)
         self.results["virial"] = (w * to_ev).cpu().numpy()
 
-    def _check_distances(self, r_ij, first, second, shifts) -> None:
+    def _check_distances(self, r_ij, first, second, shifts, order) -> None:
         """Two atoms at one position (or an atom on its own periodic image) have no finite energy:
-        say which instead of returning NaN."""
+        say which (in the caller's numbering: atom k of the sorted structure is ``order[k]``)
+        instead of returning NaN."""
         close = torch.linalg.vector_norm(r_ij, dim=1) < self.MIN_DISTANCE
         if not bool(close.any()):
             return
         p = int(torch.nonzero(close)[0, 0])
-        i, j = int(first[p]), int(second[p])
+        i, j = int(order[first[p]]), int(order[second[p]])
         shift = [int(v) for v in shifts[p].tolist()] if shifts is not None and len(shifts) else [0, 0, 0]
         if any(shift):
             which = f"atom {i} and a periodic image of atom {j} (cell shift {shift}) are"

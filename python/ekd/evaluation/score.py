@@ -1,5 +1,6 @@
-"""Score models on any benchmark file (``ekd score``): exported model files, or the members of a
-run, on an ANI-layout HDF5 file with its own keys and units.
+"""Score models on any benchmark file (``ekd score``): exported model files, the members of a
+run, or any ASE calculator, on an ANI-layout HDF5 file or an ASE-readable file (extxyz, ASE
+database) with its own keys and units.
 
 * The file is read by :func:`ekd.evaluation.benchmark.load_test` (its keys, units and conformer marks are
   described there).
@@ -8,7 +9,8 @@ run, on an ANI-layout HDF5 file with its own keys and units.
   RMSE/MAE per component. When the file has a per-configuration ``kind`` dataset (strings), only
   configurations with ``kind == "conformer"`` form ΔE pairs; the energy and force errors use every
   configuration.
-* Groups: the model files given form one group ("models", one member per file); a run directory
+* Groups: the model files given form one group ("models", one member per file), ASE calculators
+  another ("calculators", one member per ``MODULE:FACTORY[:ARG]``, :func:`calculator_group`); a run directory
   gives its groups (teacher, student_gen1, ..., or those asked for; see :mod:`ekd.groups`). Each
   group: its members' scores, their mean ± std, and the score of the ensembled (mean) prediction.
 * A model that lacks an element of the file is an error naming the molecule and element, unless
@@ -39,6 +41,7 @@ from .tables import COLUMNS, fmt, text_table
 SCHEMA = "ekd.evaluation.score/1"
 DEFAULT_WINDOW = 100.0
 MODELS_GROUP = "models"
+CALCULATORS_GROUP = "calculators"
 
 # ------------------------------------------------------------------------------------------
 # models
@@ -79,6 +82,7 @@ def predict_model_file(
     import torch
 
     from ..ops import library as _ops
+    from ..ops.order import inverse_order, spatial_order
 
     n, a = data.species.shape
     energies = np.empty(n)
@@ -92,6 +96,10 @@ def predict_model_file(
         batch = torch.repeat_interleave(torch.arange(b), counts).to(device)
         species = torch.as_tensor(data.species[sl][real], dtype=torch.long, device=device)
         positions = torch.as_tensor(data.coordinates[sl][real], dtype=torch.float64, device=device)
+        # each molecule's atoms in a spatial order (as EKDCalculator does), forces handed back in
+        # the file's; the molecules keep their places, so `batch` holds for the sorted atoms too
+        order = spatial_order(positions, batch=batch)
+        species, positions = species[order], positions[order]
         cell = torch.zeros(b, 3, 3, dtype=torch.float64, device=device)
         pbc = torch.zeros(b, 3, dtype=torch.bool, device=device)
         first, second, _ = _ops.neighbor_list(positions, cutoff, cell, pbc, batch=batch)
@@ -109,7 +117,7 @@ def predict_model_file(
         e.index_add_(0, batch, e_atoms.detach().to(torch.float64))
         energies[sl] = e.cpu().numpy()
         block = np.zeros((b, a, 3))
-        block[real] = f.cpu().numpy()
+        block[real] = f[inverse_order(order)].cpu().numpy()
         forces[sl] = block
         if advance is not None:
             advance(b)
@@ -143,6 +151,25 @@ def model_files(
             return predict_model_file(module, meta.cutoff, meta.dtype, data, advance, batch_size, dev)
 
         group.add(str(p), meta.atomic_numbers, predict)
+    return group
+
+
+def calculator_group(specs: Sequence[str]) -> ModelGroup:
+    """ASE calculators as one group, one member per spec ``MODULE:FACTORY[:ARG]`` (e.g.
+    ``mace.calculators:MACECalculator:model.model``; see :func:`ekd.training.external.load_calculator`),
+    each configuration handed over as an isolated ``ase.Atoms`` (eV, eV/Angstrom back). A calculator
+    does not declare its elements, so none is left out for it (``--skip-unknown-elements``): one it
+    cannot predict is its own error, reported with the configuration."""
+    from ..training.external import load_calculator
+
+    group = ModelGroup(CALCULATORS_GROUP, "calculator")
+    for spec in specs:
+        member = load_calculator(spec)
+
+        def predict(data, advance, member=member):
+            return member.predict(data, forces=True, advance=advance)
+
+        group.add(spec, range(1, 119), predict)
     return group
 
 
@@ -443,6 +470,7 @@ __all__ = [
     "format_result",
     "load_test",
     "model_files",
+    "calculator_group",
     "plot",
     "predict_model_file",
     "score_models",
