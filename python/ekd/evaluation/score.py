@@ -36,6 +36,8 @@ from ..deploy.aoti import AOTIModel
 from .benchmark import ScoreError, TestSet, choose_keys, load_test
 from .metrics import METRICS, evaluate_group, plain_json, summarize
 from .metrics import score as score_predictions
+from .score_sigma import format_lines as sigma_lines
+from .score_sigma import group_calibration
 from .tables import COLUMNS, fmt, text_table
 
 SCHEMA = "ekd.evaluation.score/1"
@@ -47,8 +49,9 @@ CALCULATORS_GROUP = "calculators"
 # models
 
 
-#: predict(data, advance) -> (energy (n,) kcal/mol, forces (n, A, 3) kcal/mol/Angstrom); advance(k)
-#: is called with the number of configurations done (progress)
+#: predict(data, advance) -> (energy (n,) kcal/mol, forces (n, A, 3) kcal/mol/Angstrom[, sigma (n, A)
+#: kcal/mol/Angstrom: a model with an uncertainty head, see score_sigma]); advance(k) is called with
+#: the number of configurations done (progress)
 Predictor = Callable[[Dataset, Callable[[int], None]], tuple[np.ndarray, np.ndarray]]
 
 
@@ -72,13 +75,15 @@ class ModelGroup:
 
 
 def predict_model_file(
-    module, cutoff: float, dtype: str, data: Dataset, advance=None, batch_size: int = 64, device="cpu"
+    module, cutoff: float, dtype: str, data: Dataset, advance=None, batch_size: int = 64, device="cpu", sigma=False
 ):
     """Energies (n,) kcal/mol and forces (n, A, 3) kcal/mol/Angstrom (0 in padding) of an exported
     model on isolated configurations, ``batch_size`` configurations per model call: the op
     library's batched neighbor list (no periodic images), one forward and one backward pass. Forces
     from the gradient with respect to the pair vectors, as in :class:`ekd.deploy.calculator.EKDCalculator`.
-    device: the torch device the module is on (the inputs are moved there, the results come back)."""
+    device: the torch device the module is on (the inputs are moved there, the results come back).
+    sigma: also the head's predicted sigma (n, A) kcal/mol/Angstrom (0 in padding) from the same
+    evaluation (``energy_and_sigma``, as EKDCalculator does), returned third."""
     import torch
 
     from ..ops import library as _ops
@@ -87,6 +92,7 @@ def predict_model_file(
     n, a = data.species.shape
     energies = np.empty(n)
     forces = np.zeros((n, a, 3))
+    sigmas = np.zeros((n, a)) if sigma else None
     dt = getattr(torch, dtype)
     for start in range(0, n, batch_size):
         sl = slice(start, min(start + batch_size, n))
@@ -108,7 +114,13 @@ def predict_model_file(
             e_atoms, g = module.energy_and_gradient(species, first, second, r)
         else:
             r.requires_grad_(True)
-            e_atoms = module(species, first, second, r)
+            if sigma:
+                e_atoms, s_atoms = module.energy_and_sigma(species, first, second, r)
+                s_block = np.zeros((b, a))
+                s_block[real] = s_atoms.detach().to(torch.float64)[inverse_order(order)].cpu().numpy()
+                sigmas[sl] = s_block
+            else:
+                e_atoms = module(species, first, second, r)
             (g,) = torch.autograd.grad(e_atoms.sum(), r)
         g = g.to(torch.float64)
         f = torch.zeros(positions.shape[0], 3, dtype=torch.float64, device=device)
@@ -121,7 +133,7 @@ def predict_model_file(
         forces[sl] = block
         if advance is not None:
             advance(b)
-    return energies, forces
+    return (energies, forces, sigmas) if sigma else (energies, forces)
 
 
 def model_files(
@@ -147,8 +159,10 @@ def model_files(
         else:
             module, meta = load_model(p, device=dev, trust_code=trust_code)
 
-        def predict(data, advance, module=module, meta=meta):
-            return predict_model_file(module, meta.cutoff, meta.dtype, data, advance, batch_size, dev)
+        head = not isinstance(module, AOTIModel) and bool(getattr(module, "has_sigma", False))
+
+        def predict(data, advance, module=module, meta=meta, head=head):
+            return predict_model_file(module, meta.cutoff, meta.dtype, data, advance, batch_size, dev, head)
 
         group.add(str(p), meta.atomic_numbers, predict)
     return group
@@ -362,11 +376,12 @@ def score_models(
     out, preds = {}, {}
     with tqdm(total=total, desc="scoring", unit="conf", disable=not progress, leave=False) as bar:
         for group in groups:
-            energies, forces = [], []
+            energies, forces, sigmas = [], [], []
             for predict in group.predictors:
-                e, f = predict(test.data, bar.update)
+                e, f, *s = predict(test.data, bar.update)
                 energies.append(np.asarray(e, dtype=np.float64))
                 forces.append(np.asarray(f, dtype=np.float64))
+                sigmas.append(s[0] if s else None)
             p = {"energy": np.stack(energies), "forces": np.stack(forces)}
             entry = {
                 "role": group.role,
@@ -377,6 +392,8 @@ def score_models(
             }
             if group.study:
                 entry["study"] = group.study
+            if (cal := group_calibration(sigmas, p["forces"], test.data)) is not None:
+                entry["calibration"] = cal
             if molecules:
                 entry["per_molecule"] = per_molecule(p, test, window)
             out[group.name] = entry
@@ -417,6 +434,7 @@ def format_result(result: ScoreResult, molecules: bool = False) -> str:
         for name, s in zip(g["member_names"], g["members"], strict=True) if g["n_members"] > 1 else ():
             rows.append([f"  {name}", "1", *(fmt(s[k]) for k, _ in COLUMNS)])
     lines += text_table(header, rows)
+    lines += sigma_lines(result.groups)
     if molecules:
         for group, g in result.groups.items():
             k = g["n_members"]
