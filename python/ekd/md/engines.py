@@ -22,7 +22,10 @@ the first failing frame.
 
 Each returns a dict: ``failed``, ``fail_step`` (1-based step index over both phases, or None),
 ``steps`` (steps done), ``times_ps`` / ``etot_ev`` (total energy of the NVE frames, for the
-drift), ``wall_s``.
+drift), ``wall_s``, and ``sigma``: for one model file with an uncertainty head, the largest
+predicted sigma over the atoms (``forces_std``, eV/A) at step 0, every ``energy_every`` steps of
+both phases and the failing step, as {"steps" (over both phases), "times_ps" (from the start),
+"max_ev_A"}; None otherwise (:mod:`ekd.md.uncertainty`).
 """
 
 from __future__ import annotations
@@ -71,6 +74,18 @@ def run_ase(atoms, model_paths, dt_fs, n_equil, n_nve, temperature, seed, min_di
     times, etot = [], []
     result = {"failed": False, "fail_step": None}
     step = 0
+    # one model with an uncertainty head: its forces_std is its predicted sigma, read from the
+    # results of the evaluation the integrator has just made (no extra model call)
+    head = len(atoms.calc.models) == 1 and bool(getattr(atoms.calc.models[0], "has_sigma", False))
+    sig_steps, sig_max = [], []
+
+    def record(k: int) -> None:
+        if head:
+            sig_steps.append(k)
+            sig_max.append(float(np.max(atoms.calc.results["forces_std"])))
+
+    atoms.get_forces()  # the first step's forces (the integrators reuse them)
+    record(0)
     if n_equil > 0:
         langevin = Langevin(
             atoms,
@@ -85,7 +100,10 @@ def run_ase(atoms, model_paths, dt_fs, n_equil, n_nve, temperature, seed, min_di
             step += 1
             if failed_now():
                 result.update(failed=True, fail_step=step)
+                record(step)
                 break
+            if step % energy_every == 0:
+                record(step)
     if not result["failed"]:
         verlet = VelocityVerlet(atoms, dt)
         times.append(0.0)
@@ -95,7 +113,10 @@ def run_ase(atoms, model_paths, dt_fs, n_equil, n_nve, temperature, seed, min_di
             step += 1
             if failed_now():
                 result.update(failed=True, fail_step=step)
+                record(step)
                 break
+            if step % energy_every == 0:
+                record(step)
             if k % energy_every == 0:
                 times.append(k * dt_fs * 1e-3)
                 etot.append(atoms.get_potential_energy() + atoms.get_kinetic_energy())
@@ -106,8 +127,13 @@ def run_ase(atoms, model_paths, dt_fs, n_equil, n_nve, temperature, seed, min_di
         wall_s=time.perf_counter() - t0,
         n_atoms=n_atoms,
         positions=atoms.positions.tolist(),
+        sigma=_series(sig_steps, sig_max, dt_fs) if head else None,
     )
     return result
+
+
+def _series(steps, values, dt_fs) -> dict:
+    return {"steps": list(steps), "times_ps": [k * dt_fs * 1e-3 for k in steps], "max_ev_A": list(values)}
 
 
 def _lammps_env() -> dict:

@@ -16,6 +16,12 @@ Runs are independent jobs in worker processes; each writes its result to
 everything it depends on (model file, box, protocol), and a rerun reuses results whose digest
 matches. Fraction failed carries a Wilson 68 % interval (one standard error's worth: binomial
 counts at 2-10 runs make the plain standard error 0 at 0 or 100 %).
+
+Models with an uncertainty head (issue 28): each run also records the largest predicted sigma
+over time, and, given the members' training configurations, the sweep reports how long before a
+failure it crossed a threshold chosen from those configurations, and how often runs that did not
+fail crossed it (:mod:`ekd.md.uncertainty`). Results recorded before ekd recorded sigma are redone
+for such models (reused as before for the others) and report as before.
 """
 
 from __future__ import annotations
@@ -153,6 +159,8 @@ def run_one(spec: RunSpec, keep_positions: bool = False) -> dict:
         "wall_s": raw["wall_s"],
         "times_ps": raw["times_ps"],
         "etot_ev": raw["etot_ev"],
+        # the largest predicted sigma over time (models with an uncertainty head; else None)
+        "sigma": raw.get("sigma"),
     }
     if keep_positions:
         result["positions"] = raw["positions"]
@@ -185,7 +193,9 @@ def run_jobs(jobs: list[dict], workers: int, progress: bool = True) -> list[dict
         path = Path(job["out"])
         if path.exists():
             old = json.loads(path.read_text())
-            if old.get("digest") == job["digest"]:
+            # a model with a head whose result predates the sigma series: redone to record it
+            stale = job.get("sigma") and old.get("sigma") is None
+            if old.get("digest") == job["digest"] and not stale:
                 results[k] = old
                 continue
         todo.append(k)
@@ -197,9 +207,12 @@ def run_jobs(jobs: list[dict], workers: int, progress: bool = True) -> list[dict
 
 def sweep_jobs(models: dict[str, list[str]], md, out_dir: Path, box_seed: int = 0) -> list[dict]:
     """Jobs for every role -> model files x seeds x dt of ``md`` (an :class:`ekd.config.MDConfig`)."""
+    from .uncertainty import has_head
+
     jobs = []
     for role, paths in models.items():
         for m, path in enumerate(paths):
+            head = has_head(path)
             for seed in range(md.n_runs):
                 for dt in md.timesteps_fs:
                     spec = RunSpec(
@@ -217,9 +230,8 @@ def sweep_jobs(models: dict[str, list[str]], md, out_dir: Path, box_seed: int = 
                     )
                     spec.check()
                     out = out_dir / md.engine / role / f"member_{m:02d}" / f"dt{dt:g}_seed{seed}.json"
-                    jobs.append(
-                        {"spec": asdict(spec), "role": role, "member": m, "digest": spec.digest(), "out": str(out)}
-                    )
+                    job = {"spec": asdict(spec), "role": role, "member": m, "digest": spec.digest(), "out": str(out)}
+                    jobs.append({**job, "sigma": head})
     return jobs
 
 
@@ -349,6 +361,17 @@ def markdown(table: list[dict], md, engine: str, n_atoms: int | None = None) -> 
     return "\n".join(lines) + "\n"
 
 
+def markdown_with_alarms(
+    table: list[dict], md, engine: str, n_atoms: int | None, alarms: list[dict], limits: dict[str, dict]
+) -> str:
+    """:func:`markdown`, followed by the predicted-uncertainty alarm table when there is one (models
+    with a head and a threshold; :func:`ekd.md.uncertainty.alarm_markdown`)."""
+    from .uncertainty import alarm_markdown
+
+    extra = alarm_markdown(alarms, limits)
+    return markdown(table, md, engine, n_atoms) + ("\n".join(extra) + "\n" if extra else "")
+
+
 def figure(table: list[dict], path: Path, title: str = "") -> Path:
     """Left: fraction failed vs dt, one line per role, Wilson intervals as error bars (like the paper's
     Fig. 3; roles are offset slightly along dt so that equal values stay visible). Right: mean time to
@@ -402,12 +425,20 @@ def md_stability(
     run_dir: str | Path | None = None,
     models: dict[str, list[str]] | None = None,
     progress: bool = True,
+    training: dict | None = None,
+    quantile: float | None = None,
 ) -> dict:
     """The sweep of ``cfg.md`` over exported model files ``models`` (group name -> files; a run's
     members are exported by :meth:`ekd.workflow.Run.md_stability`, which ``ekd md-stability``
     calls). Writes ``<run_dir>/md/<engine>/{stability.json, stability.md, stability.png}`` and the
     runs' results below ``<run_dir>/md/<engine>/``; returns ``{"table", "markdown", "figure",
-    "results"}``."""
+    "results", "sigma_thresholds", "alarms"}``.
+
+    training: {group name: [Dataset, ...]}, the training configurations of each model of
+    ``models[name]`` (in order): for models with an uncertainty head, the threshold of their
+    predicted sigma (the ``quantile``, default :data:`ekd.md.uncertainty.QUANTILE`, of it over those
+    configurations' atoms; cached in ``<run_dir>/md/thresholds/``) and the alarm table. None: no
+    thresholds, no alarm table (the sigma series are recorded all the same)."""
     if models is None:
         raise ValueError(
             "md_stability: no model files given (models: group name -> exported model files); to sweep the "
@@ -421,13 +452,27 @@ def md_stability(
     jobs = sweep_jobs(models, md, out_dir, box_seed=cfg.seed)
     results = run_jobs(jobs, md.workers, progress=progress)
     table = summarize(results)
+    from .uncertainty import QUANTILE, alarm_table, thresholds
+
+    limits = thresholds(models, training or {}, out_dir / "thresholds", QUANTILE if quantile is None else quantile)
+    alarms = alarm_table(results, limits)
     engine_dir = out_dir / md.engine
     n_atoms = results[0]["n_atoms"] if results else None
     # the statement of sizes reports what ran, also when the caller chose the models
     shown = replace(md, n_models=max(len(v) for v in models.values())) if models else md
-    text = markdown(table, shown, md.engine, n_atoms)
+    text = markdown_with_alarms(table, shown, md.engine, n_atoms, alarms, limits)
     fig = figure(table, engine_dir / "stability.png", f"{md.n_molecules} CH3ONO, {md.t_max_ps} ps NVE, {md.engine}")
     engine_dir.mkdir(parents=True, exist_ok=True)
     atomic_text(engine_dir / "stability.md", text)
-    atomic_text(engine_dir / "stability.json", json.dumps({"table": table, "md": asdict(md)}, indent=1))
-    return {"table": table, "markdown": text, "figure": str(fig), "results": results}
+    summary = {"table": table, "md": asdict(md)}
+    if limits:
+        summary.update(sigma_thresholds=limits, alarms=alarms)
+    atomic_text(engine_dir / "stability.json", json.dumps(summary, indent=1))
+    return {
+        "table": table,
+        "markdown": text,
+        "figure": str(fig),
+        "results": results,
+        "sigma_thresholds": limits,
+        "alarms": alarms,
+    }

@@ -140,7 +140,14 @@ def md_stability(run, metrics: dict | None = None, strict_roles: bool = False, p
     md = run.cfg.md
     roles = select_roles(md.roles, [g.label for g in run.groups()], strict=strict_roles)
     models = export_models(run, roles, md.n_models, md.dtype, run.run_dir / "md")
-    out = sweep(run.cfg, run.run_dir, models, progress=run.progress if progress is None else progress)
+    # members with an uncertainty head: their training configurations set their alarm threshold
+    training = {
+        role: [run.train_data.subset(run.splits[f"train_{m}"]) for m in range(len(paths))]
+        for role, paths in models.items()
+        if run.has_sigma_head(run.group(role))
+    }
+    progress = run.progress if progress is None else progress
+    out = sweep(run.cfg, run.run_dir, models, progress=progress, training=training)
     path = run.run_dir / "metrics.json"
     if metrics is None and path.exists():
         metrics = load_metrics(path)
@@ -150,6 +157,7 @@ def md_stability(run, metrics: dict | None = None, strict_roles: bool = False, p
             "markdown": out["markdown"],
             "figure": str(Path(out["figure"]).relative_to(run.run_dir)),
             "md": asdict(run.cfg.md),
+            **({"sigma_thresholds": out["sigma_thresholds"], "alarms": out["alarms"]} if out["alarms"] else {}),
         }
         metrics = {**metrics, "md_stability": {**metrics.get("md_stability", {}), run.cfg.md.engine: entry}}
         write_metrics(path, metrics)
