@@ -207,3 +207,33 @@ def test_sweep_records_thresholds_and_alarms_and_redoes_results_without_sigma(he
     path.write_text(json.dumps(old))
     with pytest.raises(AssertionError, match="run again"):
         stability.md_stability(cfg, models=models, progress=False)
+
+
+@pytest.mark.parametrize("dt_fs", [0.5, 20.0])
+def test_lammps_records_the_same_sigma_series_as_ase(head_file, dt_fs):
+    """NVE from the same state is deterministic: both engines' series agree step by step (a huge
+    time step: up to and including the failing step)."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    if not (Path(sys.executable).parent / "lmp").exists() and not shutil.which("lmp"):
+        pytest.skip("no lmp in the environment")
+    runs = {}
+    for engine in ("ase", "lammps"):
+        spec = RunSpec(
+            model_paths=(str(head_file),), dt_fs=dt_fs, t_max_ps=dt_fs * 6e-3, equilibration_ps=0.0,
+            n_molecules=4, energy_every_fs=2 * dt_fs, engine=engine,
+        )  # fmt: skip
+        runs[engine] = run_one(spec)
+    ase, lmp = runs["ase"]["sigma"], runs["lammps"]["sigma"]
+    assert runs["ase"]["failed"] == runs["lammps"]["failed"] and runs["ase"]["fail_step"] == runs["lammps"]["fail_step"]
+    assert lmp["steps"] == ase["steps"] and lmp["times_ps"] == pytest.approx(ase["times_ps"])
+    assert lmp["max_ev_A"] == pytest.approx(ase["max_ev_A"], rel=1e-6)
+    if dt_fs < 1:
+        # with a Langevin part (the engines draw different random forces): the same steps
+        spec = RunSpec(
+            model_paths=(str(head_file),), dt_fs=dt_fs, t_max_ps=0.002, equilibration_ps=0.0015, n_molecules=4,
+            energy_every_fs=1.0, engine="lammps",
+        )  # fmt: skip
+        assert run_one(spec)["sigma"]["steps"] == [0, 2, 3, 5, 7]  # 3 Langevin + 4 NVE steps, every 2nd of each

@@ -18,14 +18,17 @@ the first failing frame.
   (its own occasional neighbour list, O(N)); ``fix halt 1 v_close > 0`` stops the run on the
   first step where any atom has one. ``compute pair/local dist`` would give the distances
   themselves, but it needs the pair style's ``single()``, which a many-body model has not.
-  Units ``metal`` (eV, Angstrom, ps), so energies compare directly with ASE's.
+  Units ``metal`` (eV, Angstrom, ps), so energies compare directly with ASE's. One model file
+  with an uncertainty head: ``fix pair 1 ekd force_std 0`` + ``compute reduce max`` in the thermo
+  output give the largest predicted sigma (eV/A) at the thermo steps (and at a halt's last step).
 
 Each returns a dict: ``failed``, ``fail_step`` (1-based step index over both phases, or None),
 ``steps`` (steps done), ``times_ps`` / ``etot_ev`` (total energy of the NVE frames, for the
 drift), ``wall_s``, and ``sigma``: for one model file with an uncertainty head, the largest
 predicted sigma over the atoms (``forces_std``, eV/A) at step 0, every ``energy_every`` steps of
-both phases and the failing step, as {"steps" (over both phases), "times_ps" (from the start),
-"max_ev_A"}; None otherwise (:mod:`ekd.md.uncertainty`).
+each phase (counted from its start), the last step of each and the failing step, as {"steps"
+(over both phases), "times_ps" (from the start), "max_ev_A"}; None otherwise
+(:mod:`ekd.md.uncertainty`).
 """
 
 from __future__ import annotations
@@ -102,7 +105,7 @@ def run_ase(atoms, model_paths, dt_fs, n_equil, n_nve, temperature, seed, min_di
                 result.update(failed=True, fail_step=step)
                 record(step)
                 break
-            if step % energy_every == 0:
+            if step % energy_every == 0 or step == n_equil:
                 record(step)
     if not result["failed"]:
         verlet = VelocityVerlet(atoms, dt)
@@ -115,7 +118,8 @@ def run_ase(atoms, model_paths, dt_fs, n_equil, n_nve, temperature, seed, min_di
                 result.update(failed=True, fail_step=step)
                 record(step)
                 break
-            if step % energy_every == 0:
+            # the steps LAMMPS's thermo output has: every energy_every of the NVE part, and its last
+            if k % energy_every == 0 or k == n_nve:
                 record(step)
             if k % energy_every == 0:
                 times.append(k * dt_fs * 1e-3)
@@ -148,7 +152,12 @@ def run_lammps(atoms, model_paths, dt_fs, n_equil, n_nve, temperature, seed, min
 
     from ..deploy.model_file import load_model
 
-    metas = [load_model(p)[1] for p in model_paths]
+    loaded = [load_model(p) for p in model_paths]
+    metas = [meta for _, meta in loaded]
+    # one model with an uncertainty head: pair ekd's per-atom force_std is its predicted sigma;
+    # fix pair copies it out every step (a memcpy), so the value at any thermo line is current
+    head = len(loaded) == 1 and bool(getattr(loaded[0][0], "has_sigma", False))
+    sigma_fix = "fix sig all pair 1 ekd force_std 0\ncompute sigmax all reduce max f_sig" if head else ""
     symbols = sorted(set(atoms.get_chemical_symbols()), key=metas[0].species.index)
     files = " ".join(str(Path(p).resolve()) for p in model_paths)
     # LAMMPS seeds must be positive 31-bit integers
@@ -181,7 +190,8 @@ compute nclose all reduce max c_close
 variable close equal c_nclose
 fix integrate all nve
 fix halt all halt 1 v_close > 0.5 error continue
-thermo_style custom step etotal v_close
+{sigma_fix}
+thermo_style custom step etotal v_close{" c_sigmax" if head else ""}
 thermo_modify format float %.17g norm no lost error
 thermo {energy_every}
 {equil}
@@ -215,6 +225,7 @@ write_dump all custom final.dump id x y z modify sort id format float %.17g
             step = int(halt.group(1)) + (n_equil if in_nve else 0)
             result.update(failed=True, fail_step=step)
         rows = thermo_rows(nve_log)
+        sigma = _lammps_sigma(thermo_rows(equil_log), rows, n_equil, result["fail_step"], dt_fs) if head else None
         times = [r["Step"] * dt_fs * 1e-3 for r in rows]
         etot = [r["TotEng"] for r in rows]
         if lost and not halt:
@@ -236,14 +247,31 @@ write_dump all custom final.dump id x y z modify sort id format float %.17g
         wall_s=wall,
         n_atoms=len(atoms),
         positions=positions,
+        sigma=sigma,
     )
     return result
+
+
+def _lammps_sigma(equil_rows, nve_rows, n_equil, fail_step, dt_fs) -> dict:
+    """The sigma series of a LAMMPS run from its thermo rows (``c_sigmax``): steps over both phases
+    (the NVE part's steps restart at 0 after the equilibration's last), each once, none after a
+    failure."""
+    values = {}
+    for offset, rows in ((0, equil_rows), (n_equil, nve_rows)):
+        for r in rows:
+            step = int(r["Step"]) + offset
+            if "c_sigmax" in r and (fail_step is None or step <= fail_step):
+                values.setdefault(step, float(r["c_sigmax"]))
+    steps = sorted(values)
+    return _series(steps, [values[k] for k in steps], dt_fs)
 
 
 def thermo_rows(log: str) -> list[dict[str, float]]:
     """Rows of LAMMPS thermo tables: each line after a 'Step ...' header, as {column: value}."""
     rows, header = [], None
     for line in log.splitlines():
+        if line.startswith("Fix halt condition"):
+            continue  # printed between the table's rows, before the halting step's own row
         words = line.split()
         if words and words[0] == "Step":
             header = words
