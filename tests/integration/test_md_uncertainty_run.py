@@ -1,7 +1,8 @@
 """The MD sweep of a tiny run with ``ensemble.student_uncertainty: true`` (issue 28, item 4), through
 the workflow: the students' runs record their predicted sigma, their thresholds come from their own
 training configurations (the workflow hands them over) and the alarm table reaches the sweep's
-JSON, metrics.json and report.md; roles without a head record none."""
+JSON, metrics.json and report.md; roles without a head record none. Also ``ekd score --run-dir``
+on that run: the calibration of the members with a head, equal to ``ekd evaluate``'s."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from ekd import config
 from ekd.data import write_ani
+from ekd.evaluation import score
 from ekd.md import uncertainty
 from ekd.workflow import Run
+from ekd.workflow.score_groups import run_groups
 
 from ..conftest import tiny_run_config, xtb_groups
 
@@ -45,3 +49,12 @@ def test_md_of_a_run_with_student_uncertainty(tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["md_stability"]["ase"]["alarms"] == out["alarms"]
     assert "Predicted uncertainty as an alarm" in (tmp_path / "run" / "report.md").read_text()
+
+    # ekd score --run-dir: the students' calibration on the test file, the numbers ekd evaluate has
+    groups, window, _ = run_groups(tmp_path / "run")
+    result = score.score_models(score.load_test(test), groups, window)
+    assert "calibration" not in result.groups["teacher"]
+    got = result.groups["student_gen1"]["calibration"]["members"][0]
+    want = metrics["roles"]["student_gen1"]["test_pool"]["calibration"]["members"][0]
+    for key in ("rho_error", "rho_error_max"):
+        assert got[key] == pytest.approx(want[key], abs=1e-9), key

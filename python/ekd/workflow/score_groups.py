@@ -54,8 +54,10 @@ def run_groups(
 
             def predict(data, advance, member=member):
                 energy, forces = member.predict(data, forces=True)
+                # a member with an uncertainty head: its sigma too, for score's calibration table
+                sigma = (member.predict_sigma(data),) if member.has_uncertainty else ()
                 advance(len(data))
-                return energy, forces
+                return energy, forces, *sigma
 
             group.add(str(d.relative_to(run_dir)), member.species, predict)
         out.append(group)
