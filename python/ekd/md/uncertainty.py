@@ -182,7 +182,8 @@ def alarm_markdown(rows: Sequence[Mapping], limits: Mapping[str, dict]) -> list[
     lines = [
         "",
         "**Predicted uncertainty as an alarm** (models with an uncertainty head): each run records the largest "
-        "predicted σ over the box's atoms (EKDCalculator's `forces_std`) at its saved steps; the threshold of a "
+        "predicted σ over the box's atoms (`forces_std`) at its saved steps (every ~5 fs and the failing one, so "
+        "a lead is resolved to ~5 fs and errs short); the threshold of a "
         f"model is the {', '.join(f'{100 * x:g}' for x in q)}th percentile of its predicted σ over the atoms of "
         f"its own training configurations ({min(values):.3g}–{max(values):.3g} eV/Å), not chosen from the MD. "
         "Lead: time from the first crossing to the failure (d_min < 0.5 Å); warned: crossed before the failing "
