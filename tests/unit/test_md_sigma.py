@@ -56,9 +56,11 @@ def test_lead_times_and_false_alarms_are_exact():
         "min_lead_ps": pytest.approx(0.02),
         "survived": 2,
         "false_alarms": 1,
+        # peaks 9, 1.5, 5, 0.9, 1.2, 0.2 and (NaN left out) 0.2 over a threshold of 1
+        "median_peak_over_threshold": pytest.approx(1.2),
     }
     lines = "\n".join(uncertainty.alarm_markdown([row], limits))
-    assert "99.9th percentile" in lines and "| s | 7 | 5 | 3 | 1 | 1 | 0.020 / 0.020 | 2 | 1 |" in lines
+    assert "99.9th percentile" in lines and "| s | 7 | 5 | 3 | 1 | 1 | 0.020 / 0.020 | 2 | 1 | 1.20 |" in lines
     assert uncertainty.alarm_markdown([], limits) == []
 
 

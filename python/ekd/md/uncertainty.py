@@ -144,18 +144,22 @@ def alarm(result: Mapping, limit: float) -> dict:
 def alarm_table(results: Sequence[Mapping], limits: Mapping[str, dict]) -> list[dict]:
     """Per role (runs of models with a threshold): failed runs, those warned before the failure
     (lead > 0), at the failing step only (lead 0), missed; median / min lead time of the warned;
-    runs that did not fail and how many of them crossed anyway (false alarms)."""
+    runs that did not fail and how many of them crossed anyway (false alarms); the median over runs of
+    a run's largest sigma over the threshold."""
     by_role: dict[str, list[tuple[dict, dict]]] = {}
     for r in results:
         limit = limits.get(r["spec"]["model_paths"][0]) if len(r["spec"]["model_paths"]) == 1 else None
         a = alarm(r, limit["sigma_ev_A"]) if limit else None
         if a is not None:
+            peak = a["max_sigma_ev_A"]
+            a["peak_over_threshold"] = None if peak is None or not limit["sigma_ev_A"] else peak / limit["sigma_ev_A"]
             by_role.setdefault(r["role"], []).append((r, a))
     rows = []
     for role, pairs in by_role.items():
         failed = [a for r, a in pairs if r["failed"]]
         leads = [a["lead_ps"] for a in failed if a["lead_ps"] is not None and a["lead_ps"] > 0]
         survived = [a for r, a in pairs if not r["failed"]]
+        peaks = [a["peak_over_threshold"] for _, a in pairs if a["peak_over_threshold"] is not None]
         rows.append(
             {
                 "role": role,
@@ -168,6 +172,7 @@ def alarm_table(results: Sequence[Mapping], limits: Mapping[str, dict]) -> list[
                 "min_lead_ps": float(np.min(leads)) if leads else None,
                 "survived": len(survived),
                 "false_alarms": sum(1 for a in survived if a["false_alarm"]),
+                "median_peak_over_threshold": float(np.median(peaks)) if peaks else None,
             }
         )
     return sorted(rows, key=lambda row: row["role"])
@@ -187,16 +192,20 @@ def alarm_markdown(rows: Sequence[Mapping], limits: Mapping[str, dict]) -> list[
         f"model is the {', '.join(f'{100 * x:g}' for x in q)}th percentile of its predicted σ over the atoms of "
         f"its own training configurations ({min(values):.3g}–{max(values):.3g} eV/Å), not chosen from the MD. "
         "Lead: time from the first crossing to the failure (d_min < 0.5 Å); warned: crossed before the failing "
-        "step; at failure: only there; missed: never; false alarms: runs that did not fail but crossed.",
+        "step; at failure: only there; missed: never; false alarms: runs that did not fail but crossed; peak: the "
+        "median over runs of a run's largest σ over the threshold.",
         "",
-        "| role | runs | failed | warned | at failure | missed | lead (ps, median / min) | survived | false alarms |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| role | runs | failed | warned | at failure | missed | lead (ps, median / min) | survived | false alarms "
+        "| peak / threshold |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lead = "-" if row["median_lead_ps"] is None else f"{row['median_lead_ps']:.3f} / {row['min_lead_ps']:.3f}"
+        peak = row.get("median_peak_over_threshold")
         lines.append(
             f"| {row['role']} | {row['runs']} | {row['failed']} | {row['warned']} | {row['at_failure']} | "
-            f"{row['missed']} | {lead} | {row['survived']} | {row['false_alarms']} |"
+            f"{row['missed']} | {lead} | {row['survived']} | {row['false_alarms']} | "
+            f"{'-' if peak is None else f'{peak:.2f}'} |"
         )
     return lines
 
