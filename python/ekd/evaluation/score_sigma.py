@@ -82,18 +82,23 @@ def format_lines(groups: Mapping[str, Mapping]) -> list[str]:
         ens = cal["ensemble"] or {}
         own, their = cal["summary"]["rho_error"]["mean"], ens.get("rho_error")
         ratio = f"{own / their:.2f}" if own is not None and their else "n/a"
+        several = len(cal["members_with_head"]) > 1
+
+        def mean_std(key, c=cal, several=several):  # ± the members' std only where there are several
+            return fmt(c["summary"][key]["mean"], c["summary"][key]["std"] if several else None)
+
         rows.append(
             [
                 name,
                 f"{len(cal['members_with_head'])}/{g['n_members']}",
-                fmt(own, cal["summary"]["rho_error"]["std"]),
+                mean_std("rho_error"),
                 fmt(their),
                 ratio,
-                fmt(cal["summary"]["rho_error_max"]["mean"], cal["summary"]["rho_error_max"]["std"]),
+                mean_std("rho_error_max"),
                 fmt(ens.get("rho_error_max")),
             ]
         )
-        if len(cal["members_with_head"]) > 1:
+        if several:
             for i, m in zip(cal["members_with_head"], cal["members"], strict=True):
                 own_i, max_i = fmt(m["rho_error"]), fmt(m["rho_error_max"])
                 rows.append([f"  {g['member_names'][i]}", "1", own_i, "", "", max_i, ""])
