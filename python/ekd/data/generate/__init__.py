@@ -3,11 +3,13 @@ pyscf labels for tiny molecules. Entry points: :func:`generate` and :func:`summa
 
 The package, in the order data flows: :mod:`.options` (GenerateOptions, checked on construction),
 :mod:`.selection` (which molecules: MoleculeTask), :mod:`.molecule` and :mod:`.cluster` (one
-group's geometries, in a worker), :mod:`.levels` (labels beyond GFN2-xTB), :mod:`.record` (the
-typed result, MoleculeRecord), :mod:`.parts` (the resumable part store), :mod:`.runner` (the
-worker pool), :mod:`.assemble` (the HDF5 files).
+group's geometries, in a worker), :mod:`.torsion` (the torsion scans: which dihedrals, and one
+scan in a worker), :mod:`.levels` (labels beyond GFN2-xTB), :mod:`.record` (the typed result,
+MoleculeRecord), :mod:`.parts` (the resumable part store), :mod:`.runner` (the worker pool),
+:mod:`.assemble` (the HDF5 files).
 
-Two files in the ANI layout (Hartree, Hartree/Angstrom; one group per molecule):
+Two files in the ANI layout (Hartree, Hartree/Angstrom; one group per molecule), and a third
+when asked for:
 
 * ``train.h5``: molecules with ``train_min_heavy_atoms..train_max_heavy_atoms`` heavy atoms
   (methyl nitrite, CH3ONO, first unless ``include_methyl_nitrite`` is false; then the
@@ -22,6 +24,17 @@ Two files in the ANI layout (Hartree, Hartree/Angstrom; one group per molecule):
   ``test_conformers`` distinct GFN2-xTB minima, then ``test_distorted`` normal-mode samples around
   the lowest one (for force errors) -- the analogue of COMP6 GDB 10-13; then the
   ``test_required_smiles`` (any size, never a train molecule).
+* ``torsion.h5`` (``torsion: {molecules: N, ...}``, :class:`.options.TorsionOptions`; N = 0, the
+  default, makes none): the analogue of the paper's torsion benchmark at GFN2-xTB only. N NCI
+  molecules with ``torsion.min_heavy_atoms..max_heavy_atoms`` (8..13) heavy atoms, in neither
+  pool and of the train molecules' elements, ``bonds_per_molecule`` rotatable bonds each; one
+  group per scan (``tor<scan>_<formula>_<i>-<j>-<k>-<l>``, attributes ``dihedral``, ``scan``,
+  ``scan_deg``): the lowest of ``torsion.conformers`` GFN2-xTB minima (point 0) rotated in
+  ``step_deg`` steps through 360 degrees about the bond (the smaller side moves; rigid, or
+  ``relaxed`` with the dihedral held), points dropped by the rules below. Its options are in no
+  hash or digest (turning it on leaves train.h5, test.h5 and their parts as they were); each
+  scan's part records its dihedral and settings and is redone when they change.
+  :func:`generate_torsion` makes only this file.
 
 Every configuration more than ``energy_cap`` kcal/mol above the molecule's lowest minimum, or
 whose bond graph (covalent radii) differs from the molecule's, is dropped. In each group the first
@@ -48,23 +61,27 @@ from .assemble import assemble, summarize, versions
 from .cluster import CLUSTER_SMILES, compute_cluster
 from .levels import label_levels
 from .molecule import compute_molecule
-from .options import POOLS, GenerateError, GenerateOptions, GenerateOptionsError
+from .options import POOLS, TORSION_POOL, GenerateError, GenerateOptions, GenerateOptionsError, TorsionOptions
 from .record import MoleculeRecord
-from .runner import generate
+from .runner import TORSION_NAME, generate, generate_torsion
 from .selection import MoleculeTask, plan
 
 __all__ = [
     "CLUSTER_SMILES",
     "POOLS",
+    "TORSION_NAME",
+    "TORSION_POOL",
     "GenerateError",
     "GenerateOptions",
     "GenerateOptionsError",
     "MoleculeRecord",
     "MoleculeTask",
+    "TorsionOptions",
     "assemble",
     "compute_cluster",
     "compute_molecule",
     "generate",
+    "generate_torsion",
     "label_levels",
     "plan",
     "summarize",

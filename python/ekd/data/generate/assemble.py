@@ -65,6 +65,12 @@ def assemble(
                     "heavy_atoms": task.heavy_atoms,
                     "n_relaxed": part.n_relaxed,
                     **({"cluster_molecules": task.index} if task.kind == "cluster" else {}),
+                    # a scan: its dihedral (atom indices, the k side rotated), settings, measured angles
+                    **(
+                        {"dihedral": list(task.dihedral), "scan": task.scan, "scan_deg": part.stats["scan_deg"]}
+                        if task.kind == "torsion"
+                        else {}
+                    ),
                 },
             )
         )

@@ -18,23 +18,18 @@ from .selection import MoleculeTask
 
 def compute_molecule(task: MoleculeTask, options: GenerateOptions) -> MoleculeRecord:
     """Geometries and labels of one molecule (see the module docstring). Pure function of
-    (task, options); clusters are delegated to :func:`.cluster.compute_cluster`."""
-    from ..labels import LabelError, XTBCalculator
-    from ..molecules import connectivity, embed_conformers, heavy_rmsd_coords
-    from ..sampling import hessian, normal_mode_displacement, normal_modes, relax
+    (task, options); clusters are delegated to :func:`.cluster.compute_cluster`, torsion scans to
+    :func:`.torsion.compute_torsion`."""
+    from ..sampling import hessian, normal_mode_displacement, normal_modes
 
     if task.kind == "cluster":
         return compute_cluster(task, options)
+    if task.kind == "torsion":
+        from .torsion import compute_torsion
+
+        return compute_torsion(task, options)
     t0 = time.perf_counter()
-    stats = {
-        "relax_unconverged": 0,
-        "relax_failed": 0,
-        "relax_duplicates": 0,
-        "bonds_changed": 0,
-        "samples_rejected": 0,
-        "label_failures": 0,
-        "skipped": "",
-    }
+    stats = new_stats()
     seq = np.random.SeedSequence([options.seed, POOL_CODE[task.pool], task.index])
     rng = np.random.default_rng(seq)
     rdkit_seed = int(seq.spawn(1)[0].generate_state(1)[0] & 0x7FFFFFFF)
@@ -43,18 +38,84 @@ def compute_molecule(task: MoleculeTask, options: GenerateOptions) -> MoleculeRe
     levels = options.levels if train else options.test_levels
     cap = options.energy_cap / HARTREE_TO_KCALMOL  # Hartree
 
+    numbers, bonds, xtb, minima = find_minima(task.smiles, options, n_want, rdkit_seed, stats)
+    if not minima:  # stats["skipped"] says why
+        shape = (0, 0, 3) if numbers is None else (0, len(numbers), 3)
+        return finish(task, numbers, np.zeros(shape), {}, 0, stats, t0, levels)
+    e_min = minima[0][0]
+
+    coords: list[np.ndarray] = []
+    energies: list[float] = []
+    forces_list: list[np.ndarray] = []
+    if not train or options.train_include_minima:
+        for energy, pos, forces in minima:
+            coords.append(pos)
+            energies.append(energy)
+            forces_list.append(forces)
+    n_relaxed = len(coords)
+
+    centres = minima if train else minima[:1]
+    n_samples = options.samples_per_conformer if train else options.test_distorted
+    for _, centre, centre_forces in centres:
+        if n_samples == 0:
+            break
+        hess = hessian(xtb, centre, options.hessian_step, options.hessian_central, centre_forces)
+        directions, force_constants = normal_modes(numbers, centre, hess)
+        kept = 0
+        for _ in range(n_samples * options.sample_attempts):
+            if kept == n_samples:
+                break
+            pos = centre + normal_mode_displacement(rng, directions, force_constants, options.temperature)
+            labelled = xtb_sample(xtb, numbers, pos, bonds, e_min, cap, stats)
+            if labelled is None:
+                continue
+            coords.append(pos)
+            energies.append(labelled[0])
+            forces_list.append(labelled[1])
+            kept += 1
+
+    stats["xtb_calls"] = xtb.n_calls
+    return xtb_record(
+        task, numbers, coords, energies, forces_list, n_relaxed, levels, stats, t0, f"{task.pool} {task.name}"
+    )
+
+
+def new_stats() -> dict:
+    """The counters of one group's computation (stored with its part)."""
+    return {
+        "relax_unconverged": 0,
+        "relax_failed": 0,
+        "relax_duplicates": 0,
+        "bonds_changed": 0,
+        "samples_rejected": 0,
+        "label_failures": 0,
+        "skipped": "",
+    }
+
+
+def find_minima(smiles: str, options: GenerateOptions, n_want: int, rdkit_seed: int, stats: dict):
+    """Up to ``n_want`` distinct GFN2-xTB minima of ``smiles`` within ``energy_cap`` of the lowest,
+    lowest first, from force-field minima first, then raw embeddings (counted in ``stats``).
+
+    Returns (numbers (n,), bonds (n, n) bool, the XTBCalculator used, [(energy Hartree, positions
+    (n, 3) Angstrom, forces Hartree/Angstrom)]); the list is empty when nothing was kept (numbers
+    None: the molecule could not be embedded), and ``stats["skipped"]`` then says why."""
+    from ..labels import LabelError, XTBCalculator
+    from ..molecules import connectivity, embed_conformers, heavy_rmsd_coords
+    from ..sampling import relax
+
+    cap = options.energy_cap / HARTREE_TO_KCALMOL  # Hartree
     try:
         confs = embed_conformers(
-            task.smiles, max(10, options.embed_per_conformer * n_want), rdkit_seed, options.conformer_rmsd
+            smiles, max(10, options.embed_per_conformer * n_want), rdkit_seed, options.conformer_rmsd
         )
     except ValueError as e:
         stats["skipped"] = str(e)
-        return finish(task, None, np.zeros((0, 0, 3)), {}, 0, stats, t0, levels)
+        return None, None, None, []
     numbers = confs.numbers
     bonds = connectivity(numbers, confs.coordinates[0])
     xtb = XTBCalculator(numbers, options.xtb_accuracy)
 
-    # distinct GFN2-xTB minima, from force-field minima first, then raw embeddings
     starts = [*confs.coordinates, *confs.unrelaxed][: n_want + options.extra_relaxations]
     minima: list[tuple[float, np.ndarray, np.ndarray]] = []
     for start in starts:
@@ -94,39 +155,4 @@ def compute_molecule(task: MoleculeTask, options: GenerateOptions) -> MoleculeRe
         minima = [m for m in minima if m[0] - e_min <= cap]
     if not minima:
         stats["skipped"] = "no GFN2-xTB minimum kept (relaxation failed or changed the bonds)"
-        return finish(task, numbers, np.zeros((0, len(numbers), 3)), {}, 0, stats, t0, levels)
-
-    coords: list[np.ndarray] = []
-    energies: list[float] = []
-    forces_list: list[np.ndarray] = []
-    if not train or options.train_include_minima:
-        for energy, pos, forces in minima:
-            coords.append(pos)
-            energies.append(energy)
-            forces_list.append(forces)
-    n_relaxed = len(coords)
-
-    centres = minima if train else minima[:1]
-    n_samples = options.samples_per_conformer if train else options.test_distorted
-    for _, centre, centre_forces in centres:
-        if n_samples == 0:
-            break
-        hess = hessian(xtb, centre, options.hessian_step, options.hessian_central, centre_forces)
-        directions, force_constants = normal_modes(numbers, centre, hess)
-        kept = 0
-        for _ in range(n_samples * options.sample_attempts):
-            if kept == n_samples:
-                break
-            pos = centre + normal_mode_displacement(rng, directions, force_constants, options.temperature)
-            labelled = xtb_sample(xtb, numbers, pos, bonds, e_min, cap, stats)
-            if labelled is None:
-                continue
-            coords.append(pos)
-            energies.append(labelled[0])
-            forces_list.append(labelled[1])
-            kept += 1
-
-    stats["xtb_calls"] = xtb.n_calls
-    return xtb_record(
-        task, numbers, coords, energies, forces_list, n_relaxed, levels, stats, t0, f"{task.pool} {task.name}"
-    )
+    return numbers, bonds, xtb, minima

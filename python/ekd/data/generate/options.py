@@ -13,7 +13,8 @@ import numpy as np
 from ...store import digest, without_added_defaults
 
 POOLS = ("train", "test")
-POOL_CODE = {"train": 1, "test": 2, "cluster": 3}  # random streams
+TORSION_POOL = "torsion"  # the torsion scans (torsion.h5), a pool of their own
+POOL_CODE = {"train": 1, "test": 2, "cluster": 3, TORSION_POOL: 4}  # random streams
 # options that decide how much is computed, or where, but not what a molecule's data is
 EXECUTION_FIELDS = ("workers", "chunk_size", "n_train_molecules", "n_test_molecules")
 # options that choose the molecules (which SMILES sits at which index), not a molecule's data:
@@ -35,6 +36,11 @@ LEVEL_FIELDS = ("levels", "test_levels")
 # fields added after the first release, left out of hashes and digests at their defaults so that
 # existing parts and run directories keep theirs
 ADDED_FIELDS = {"train_required_smiles": (), "test_required_smiles": ()}
+# options of the torsion pool only: never in identity() (so neither in hashes, manifests nor
+# digests): turning the pool on or off leaves the train and test data, every part and every
+# trained member as they were; each scan's part is checked against its own settings instead
+# (MoleculeTask.scan and .dihedral)
+TORSION_FIELDS = ("torsion",)
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 PART_FORMAT = 1
 DEFAULT_MAX_HEAVY = 13
@@ -46,6 +52,75 @@ class GenerateError(RuntimeError):
 
 class GenerateOptionsError(ValueError):
     """An invalid :class:`GenerateOptions`; the message names the field."""
+
+
+@dataclass(frozen=True)
+class TorsionOptions:
+    """The torsion-scan pool (``torsion.h5``, the paper's torsion benchmark at GFN2-xTB): NCI
+    molecules in neither the train nor the test pool, ``bonds_per_molecule`` rotatable bonds each
+    (RDKit's rotatable-bond pattern: single, acyclic, both ends with another heavy neighbour),
+    scanned in ``step_deg`` steps through 360 degrees from the lowest
+    of ``conformers`` GFN2-xTB minima. Rigid: the smaller side of the bond is rotated about the
+    bond axis; relaxed: every other coordinate is then relaxed with the dihedral held (ASE's
+    FixInternals). ``molecules`` 0: no pool."""
+
+    molecules: int = 0
+    bonds_per_molecule: int = 1
+    min_heavy_atoms: int = 8
+    max_heavy_atoms: int = 13
+    step_deg: float = 15.0
+    relaxed: bool = False
+    conformers: int = 2
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v, name = getattr(self, f.name), f"torsion.{f.name}"
+            if isinstance(f.default, bool):
+                _check(isinstance(v, bool), name, "must be true or false", v)
+            elif isinstance(f.default, int):
+                _check(isinstance(v, int) and not isinstance(v, bool), name, "must be an integer", v)
+            else:
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+                _check(ok, name, "must be a finite number", v)
+                object.__setattr__(self, f.name, float(v))
+        _check(self.molecules >= 0, "torsion.molecules", "must be >= 0 (0: no torsion pool)", self.molecules)
+        _check(self.bonds_per_molecule >= 1, "torsion.bonds_per_molecule", "must be >= 1", self.bonds_per_molecule)
+        _check(self.min_heavy_atoms >= 4, "torsion.min_heavy_atoms", "must be >= 4 (a dihedral)", self.min_heavy_atoms)
+        _check(
+            self.max_heavy_atoms >= self.min_heavy_atoms,
+            "torsion.max_heavy_atoms",
+            f"must be >= torsion.min_heavy_atoms ({self.min_heavy_atoms})",
+            self.max_heavy_atoms,
+        )
+        n_points = 360.0 / self.step_deg if self.step_deg > 0 else 0.5
+        _check(
+            0 < self.step_deg <= 180 and abs(n_points - round(n_points)) < 1e-9,
+            "torsion.step_deg",
+            "must be in (0, 180] degrees and divide 360 (e.g. 15: 24 points per scan)",
+            self.step_deg,
+        )
+        _check(self.conformers >= 1, "torsion.conformers", "must be >= 1", self.conformers)
+
+    @classmethod
+    def coerce(cls, value: Any) -> TorsionOptions:
+        """From a mapping (YAML) or a TorsionOptions; unknown keys are errors naming them."""
+        if isinstance(value, cls):
+            return value
+        known = [f.name for f in dataclasses.fields(cls)]
+        _check(isinstance(value, Mapping), "torsion", f"must be a mapping of {known}", value)
+        unknown = sorted(set(value) - set(known))
+        _check(not unknown, "torsion", f"unknown key(s) {unknown}; known: {known}", dict(value))
+        return cls(**dict(value))
+
+    @property
+    def n_points(self) -> int:
+        """Points of a full scan (before points are dropped)."""
+        return round(360.0 / self.step_deg)
+
+    def scan_label(self) -> str:
+        """What shapes a scan beyond its molecule and dihedral (recorded in each scan's task)."""
+        mode = "relaxed" if self.relaxed else "rigid"
+        return f"{mode} step {self.step_deg:g} deg, lowest of {self.conformers} minima"
 
 
 @dataclass(frozen=True)
@@ -100,6 +175,8 @@ class GenerateOptions:
     cluster_samples: int = 8  # configurations per cluster size
     cluster_density: tuple[float, float] = (0.8, 1.3)  # g/cm^3, range of the boxes clusters are cut from
     cluster_min_contact: tuple[float, float] = (1.5, 2.2)  # A, range of the smallest intermolecular contact
+    # --- torsion scans (torsion.h5; TorsionOptions), e.g. {molecules: 4}; off by default
+    torsion: TorsionOptions = dataclasses.field(default_factory=lambda: TorsionOptions())
     # --- execution
     workers: int = 2  # processes, one thread each
     chunk_size: int = 1  # molecules per worker task (each molecule is still its own part file)
@@ -122,14 +199,17 @@ class GenerateOptions:
         return cls(**dict(data))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)
-        }
+        def plain(v):
+            return list(v) if isinstance(v, tuple) else dataclasses.asdict(v) if isinstance(v, TorsionOptions) else v
+
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     def identity(self) -> dict[str, Any]:
         """:meth:`to_dict` without the fields added after the first release that are at their
-        defaults (so a digest of it is stable across ekd versions)."""
-        return without_added_defaults(self.to_dict(), ADDED_FIELDS)
+        defaults (so a digest of it is stable across ekd versions) and without the torsion pool's
+        options (see TORSION_FIELDS)."""
+        fields = {k: v for k, v in self.to_dict().items() if k not in TORSION_FIELDS}
+        return without_added_defaults(fields, ADDED_FIELDS)
 
     def content_hash(self) -> str:
         """Hash of the options that shape the molecules' data (not workers, chunking, counts)."""
@@ -138,7 +218,7 @@ class GenerateOptions:
 
     def data_fields(self) -> dict[str, Any]:
         """The options that shape a given molecule's geometries (what resuming must not change)."""
-        skip = {*EXECUTION_FIELDS, *SELECTION_FIELDS, *LEVEL_FIELDS}
+        skip = {*EXECUTION_FIELDS, *SELECTION_FIELDS, *LEVEL_FIELDS, *TORSION_FIELDS}
         return {k: v for k, v in self.to_dict().items() if k not in skip}
 
 
@@ -148,7 +228,9 @@ def _coerce_fields(self: GenerateOptions) -> None:
     for f in dataclasses.fields(self):
         value = getattr(self, f.name)
         default = f.default
-        if isinstance(default, bool):
+        if f.name == "torsion":
+            object.__setattr__(self, f.name, TorsionOptions.coerce(value))
+        elif isinstance(default, bool):
             _check(isinstance(value, bool), f.name, "must be true or false", value)
         elif isinstance(default, int):
             _check(
@@ -300,5 +382,8 @@ def _check(ok: bool, name: str, message: str, value: Any) -> None:
 
 
 def wanted_levels(options: GenerateOptions, pool: str) -> tuple[str, ...]:
-    """The levels of theory a pool's file holds ("train": ``levels``, "test": ``test_levels``)."""
+    """The levels of theory a pool's file holds ("train": ``levels``, "test": ``test_levels``,
+    "torsion": GFN2-xTB only -- CCSD(T) or DFT of 24 points x 8-13 heavy atoms is out of reach)."""
+    if pool == TORSION_POOL:
+        return ("gfn2_xtb",)
     return options.levels if pool == "train" else options.test_levels

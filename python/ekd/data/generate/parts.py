@@ -62,13 +62,17 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 
 def same_task(meta: Mapping[str, Any], task: MoleculeTask) -> bool:
+    """Whether a part's recorded task is ``task`` (a torsion scan: also its dihedral and its
+    settings, which no options hash covers)."""
     old = meta.get("task", {})
-    return (old.get("smiles"), old.get("pool"), old.get("index"), old.get("kind", "molecule")) == (
-        task.smiles,
-        task.pool,
-        task.index,
-        task.kind,
-    )
+    return (
+        old.get("smiles"),
+        old.get("pool"),
+        old.get("index"),
+        old.get("kind", "molecule"),
+        tuple(old.get("dihedral", ())),
+        old.get("scan", ""),
+    ) == (task.smiles, task.pool, task.index, task.kind, tuple(task.dihedral), task.scan)
 
 
 def part_status(path: Path, task: MoleculeTask, options: GenerateOptions, accepted: set[str]) -> str:

@@ -1,6 +1,6 @@
 """Runs the generator: plans the molecules, computes the missing ones on spawned single-thread
 worker processes (saving each part as it arrives, keeping finished ones on an interrupt), then
-assembles the HDF5 files. Entry point :func:`generate`."""
+assembles the HDF5 files. Entry points :func:`generate` and :func:`generate_torsion`."""
 
 from __future__ import annotations
 
@@ -19,12 +19,13 @@ from ...jobs import die_with_parent
 from . import parts as part_store  # save_part looked up at call time (tests replace it)
 from .assemble import assemble
 from .molecule import compute_molecule
-from .options import POOLS, THREAD_VARIABLES, GenerateError, GenerateOptions
+from .options import POOLS, THREAD_VARIABLES, TORSION_POOL, GenerateError, GenerateOptions
 from .parts import complete_levels, part_path, part_status, prepare_parts
 from .record import MoleculeRecord
 from .selection import MoleculeTask, plan
 
 log = logging.getLogger("ekd.data.generate")
+TORSION_NAME = "torsion.h5"
 
 
 def _init_worker(parent_pid: int) -> None:
@@ -80,7 +81,8 @@ def generate(
     train_name: str = "train.h5",
     test_name: str = "test.h5",
 ) -> tuple[Path, Path | None]:
-    """Make ``<out_dir>/train.h5`` and ``<out_dir>/test.h5`` (see the module docstring).
+    """Make ``<out_dir>/train.h5`` and ``<out_dir>/test.h5`` (see the module docstring), and
+    ``<out_dir>/torsion.h5`` when ``torsion.molecules`` > 0.
 
     progress: a tqdm bar on stderr (one tick per molecule).
     resume: reuse ``<out_dir>/.parts`` from an interrupted or smaller run with the same options;
@@ -91,14 +93,32 @@ def generate(
     Workers are *spawned* processes (one thread each), so a script calling this must guard its
     entry point with ``if __name__ == "__main__":`` (the ``ekd`` command does).
     """
+    names = {"train": train_name, "test": test_name, TORSION_POOL: TORSION_NAME}
+    paths = _generate(options or GenerateOptions(), Path(out_dir), (*POOLS, TORSION_POOL), names, progress, resume)
+    return paths["train"], paths["test"]
+
+
+def generate_torsion(
+    options: GenerateOptions, out_dir: str | os.PathLike = "data", progress: bool = True, *, resume: bool = True
+) -> Path | None:
+    """Make only ``<out_dir>/torsion.h5`` (the torsion scans; None when ``torsion.molecules`` is
+    0), beside train/test files made earlier with the same options, which stay untouched (the
+    pools are planned, to keep the scans out of them, but not computed or rewritten)."""
+    paths = _generate(options, Path(out_dir), (TORSION_POOL,), {TORSION_POOL: TORSION_NAME}, progress, resume)
+    return paths[TORSION_POOL]
+
+
+def _generate(
+    options: GenerateOptions, out: Path, pools: tuple[str, ...], names: dict, progress: bool, resume: bool
+) -> dict[str, Path | None]:
+    """The molecules of ``pools`` computed (missing parts only) and their files assembled;
+    {pool: path, None for an empty pool}."""
     from tqdm.auto import tqdm
 
-    options = options or GenerateOptions()
-    out = Path(out_dir)
     parts = out / ".parts"
     options_hash = options.content_hash()
     t0 = time.perf_counter()
-    tasks = plan(options)
+    tasks = [t for t in plan(options) if t.pool in pools]
     accepted = prepare_parts(parts, options, resume)
     status = {t: part_status(part_path(parts, t), t, options, accepted) for t in tasks}
     todo = [t for t in tasks if status[t] != "complete"]
@@ -160,13 +180,12 @@ def generate(
     finally:
         bar.close()
 
-    paths: dict[str, Path | None] = {"train": out / train_name, "test": None}
-    for pool in POOLS:
+    paths: dict[str, Path | None] = {pool: None for pool in pools}
+    for pool in pools:
         pool_tasks = [t for t in tasks if t.pool == pool]
         if not pool_tasks:
             continue
-        path = out / (train_name if pool == "train" else test_name)
-        assemble(path, pool, pool_tasks, parts, options, accepted | {options_hash})
-        paths[pool] = path
+        paths[pool] = out / names[pool]
+        assemble(paths[pool], pool, pool_tasks, parts, options, accepted | {options_hash})
     log.info("generate: done in %.1f s", time.perf_counter() - t0)
-    return paths["train"], paths["test"]
+    return paths

@@ -1,5 +1,5 @@
 """Which molecules a run generates: the NCI draws of both pools, the required molecules, the
-CH3ONO clusters (:func:`plan`), as :class:`MoleculeTask` s in output order."""
+CH3ONO clusters and the torsion scans (:func:`plan`), as :class:`MoleculeTask` s in output order."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from .options import DEFAULT_MAX_HEAVY, POOL_CODE, GenerateOptions, GenerateOpti
 
 @dataclass(frozen=True)
 class MoleculeTask:
-    """One group to generate: pool ("train"/"test"), index in the pool (for a cluster: its number
-    of molecules), group name; kind "molecule" (an NCI molecule) or "cluster" (CH3ONO cluster)."""
+    """One group to generate: pool ("train"/"test"/"torsion"), index in the pool (for a cluster:
+    its number of molecules), group name; kind "molecule" (an NCI molecule), "cluster" (CH3ONO
+    cluster) or "torsion" (one scan: ``dihedral`` the atom indices i, j, k, l of the scanned
+    dihedral, the k side rotating; ``scan`` its settings, :meth:`.options.TorsionOptions.scan_label`)."""
 
     pool: str
     index: int
@@ -24,14 +26,18 @@ class MoleculeTask:
     formula: str
     heavy_atoms: int
     kind: str = "molecule"
+    dihedral: tuple[int, ...] = ()
+    scan: str = ""
 
 
 def plan(options: GenerateOptions) -> list[MoleculeTask]:
-    """The molecules of both pools, train first, in output order (deterministic for the seed)."""
+    """The molecules of both pools, train first, then the clusters and the torsion scans, in
+    output order (deterministic for the seed)."""
     from ..molecules import METHYL_NITRITE, candidate_from_smiles, load_nci_candidates
 
     # at least the default limit, so that one (cached, ~4 s) load serves the usual option sets
-    limit = max(options.train_max_heavy_atoms, options.test_max_heavy_atoms, DEFAULT_MAX_HEAVY)
+    torsion_max = options.torsion.max_heavy_atoms if options.torsion.molecules else 0
+    limit = max(options.train_max_heavy_atoms, options.test_max_heavy_atoms, torsion_max, DEFAULT_MAX_HEAVY)
     candidates = load_nci_candidates(None, limit)
     if options.extra_smiles:
         known = {c.smiles for c in candidates}
@@ -75,6 +81,11 @@ def plan(options: GenerateOptions) -> list[MoleculeTask]:
         )
         for m in options.cluster_sizes
     ]
+    scans = []
+    if options.torsion.molecules:
+        from .torsion import plan_scans
+
+        scans = plan_scans(candidates, options, train, test)
     return [
         *(
             MoleculeTask(pool, i, f"mol{i:04d}_{c.formula}", c.smiles, c.nci_id, c.formula, c.heavy_atoms)
@@ -82,6 +93,7 @@ def plan(options: GenerateOptions) -> list[MoleculeTask]:
             for i, c in enumerate(chosen)
         ),
         *clusters,
+        *scans,
     ]
 
 
