@@ -18,7 +18,8 @@ issue's budget: 15 min on 2 idle cores; a run that was resumed says so instead).
 ``--uncertainty`` also gives the students the distilled uncertainty head
 (``ensemble.student_uncertainty: true``, issue 28): the head reads detached features and draws its
 weights from its own generator, so every member's energies and forces are those of the plain default
-(tests/unit/test_sigma_head.py: the trained weights are bit for bit those without the head), and the runs' report.md adds the calibration of the default.
+(tests/unit/test_sigma_head.py: the trained weights are bit for bit those without the head), and
+the runs' report.md adds the calibration of the default.
 
 Writes ``<out>/default_seeds.md`` (the table, as README quotes it) and ``.json``. Exit code 1 when a
 seed misses the target, so the script can guard a change of the default.
