@@ -55,7 +55,9 @@ def _digests(cfg) -> tuple:
         model = cfg.model if g.role == "teacher" else cfg.variant_model(g.variant)
         groups.append(
             {
-                "data_cfg": asdict(cfg.data),
+                # Run.member_digest's: asdict(cfg.data) without data.generate.torsion (issue 30), which
+                # for every config without that key is asdict(cfg.data) itself
+                "data_cfg": cfg.data.identity(),
                 "model": asdict(model),
                 "train": cfg.train.identity(),
                 "group": {k: v for k, v in asdict(g).items() if not (k in study and v is None)},

@@ -26,6 +26,9 @@ data:
   test: generate
   energy_key: gfn2_xtb.energy
   reference_forces_key: gfn2_xtb.forces
+  # a second out-of-sample set, test_torsion: 4 NCI molecules (8-13 heavy atoms), one rotatable
+  # bond each, rigid GFN2-xTB scans in 15 degree steps (96 points, ~10 CPU-s; in no digest)
+  generate: {torsion: {molecules: 4}}
 model:
   l_max: 2
   n_interactions: 2

@@ -130,6 +130,10 @@ class TrainConfig:
         return w
 
 
+#: data.generate keys of the torsion pool (ekd.data.generate.options.TORSION_FIELDS): in no digest
+TORSION_GENERATE_KEYS = ("torsion",)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the data comes from and which file key plays which role.
@@ -182,6 +186,14 @@ class DataConfig:
                 self.generate_options(seed=0)
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"generate: {e}") from None
+
+    def identity(self) -> dict:
+        """The fields as a dict for the digests of what is trained on this data (members), without
+        ``generate.torsion``: the torsion scans are an out-of-sample set only (they shape no
+        training data, label or member), so turning them on keeps existing members valid."""
+        d = dataclasses.asdict(self)
+        d["generate"] = {k: v for k, v in d["generate"].items() if k not in TORSION_GENERATE_KEYS}
+        return d
 
     def generate_options(self, seed: int):
         """The generator's options: ``generate`` over the run's seed (``generate.seed`` wins)."""
@@ -416,6 +428,8 @@ class Config:
         """Content hash of the named sections (all if none): what a cached result depends on."""
         d = {k: v for k, v in self.to_dict().items() if k not in EXECUTION_DEFAULTS}
         d["train"] = {k: v for k, v in d["train"].items() if k not in TRAIN_EXECUTION_DEFAULTS}
+        # the torsion scans shape no trained result (DataConfig.identity)
+        d["data"] = {**d["data"], "generate": self.data.identity()["generate"]}
         if sections:
             d = {s: d[s] for s in sections}
         return store.digest(d)

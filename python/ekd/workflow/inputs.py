@@ -3,7 +3,8 @@ the training and out-of-sample pools, the splits, and what a member job loads fr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +22,38 @@ from .common import log, run_digest
 class DataPaths:
     train: Path
     test: Path | None
+    torsion: Path | None = None  # the torsion scans (data.generate.torsion), when made
+
+
+#: the keys of the generated torsion scans (GFN2-xTB only: ekd.data.generate.torsion)
+TORSION_KEYS = {"energy": "gfn2_xtb.energy", "reference_forces": "gfn2_xtb.forces"}
+
+
+def torsion_skipped(cfg: Config) -> str | None:
+    """Why this run scores no torsion scans (None: it does). They are generated only with
+    generated data, and scored only when the out-of-sample pool's energies are GFN2-xTB's, the
+    scans' only level: a model of another level would be scored against the wrong reference."""
+    d = cfg.data
+    if not (d.train == "generate" or d.test == "generate"):
+        return "no generated data"
+    if not d.generate_options(cfg.seed).torsion.molecules:
+        return "data.generate.torsion.molecules is 0"
+    key = d.test_energy_key or d.energy_key
+    if key != TORSION_KEYS["energy"]:
+        return (
+            f"the torsion scans are labelled with GFN2-xTB only ({TORSION_KEYS['energy']}), and this run's "
+            f"out-of-sample energies are {key!r}"
+        )
+    return None
 
 
 def prepare_data(cfg: Config, run_dir: Path, progress: bool = True) -> DataPaths:
     """Generate the reference data if configured (resumable), else check the given files."""
     d = cfg.data
     generated = d.train == "generate" or d.test == "generate"
-    train = test = None
+    train = test = torsion = None
     if generated:
-        from ..data.generate import generate
+        from ..data.generate import TorsionOptions, generate
 
         opts = d.generate_options(cfg.seed)
         out = run_dir / "data"
@@ -47,9 +71,10 @@ def prepare_data(cfg: Config, run_dir: Path, progress: bool = True) -> DataPaths
         else:
             levels = ", ".join(dict.fromkeys(opts.levels + opts.test_levels))
             log(f"generating reference data ({levels}) into {out}")
-            train, test = generate(opts, out, progress=progress)
+            train, test = generate(replace(opts, torsion=TorsionOptions()), out, progress=progress)
             store.atomic_json(out / "done.json", {"train": str(train), "test": str(test)})
         train, test = Path(train), Path(test)
+        torsion = _torsion_scans(cfg, opts, out, shape, progress)
     if d.train != "generate":
         train = Path(d.train)
     if d.test != "generate":
@@ -57,7 +82,28 @@ def prepare_data(cfg: Config, run_dir: Path, progress: bool = True) -> DataPaths
     for label, p in (("data.train", train), ("data.test", test)):
         if p is not None and not p.exists():
             raise FileNotFoundError(f"{label}: data file {p} does not exist")
-    return DataPaths(train, test)
+    return DataPaths(train, test, torsion)
+
+
+def _torsion_scans(cfg: Config, opts, out: Path, shape: dict, progress: bool) -> Path | None:
+    """``out/torsion.h5`` made (resumably, as parts) when the run scores torsion scans, beside the
+    train and test files, which it leaves untouched; its stamp ``torsion.json`` records the
+    options it was made from (in no other digest: see DataConfig.identity)."""
+    from ..data.generate import TORSION_NAME, generate_torsion
+
+    why = torsion_skipped(cfg)
+    if why is not None:
+        if opts.torsion.molecules:
+            log(f"torsion scans: not made ({why})")
+        return None
+    path, stamp = out / TORSION_NAME, out / "torsion.json"
+    want = run_digest({"data": shape, "torsion": opts.to_dict()["torsion"]})
+    if not (path.exists() and stamp.exists() and json.loads(stamp.read_text()).get("digest") == want):
+        t = opts.torsion
+        log(f"generating torsion scans ({t.molecules} molecules, {t.scan_label()}) into {path}")
+        generate_torsion(opts, out, progress=progress)
+        store.atomic_json(stamp, {"digest": want})
+    return path
 
 
 def data_units(cfg: Config, path: Path, which: str = "train") -> Units:
@@ -113,6 +159,14 @@ def load_test_pool(cfg: Config, paths: DataPaths) -> Dataset | None:
     if forces:
         keys["reference_forces"] = forces
     return load_pool(paths.test, keys, data_units(cfg, paths.test, "test"), test=True)
+
+
+def load_torsion(cfg: Config, paths: DataPaths) -> Dataset | None:
+    """The torsion scans (one molecule group per scan), in internal units; None without them."""
+    if paths.torsion is None:
+        return None
+    units = resolve_units(paths.torsion, None, ("data.energy_unit", "data.length_unit"))
+    return load_pool(paths.torsion, dict(TORSION_KEYS), units, test=True)
 
 
 def check_test_elements(train: Dataset, test: Dataset | None, test_path: Path | None = None) -> None:

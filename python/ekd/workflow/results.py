@@ -15,7 +15,7 @@ import numpy as np
 from .. import store
 from ..data import Dataset
 from .common import run_digest
-from .inputs import load_test_pool
+from .inputs import check_test_elements, load_test_pool, load_torsion
 from .plan import Group
 
 
@@ -29,6 +29,11 @@ def test_sets(run) -> dict[str, tuple[Dataset, str]]:
     pool = load_test_pool(run.cfg, run.paths)
     if pool is not None:
         sets["test_pool"] = (pool, f"out-of-sample pool ({run.paths.test.name})")
+    scans = load_torsion(run.cfg, run.paths)
+    if scans is not None:
+        check_test_elements(run.train_data, scans, run.paths.torsion)
+        # one molecule group per scan: ΔE over the pairs of points of each scan
+        sets["test_torsion"] = (scans, f"out-of-sample torsion scans ({run.paths.torsion.name}, GFN2-xTB)")
     return sets
 
 

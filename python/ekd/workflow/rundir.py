@@ -257,7 +257,7 @@ class Run:
         return run_digest(
             {
                 "data": self.data_digest(),
-                "data_cfg": asdict(self.cfg.data),
+                "data_cfg": self.cfg.data.identity(),  # asdict(data) but the torsion scans
                 "model": asdict(self.model_of(group)),
                 "train": self.cfg.train.identity(),
                 "group": group.identity(),

@@ -3,8 +3,8 @@ pyscf labels for tiny molecules. Entry points: :func:`generate` and :func:`summa
 
 The package, in the order data flows: :mod:`.options` (GenerateOptions, checked on construction),
 :mod:`.selection` (which molecules: MoleculeTask), :mod:`.molecule` and :mod:`.cluster` (one
-group's geometries, in a worker), :mod:`.torsion` (the torsion scans: which dihedrals, and one
-scan in a worker), :mod:`.levels` (labels beyond GFN2-xTB), :mod:`.record` (the typed result,
+group's geometries, in a worker), :mod:`.torsion` (the geometry of the torsion scans) and
+:mod:`.scan` (one scan, in a worker), :mod:`.levels` (labels beyond GFN2-xTB), :mod:`.record` (the typed result,
 MoleculeRecord), :mod:`.parts` (the resumable part store), :mod:`.runner` (the worker pool),
 :mod:`.assemble` (the HDF5 files).
 

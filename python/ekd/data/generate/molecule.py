@@ -18,16 +18,14 @@ from .selection import MoleculeTask
 
 def compute_molecule(task: MoleculeTask, options: GenerateOptions) -> MoleculeRecord:
     """Geometries and labels of one molecule (see the module docstring). Pure function of
-    (task, options); clusters are delegated to :func:`.cluster.compute_cluster`, torsion scans to
-    :func:`.torsion.compute_torsion`."""
+    (task, options); clusters are delegated to :func:`.cluster.compute_cluster` (torsion scans:
+    :func:`.scan.compute_torsion`)."""
     from ..sampling import hessian, normal_mode_displacement, normal_modes
 
     if task.kind == "cluster":
         return compute_cluster(task, options)
     if task.kind == "torsion":
-        from .torsion import compute_torsion
-
-        return compute_torsion(task, options)
+        raise ValueError(f"{task.name}: a torsion scan is computed by ekd.data.generate.scan.compute_torsion")
     t0 = time.perf_counter()
     stats = new_stats()
     seq = np.random.SeedSequence([options.seed, POOL_CODE[task.pool], task.index])

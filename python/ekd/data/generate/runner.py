@@ -22,6 +22,7 @@ from .molecule import compute_molecule
 from .options import POOLS, THREAD_VARIABLES, TORSION_POOL, GenerateError, GenerateOptions
 from .parts import complete_levels, part_path, part_status, prepare_parts
 from .record import MoleculeRecord
+from .scan import compute_torsion
 from .selection import MoleculeTask, plan
 
 log = logging.getLogger("ekd.data.generate")
@@ -49,6 +50,8 @@ def _run_chunk(
             if relabel:
                 path = part_path(Path(relabel["parts"]), task)
                 out.append(complete_levels(task, options, path, set(relabel["accepted"])))
+            elif task.kind == "torsion":
+                out.append(compute_torsion(task, options))
             else:
                 out.append(compute_molecule(task, options))
         except Exception as e:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cluster import CLUSTER_SMILES
-from .options import DEFAULT_MAX_HEAVY, POOL_CODE, GenerateOptions, GenerateOptionsError, wanted_levels
+from .options import DEFAULT_MAX_HEAVY, POOL_CODE, TORSION_POOL, GenerateOptions, GenerateOptionsError, wanted_levels
 
 
 @dataclass(frozen=True)
@@ -81,11 +81,7 @@ def plan(options: GenerateOptions) -> list[MoleculeTask]:
         )
         for m in options.cluster_sizes
     ]
-    scans = []
-    if options.torsion.molecules:
-        from .torsion import plan_scans
-
-        scans = plan_scans(candidates, options, train, test)
+    scans = plan_scans(candidates, options, train, test) if options.torsion.molecules else []
     return [
         *(
             MoleculeTask(pool, i, f"mol{i:04d}_{c.formula}", c.smiles, c.nci_id, c.formula, c.heavy_atoms)
@@ -143,3 +139,61 @@ def append_required(chosen: list, pool: str, candidates, options: GenerateOption
             have.add(cand.smiles)
             out.append(cand)
     return out
+
+
+def plan_scans(candidates, options: GenerateOptions, train: list, test: list) -> list[MoleculeTask]:
+    """The torsion pool's scans: ``torsion.molecules`` candidates with
+    ``torsion.min_heavy_atoms..max_heavy_atoms`` heavy atoms and a rotatable bond
+    (:func:`rotatable_dihedrals`), in neither the
+    train nor the test pool and of the train molecules' elements only (every model knows them),
+    drawn in a seeded order (more molecules extend the selection), then
+    ``torsion.bonds_per_molecule`` of each one's rotatable bonds, drawn from the molecule's own
+    stream. One task per scan, named ``tor<scan>_<formula>_<i>-<j>-<k>-<l>``."""
+    from .torsion import elements, rotatable_dihedrals
+
+    t = options.torsion
+    exclude = {c.smiles for c in (*train, *test)}
+    known = set().union(*(elements(c.smiles) for c in train))
+    eligible = [
+        c
+        for c in candidates
+        if t.min_heavy_atoms <= c.heavy_atoms <= t.max_heavy_atoms
+        and c.smiles not in exclude
+        and elements(c.smiles) <= known
+    ]
+    seed = int(np.random.SeedSequence([options.seed, POOL_CODE[TORSION_POOL]]).generate_state(1)[0])
+    tasks: list[MoleculeTask] = []
+    n_molecules = 0
+    for pick in np.random.default_rng(seed).permutation(len(eligible)):
+        if n_molecules == t.molecules:
+            break
+        c = eligible[pick]
+        dihedrals = rotatable_dihedrals(c.smiles)
+        if not dihedrals:
+            continue
+        rng = np.random.default_rng([options.seed, POOL_CODE[TORSION_POOL], 1000 + n_molecules])
+        for d in sorted(rng.permutation(len(dihedrals))[: t.bonds_per_molecule]):
+            dihedral = dihedrals[d]
+            name = f"tor{len(tasks):04d}_{c.formula}_{'-'.join(map(str, dihedral))}"
+            tasks.append(
+                MoleculeTask(
+                    TORSION_POOL,
+                    len(tasks),
+                    name,
+                    c.smiles,
+                    c.nci_id,
+                    c.formula,
+                    c.heavy_atoms,
+                    "torsion",
+                    dihedral,
+                    t.scan_label(),
+                )  # fmt: skip
+            )
+        n_molecules += 1
+    if n_molecules < t.molecules:
+        raise GenerateOptionsError(
+            f"GenerateOptions.torsion.molecules: asked for {t.molecules} molecules with {t.min_heavy_atoms}.."
+            f"{t.max_heavy_atoms} heavy atoms and a rotatable bond, in neither the train nor the test pool and of "
+            f"the train molecules' elements, but the candidates hold only {n_molecules}"
+        )
+    return tasks
